@@ -1,0 +1,437 @@
+"""Pure geometry of DICOM stacks and NIfTI grids: affines, LPS/RAS, exact reorientation, resampling.
+
+No I/O here: arrays and headers in, arrays out.
+
+Conventions
+-----------
+* Patient space is DICOM LPS, in mm. NIfTI affines (RAS) are converted on entry with :data:`LPS_FROM_RAS`.
+* A DICOM stack is indexed ``(slice, row, col)``, the order of ``pixel_array`` frames in highdicom.
+  Its affine maps ``[slice, row, col, 1]`` to LPS.
+* A NIfTI grid is indexed ``(i, j, k)`` as stored; its affine maps ``[i, j, k, 1]`` to LPS (after conversion).
+
+Examples
+--------
+An axial stack of two 2×3 slices, 0.5 mm rows, 0.8 mm columns, 2 mm apart:
+
+>>> grid = stack_grid([1, 0, 0, 0, 1, 0], [0.5, 0.8], [[0, 0, 0], [0, 0, 2]], rows=2, cols=3)
+>>> grid.shape
+(2, 2, 3)
+>>> grid.point((1, 1, 2)).tolist()  # slice 1, row 1, column 2
+[1.6, 0.5, 2.0]
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from node.errors import GeometryError
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+
+#: Converts a RAS point or affine to LPS (and back: it is its own inverse).
+LPS_FROM_RAS: FloatArray = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+#: Direction cosines of slices in one stack may differ by this much (DICOM writers round differently).
+ORIENTATION_TOLERANCE = 1e-4
+#: NIfTI headers are float32: grids whose voxel centres coincide within this fraction of a voxel are the same.
+GRID_TOLERANCE_VOXELS = 1e-3
+#: Relative deviation of a slice from its place on an evenly spaced stack before the spacing counts as uneven.
+SPACING_TOLERANCE = 1e-2
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A regular voxel grid in patient space: ``affine @ [i, j, k, 1]`` is the voxel centre in LPS mm."""
+
+    affine: FloatArray
+    shape: tuple[int, int, int]
+
+    def __post_init__(self) -> None:
+        affine = np.asarray(self.affine, dtype=np.float64)
+        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+            raise GeometryError(f"affine must be a finite 4x4 matrix, got {affine.shape}")
+        if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+            raise GeometryError("affine is singular: the grid has a zero-length or degenerate axis")
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise GeometryError(f"grid shape must be three positive sizes, got {self.shape}")
+        object.__setattr__(self, "affine", affine)
+        object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+
+    @property
+    def spacing(self) -> FloatArray:
+        """Distance in mm between neighbouring voxel centres along each index axis."""
+        return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+    @property
+    def voxel_volume(self) -> float:
+        """Volume of one voxel in mm³."""
+        return float(abs(np.linalg.det(self.affine[:3, :3])))
+
+    def point(self, index: Sequence[float]) -> FloatArray:
+        """LPS position (mm) of a (possibly fractional) index."""
+        return self.affine[:3, :3] @ np.asarray(index, dtype=np.float64) + self.affine[:3, 3]
+
+    def corners(self) -> FloatArray:
+        """The 8 corner voxel centres in index space, shape (8, 3)."""
+        limits = [(0, n - 1) for n in self.shape]
+        return np.array([[a, b, c] for a in limits[0] for b in limits[1] for c in limits[2]], dtype=np.float64)
+
+    def extent(self) -> FloatArray:
+        """Bounding box of the grid's outer voxel faces in LPS: shape (3, 2), rows x/y/z, columns min/max."""
+        faces = np.array(
+            [[a, b, c] for a in (-0.5, self.shape[0] - 0.5)
+             for b in (-0.5, self.shape[1] - 0.5) for c in (-0.5, self.shape[2] - 0.5)]
+        )
+        points = faces @ self.affine[:3, :3].T + self.affine[:3, 3]
+        return np.stack([points.min(axis=0), points.max(axis=0)], axis=1)
+
+    def describe(self) -> str:
+        """One-line description for error messages: size, spacing and extent in LPS.
+
+        >>> Grid(np.diag([2.0, 1.0, 1.0, 1.0]), (3, 4, 5)).describe()
+        '3x4x5 voxels of 2x1x1 mm, LPS x -0.5…4.5 y -0.5…3.5 z -1…5 mm'
+        """
+        spacing = "x".join(f"{s:.3g}" for s in self.spacing)
+        ext = self.extent()
+        axes = " ".join(f"{name} {lo:.4g}…{hi:.4g}" for name, (lo, hi) in zip("xyz", ext, strict=True))
+        return f"{'x'.join(str(n) for n in self.shape)} voxels of {spacing} mm, LPS {axes} mm"
+
+
+def normal_of(orientation: Sequence[float]) -> FloatArray:
+    """Slice normal (column direction × row direction) of an ImageOrientationPatient value.
+
+    >>> normal_of([1, 0, 0, 0, 1, 0]).tolist()
+    [0.0, 0.0, 1.0]
+    """
+    iop = np.asarray(orientation, dtype=np.float64)
+    if iop.shape != (6,) or not np.all(np.isfinite(iop)):
+        raise GeometryError(f"ImageOrientationPatient must be six finite numbers, got {list(orientation)}")
+    col_dir, row_dir = iop[:3], iop[3:]
+    if abs(np.linalg.norm(col_dir) - 1) > 1e-2 or abs(np.linalg.norm(row_dir) - 1) > 1e-2:
+        raise GeometryError(f"ImageOrientationPatient vectors are not unit length: {iop.tolist()}")
+    if abs(col_dir @ row_dir) > 1e-2:
+        raise GeometryError(f"ImageOrientationPatient vectors are not orthogonal: {iop.tolist()}")
+    normal = np.cross(col_dir, row_dir)
+    return normal / np.linalg.norm(normal)
+
+
+def slice_order(orientation: Sequence[float], positions: npt.ArrayLike) -> npt.NDArray[np.intp]:
+    """Order of slices along the normal (never InstanceNumber or file names): indices that sort ``positions``.
+
+    >>> slice_order([1, 0, 0, 0, 1, 0], [[0, 0, 5], [0, 0, -5], [0, 0, 0]]).tolist()
+    [1, 2, 0]
+    """
+    distances = np.asarray(positions, dtype=np.float64) @ normal_of(orientation)
+    return np.argsort(distances, kind="stable")
+
+
+def check_orientations(orientations: Sequence[Sequence[float]]) -> FloatArray:
+    """Return the stack's one orientation, or raise when slices disagree (a mixed or localiser series)."""
+    stacked = np.asarray(orientations, dtype=np.float64)
+    first = stacked[0]
+    deviation = np.abs(stacked - first).max(axis=1)
+    worst = int(np.argmax(deviation))
+    if deviation[worst] > ORIENTATION_TOLERANCE:
+        raise GeometryError(
+            f"slices have different orientations ({first.round(4).tolist()} vs {stacked[worst].round(4).tolist()}):"
+            " the series mixes stacks (localiser or several planes); split it or send one plane"
+        )
+    return first
+
+
+def stack_grid(
+    orientation: Sequence[float],
+    pixel_spacing: Sequence[float],
+    positions: npt.ArrayLike,
+    *,
+    rows: int,
+    cols: int,
+) -> Grid:
+    """Grid of a stack of equally oriented slices whose positions are already sorted along the normal.
+
+    ``pixel_spacing`` is DICOM PixelSpacing: ``[spacing between rows, spacing between columns]``. The slice step is
+    the actual step from first to last position divided by N−1 (not SliceThickness); a step that is not parallel to
+    the normal (gantry tilt) is kept as it is, so the grid is sheared exactly as the pixels are.
+
+    Raises
+    ------
+    GeometryError
+        On duplicate positions (several phases or echoes), uneven spacing, or slices off a straight line.
+
+    >>> stack_grid([0, 1, 0, 0, 0, -1], [2.0, 1.0], [[-3, 0, 0], [0, 0, 0]], rows=4, cols=5).point((1, 0, 0)).tolist()
+    [0.0, 0.0, 0.0]
+    """
+    iop = np.asarray(orientation, dtype=np.float64)
+    normal = normal_of(iop)
+    delta_row, delta_col = (float(v) for v in pixel_spacing)
+    if not (delta_row > 0 and delta_col > 0):
+        raise GeometryError(f"PixelSpacing must be two positive numbers, got {list(pixel_spacing)}")
+    ipp = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    n = len(ipp)
+    if n > 1:
+        step = (ipp[-1] - ipp[0]) / (n - 1)
+        distances = ipp @ normal
+        gaps = np.diff(distances)
+        if np.any(gaps < 1e-3):
+            at = int(np.argmin(gaps))
+            raise GeometryError(
+                f"{n - int(np.count_nonzero(gaps >= 1e-3))} slice position(s) occur twice (e.g. at {distances[at]:.2f} mm"
+                " along the normal): the series holds several phases, echoes or stacks; split it"
+            )
+        expected = ipp[0] + np.arange(n)[:, None] * step
+        off_line = np.linalg.norm(ipp - expected, axis=1).max()
+        if off_line > SPACING_TOLERANCE * np.linalg.norm(step):
+            raise GeometryError(
+                f"slice spacing is uneven (gaps from {gaps.min():.3f} to {gaps.max():.3f} mm): resample the series"
+                " to even spacing first (dcm2niix writes an _Eq_ file for this)"
+            )
+        tilt = np.degrees(np.arccos(min(1.0, abs(step @ normal) / np.linalg.norm(step))))
+        if tilt > 0.01:
+            log.info("slice step is %.2f° off the slice normal (gantry tilt): the grid is sheared", tilt)
+    else:
+        # A single slice has no step; give it unit thickness along the normal so the affine is invertible.
+        step = normal
+    affine = np.eye(4)
+    affine[:3, 0] = step
+    affine[:3, 1] = iop[3:] * delta_row
+    affine[:3, 2] = iop[:3] * delta_col
+    affine[:3, 3] = ipp[0]
+    return Grid(affine, (n, rows, cols))
+
+
+def nifti_affine(header: Any) -> tuple[FloatArray, str]:
+    """Choose a NIfTI header's affine (RAS) the way the standard says: sform if coded, else qform, else refuse.
+
+    Returns the affine and which one it was ("sform" or "qform"). Warns when both are set and disagree.
+    """
+    sform, sform_code = header.get_sform(coded=True)
+    qform, qform_code = header.get_qform(coded=True)
+    if sform is not None and int(sform_code) > 0:
+        if qform is not None and int(qform_code) > 0:
+            disagreement = float(np.abs(np.asarray(sform) - np.asarray(qform)).max())
+            if disagreement > 1e-3:
+                log.warning("sform and qform disagree by up to %.3g mm; using the sform as the standard says",
+                            disagreement)
+        return np.asarray(sform, dtype=np.float64), "sform"
+    if qform is not None and int(qform_code) > 0:
+        return np.asarray(qform, dtype=np.float64), "qform"
+    raise GeometryError("NIfTI has neither an sform nor a qform (both codes 0): its position in the patient is"
+                        " unknown; write it with the image's header")
+
+
+def nifti_grid(affine_ras: npt.ArrayLike, shape: Sequence[int]) -> Grid:
+    """The grid of a NIfTI array (first three axes) in LPS, from its RAS affine.
+
+    >>> nifti_grid(np.eye(4), (2, 2, 2)).point((1, 1, 1)).tolist()
+    [-1.0, -1.0, 1.0]
+    """
+    return Grid(LPS_FROM_RAS @ np.asarray(affine_ras, dtype=np.float64), tuple(int(n) for n in shape[:3]))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """How a label grid maps onto a source grid.
+
+    ``transform`` maps source indices ``[slice, row, col, 1]`` to label indices. ``exact`` means every source voxel
+    centre lies on a label voxel centre (within :data:`GRID_TOLERANCE_VOXELS`) and the axes are a signed
+    permutation: the label array can be reordered with transposes and flips, no interpolation.
+    """
+
+    transform: FloatArray
+    exact: bool
+    #: Largest distance (in label voxels) of a mapped source voxel centre from the nearest label voxel centre.
+    offset_voxels: float
+    #: Number of source voxels that fall outside the label grid (filled with background).
+    outside_voxels: int
+
+    def describe(self) -> str:
+        kind = "exact (permutation and flips)" if self.exact else "resampled (nearest neighbour)"
+        return (f"{kind}, grids off by up to {self.offset_voxels:.3g} label voxels,"
+                f" {self.outside_voxels} source voxels outside the label grid")
+
+
+def _signed_permutation(matrix: FloatArray, tolerance: float) -> FloatArray | None:
+    """The signed permutation ``matrix`` is close to, or None."""
+    rounded = np.round(matrix)
+    if np.abs(matrix - rounded).max() > tolerance:
+        return None
+    if not (np.all(np.abs(rounded).sum(axis=0) == 1) and np.all(np.abs(rounded).sum(axis=1) == 1)):
+        return None
+    return rounded
+
+
+def _axis_angle_to_permutation(source: Grid, label: Grid) -> float:
+    """Largest angle (degrees) between a label axis and the nearest source axis direction."""
+    src = source.affine[:3, :3] / source.spacing
+    lab = label.affine[:3, :3] / label.spacing
+    cosines = np.abs(lab.T @ src).max(axis=1)
+    return float(np.degrees(np.arccos(np.clip(cosines.min(), -1.0, 1.0))))
+
+
+def plan_alignment(source: Grid, label: Grid, *, tolerance: float = GRID_TOLERANCE_VOXELS) -> Alignment:
+    """Work out how ``label`` maps onto ``source``; refuse when they do not overlap or a resample would lose detail.
+
+    >>> src = Grid(np.diag([2.0, 1.0, 1.0, 1.0]), (3, 4, 5))
+    >>> plan_alignment(src, src).exact
+    True
+    >>> flipped = Grid(src.affine @ np.array([[-1, 0, 0, 2], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]), (3, 4, 5))
+    >>> plan_alignment(src, flipped).transform[:3].round(6).tolist()
+    [[-1.0, 0.0, 0.0, 2.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]
+    """
+    transform = np.linalg.inv(label.affine) @ source.affine
+    corners = source.corners() @ transform[:3, :3].T + transform[:3, 3]
+    # A linear map reaches its extremes at the corners, so the corners bound every mapped voxel centre.
+    offset = float(np.abs(corners - np.round(corners)).max())
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    limits = np.asarray(label.shape, dtype=np.float64) - 0.5
+    if np.any(high < -0.5) or np.any(low > limits):
+        raise GeometryError(f"the NIfTI grid does not overlap the series (NIfTI {label.describe()};"
+                            f" series {source.describe()}): it belongs to another series or study")
+    permutation = _signed_permutation(transform[:3, :3], tolerance / max(source.shape))
+    exact = permutation is not None and offset <= tolerance
+    if not exact:
+        angle = _axis_angle_to_permutation(source, label)
+        if angle > 1.0 and label.voxel_volume < 0.5 * source.voxel_volume:
+            raise GeometryError(
+                f"the NIfTI grid is rotated {angle:.1f}° against the series and finer than it, so a resample would"
+                f" lose detail (NIfTI {label.describe()}; series {source.describe()}); export the label map on the"
+                " series grid"
+            )
+    outside = _count_outside(source, transform, label.shape)
+    if exact and permutation is not None:
+        transform = transform.copy()
+        transform[:3, :3] = permutation
+        transform[:3, 3] = np.round(transform[:3, 3])
+    return Alignment(transform=transform, exact=exact, offset_voxels=offset, outside_voxels=outside)
+
+
+def _count_outside(source: Grid, transform: FloatArray, label_shape: Sequence[int]) -> int:
+    inside = 0
+    for mapped in _mapped_slices(source.shape, transform):
+        inside += int(_inside_mask(mapped, label_shape).sum())
+    return int(np.prod(source.shape)) - inside
+
+
+def _mapped_slices(shape: Sequence[int], transform: FloatArray) -> Any:
+    """Yield, per source slice, rounded label indices of every source voxel centre: arrays (rows, cols, 3)."""
+    rows, cols = shape[1], shape[2]
+    r, c = np.meshgrid(np.arange(rows, dtype=np.float64), np.arange(cols, dtype=np.float64), indexing="ij")
+    in_plane = r[..., None] * transform[:3, 1] + c[..., None] * transform[:3, 2]
+    for s in range(shape[0]):
+        yield np.rint(in_plane + (s * transform[:3, 0] + transform[:3, 3])).astype(np.intp)
+
+
+def _inside_mask(indices: npt.NDArray[np.intp], shape: Sequence[int]) -> npt.NDArray[np.bool_]:
+    upper = np.asarray(shape[:3], dtype=np.intp)
+    return np.all((indices >= 0) & (indices < upper), axis=-1)
+
+
+def align_labels(labels: npt.NDArray[Any], source_shape: Sequence[int], alignment: Alignment) -> npt.NDArray[Any]:
+    """Put a label array onto the source grid: result has ``source_shape`` (slice, row, col), outside → 0.
+
+    Exact alignments reorder with transposes and flips (a view where possible, then one copy); others sample the
+    nearest label voxel of each source voxel centre, one slice at a time to bound memory.
+
+    >>> labels = np.arange(8).reshape(2, 2, 2)
+    >>> swap = Alignment(np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, 1], [0, 0, 0, 1.0]]), True, 0.0, 0)
+    >>> align_labels(labels, (2, 2, 2), swap)[0, 1].tolist() == [labels[1, 0, 1], labels[1, 0, 0]]
+    True
+    """
+    shape = tuple(int(n) for n in source_shape)
+    if alignment.exact:
+        return _reorder_exact(labels, shape, alignment.transform)
+    out = np.zeros(shape, dtype=labels.dtype)
+    for s, mapped in enumerate(_mapped_slices(shape, alignment.transform)):
+        inside = _inside_mask(mapped, labels.shape)
+        picked = mapped[inside]
+        out[s][inside] = labels[picked[:, 0], picked[:, 1], picked[:, 2]]
+    return out
+
+
+def _reorder_exact(labels: npt.NDArray[Any], shape: tuple[int, ...], transform: FloatArray) -> npt.NDArray[Any]:
+    # label axis feeding each source axis, its direction and the label index of source index 0
+    axes = [int(np.argmax(np.abs(transform[:3, d]))) for d in range(3)]
+    signs = [int(transform[axes[d], d]) for d in range(3)]
+    offsets = [int(transform[axes[d], 3]) for d in range(3)]
+    view = np.transpose(labels, axes)
+    src_slices: list[slice] = []
+    lab_indices: list[npt.NDArray[np.intp]] = []
+    for d in range(3):
+        along = offsets[d] + signs[d] * np.arange(shape[d])
+        valid = np.flatnonzero((along >= 0) & (along < view.shape[d]))
+        if valid.size == 0:
+            return np.zeros(shape, dtype=labels.dtype)
+        src_slices.append(slice(int(valid[0]), int(valid[-1]) + 1))
+        lab_indices.append(along[valid])
+    block = view
+    for d in range(3):
+        first, last = int(lab_indices[d][0]), int(lab_indices[d][-1])
+        step = signs[d]
+        stop = last + step if last + step >= 0 else None
+        index: list[slice] = [slice(None)] * 3
+        index[d] = slice(first, stop, step)
+        block = block[tuple(index)]
+    if block.shape == shape:
+        return np.ascontiguousarray(block)
+    out = np.zeros(shape, dtype=labels.dtype)
+    out[tuple(src_slices)] = block
+    return out
+
+
+@dataclass(frozen=True)
+class SegmentStats:
+    """Voxel count and centroid (LPS mm) of one label, for self-verification."""
+
+    count: int
+    centroid: FloatArray
+
+
+def label_stats(labels: npt.NDArray[Any], grid: Grid, values: Sequence[int] | None = None, *,
+                within: Grid | None = None) -> dict[int, SegmentStats]:
+    """Count and centroid in mm of each non-zero label value, one slice along axis 0 at a time.
+
+    With ``within``, voxels whose centre falls outside that grid (nearest voxel rule) are left out, so the input's
+    statistics cover what a SEG on ``within`` can hold.
+
+    >>> stats = label_stats(np.array([[[0, 1], [1, 2]]]), Grid(np.diag([1.0, 2.0, 3.0, 1.0]), (1, 2, 2)))
+    >>> stats[1].count, stats[1].centroid.tolist()
+    (2, [0.0, 1.0, 1.5])
+    """
+    if values is None:
+        values = [int(v) for v in np.unique(labels) if v != 0]
+    size = int(max(values, default=0)) + 1
+    counts = np.zeros(size, dtype=np.int64)
+    sums = np.zeros((size, 3), dtype=np.float64)
+    rows, cols = labels.shape[1], labels.shape[2]
+    r, c = np.meshgrid(np.arange(rows, dtype=np.float64), np.arange(cols, dtype=np.float64), indexing="ij")
+    r_flat, c_flat = r.ravel(), c.ravel()
+    mapped_slices = None
+    if within is not None:
+        mapped_slices = _mapped_slices(labels.shape, np.linalg.inv(within.affine) @ grid.affine)
+    for s in range(labels.shape[0]):
+        flat = np.asarray(labels[s]).ravel()
+        keep = (flat > 0) & (flat < size)
+        if mapped_slices is not None:
+            keep &= _inside_mask(next(mapped_slices), within.shape).ravel()  # type: ignore[union-attr]
+        if not keep.any():
+            continue
+        flat = flat[keep].astype(np.intp)
+        per_label = np.bincount(flat, minlength=size)
+        counts += per_label
+        sums[:, 0] += per_label * s
+        sums[:, 1] += np.bincount(flat, weights=r_flat[keep], minlength=size)
+        sums[:, 2] += np.bincount(flat, weights=c_flat[keep], minlength=size)
+    result: dict[int, SegmentStats] = {}
+    for value in values:
+        n = int(counts[value])
+        mean_index = sums[value] / n if n else np.full(3, np.nan)
+        result[int(value)] = SegmentStats(n, grid.point(mean_index))
+    return result
