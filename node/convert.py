@@ -1,0 +1,137 @@
+"""The conversion engine: a source series plus a label input becomes a verified DICOM SEG.
+
+Both `segnode convert` and the node's job worker call :func:`build_seg_from_input`; writing is atomic, so a
+failure never leaves a partial output file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from node.errors import GeometryError, LabelError, SegnodeError
+from node.geometry import GRID_TOLERANCE_VOXELS, Alignment, align_labels, label_stats, plan_alignment
+from node.labelmap import LabelVolume, load_label_input, nifti_stem
+from node.labels import LabelEntry, SegmentSpec, names_from_nifti_header, read_label_table, segment_specs
+from node.seg import SegOptions, Tolerance, build_seg, verify_seg
+from node.series import SourceSeries
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """A verified SEG and what it took to make it."""
+
+    dataset: Dataset
+    alignment: Alignment
+    segments: list[SegmentSpec]
+    #: One-line notices for the user (empty labels skipped, voxels outside the series, resampling).
+    notices: list[str]
+
+
+def sidecar_of(path: Path) -> Path | None:
+    """The ``<stem>.json`` beside a label input, if there is one."""
+    candidate = path.parent / f"{nifti_stem(path)}.json"
+    return candidate if candidate.is_file() else None
+
+
+def label_table(volume: LabelVolume, labels_file: Path | None) -> dict[int, LabelEntry]:
+    """Label names and codes, first source that has them winning per label:
+    ``--labels`` file, ``<stem>.json`` sidecar, names embedded in the NIfTI header, mask file names."""
+    table: dict[int, LabelEntry] = {label: LabelEntry(name=name) for label, name in volume.names.items()}
+    if volume.header is not None and not volume.path.is_dir():
+        table.update({label: LabelEntry(name=name) for label, name in names_from_nifti_header(volume.header).items()})
+    for source in (sidecar_of(volume.path), labels_file):
+        if source is not None:
+            table.update(read_label_table(source))
+    return table
+
+
+def tolerance_for(alignment: Alignment, volume: LabelVolume, series: SourceSeries) -> Tolerance:
+    """The verification tolerance this alignment earns: exact grids must agree exactly."""
+    label_spacing = float(volume.grid.spacing.max())
+    if alignment.exact:
+        # Centroids may differ only by the float32 slack the grids were allowed to have.
+        return Tolerance(exact=True, centroid_mm=(alignment.offset_voxels + GRID_TOLERANCE_VOXELS) * label_spacing
+                         + 1e-6)
+    diagonal = max(float(np.linalg.norm(volume.grid.spacing)), float(np.linalg.norm(series.grid.spacing)))
+    return Tolerance(exact=False, centroid_mm=diagonal, volume_fraction=0.25,
+                     volume_mm3=4 * max(volume.grid.voxel_volume, series.grid.voxel_volume))
+
+
+def build_seg_from_input(series: SourceSeries, label_path: Path, *, labels_file: Path | None = None,
+                         options: SegOptions | None = None) -> ConvertResult:
+    """Load, align, build and verify. Raises :class:`SegnodeError` subclasses with one-line reasons."""
+    options = options or SegOptions()
+    volume = load_label_input(label_path)
+    name = label_path.name
+    notices: list[str] = []
+    input_values = volume.values
+    if not input_values:
+        raise LabelError(f"{name}: label map is empty (all voxels are 0); nothing to segment")
+    try:
+        alignment = plan_alignment(series.grid, volume.grid)
+    except GeometryError as exc:
+        raise GeometryError(f"{name}: {exc}") from exc
+    if not alignment.exact:
+        notices.append(f"{name}: grid resampled onto the series ({alignment.describe()})")
+    aligned = align_labels(volume.array, series.grid.shape, alignment)
+    present = [int(v) for v in np.flatnonzero(np.bincount(aligned.ravel(), minlength=1)) if v != 0]
+    lost = sorted(set(input_values) - set(present))
+    table = label_table(volume, labels_file)
+    if lost:
+        names = ", ".join(table[v].name if v in table else str(v) for v in lost)
+        notices.append(f"{name}: {len(lost)} label(s) fall outside the series and are skipped: {names}")
+    if not present:
+        raise GeometryError(f"{name}: no labelled voxel falls inside {series.describe()}")
+    segments = segment_specs(present, table)
+    dataset = build_seg(series, aligned, segments, options)
+    del aligned
+    expected = label_stats(volume.array, volume.grid, present, within=series.grid)
+    verify_seg(dataset, expected, segments, tolerance_for(alignment, volume, series),
+               input_voxel_mm3=volume.grid.voxel_volume, seg_voxel_mm3=series.grid.voxel_volume)
+    for notice in notices:
+        log.info("%s", notice)
+    return ConvertResult(dataset=dataset, alignment=alignment, segments=segments, notices=notices)
+
+
+def write_dataset_atomically(dataset: Dataset, out: Path) -> None:
+    """Write ``dataset`` to ``out`` via a temporary file in the same folder, fsync and rename: never a partial file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            dataset.save_as(handle, enforce_file_format=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, out)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    fsync_folder(out.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a person: our own errors say it already; anything else gets its type named."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, SegnodeError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+

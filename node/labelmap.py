@@ -1,0 +1,177 @@
+"""Label inputs as segmentation tools write them: a NIfTI label map, or a folder of per-structure masks.
+
+Everything a user can get wrong about the file itself (unreadable, not integers, NaN, too many dimensions, no
+geometry) is refused here with one line naming the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+
+from node.errors import GeometryError, InputError, LabelError
+from node.geometry import GRID_TOLERANCE_VOXELS, Grid, nifti_affine, nifti_grid
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class LabelVolume:
+    """An integer label map on its own grid (NIfTI index order), with any label names the input carried."""
+
+    path: Path
+    array: npt.NDArray[np.unsignedinteger[Any]]
+    grid: Grid
+    #: Names found in the input itself: mask file stems, or names embedded in the NIfTI header.
+    names: dict[int, str] = field(default_factory=dict)
+    header: Any = None
+
+    @property
+    def values(self) -> list[int]:
+        """Label values present, ascending, without background."""
+        # Labels are uint8/uint16 (see _as_labels), so a bincount is small and faster than np.unique.
+        present = np.flatnonzero(np.bincount(self.array.ravel()))
+        return [int(v) for v in present if v != 0]
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path: Path) -> str:
+    """File name without .nii/.nii.gz: ``liver.nii.gz`` → ``liver``."""
+    for suffix in NIFTI_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
+
+
+def load_label_input(path: Path) -> LabelVolume:
+    """Load a label map file or a folder of binary masks as one :class:`LabelVolume`."""
+    if path.is_dir():
+        return _load_mask_folder(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if not is_nifti(path):
+        raise InputError(f"{path.name}: not a NIfTI file (.nii or .nii.gz) or a folder of masks")
+    image, data = _read_nifti(path)
+    labels = _as_labels(data, path)
+    return LabelVolume(path=path, array=labels, grid=_grid_of(image, path), header=image.header)
+
+
+def _read_nifti(path: Path) -> tuple[Any, npt.NDArray[Any]]:
+    try:
+        image = nib.load(path)
+        data = np.asanyarray(image.dataobj)
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise InputError(f"{path.name}: cannot be read as NIfTI ({_short(exc)}); the file is corrupt or incomplete"
+                         ) from exc
+    if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
+        raise InputError(f"{path.name}: is {type(image).__name__}, not NIfTI-1/2")
+    return image, data
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+def _grid_of(image: Any, path: Path) -> Grid:
+    try:
+        affine, _ = nifti_affine(image.header)
+        return nifti_grid(affine, image.shape[:3])
+    except GeometryError as exc:
+        raise GeometryError(f"{path.name}: {exc}") from exc
+
+
+def _as_labels(data: npt.NDArray[Any], path: Path) -> npt.NDArray[np.unsignedinteger[Any]]:
+    """Validate shape and values; return the smallest unsigned integer array that holds them."""
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    elif data.ndim == 5 and data.shape[3:] == (1, 1):
+        data = data[..., 0, 0]
+    if data.ndim != 3:
+        raise LabelError(f"{path.name}: label map must be 3D (or 4D with one volume), has shape {data.shape}")
+    if data.dtype.kind == "b":
+        return data.astype(np.uint8)
+    if data.dtype.kind == "f":
+        if not np.all(np.isfinite(data)):
+            raise LabelError(f"{path.name}: label map holds NaN or infinite values; labels must be whole numbers")
+        if not np.array_equal(data, np.round(data)):
+            raise LabelError(f"{path.name}: label map holds fractional values (e.g. {_first_fraction(data)});"
+                             " labels must be whole numbers, not probabilities")
+    elif data.dtype.kind not in "iu":
+        raise LabelError(f"{path.name}: label map has data type {data.dtype}, expected integers")
+    if data.size == 0:
+        raise LabelError(f"{path.name}: label map is empty")
+    low, high = data.min(), data.max()
+    if low < 0:
+        raise LabelError(f"{path.name}: label map holds negative values (down to {low})")
+    if high > np.iinfo(np.uint16).max:
+        raise LabelError(f"{path.name}: label value {high} is too large (at most 65535 segments)")
+    target = np.uint8 if high <= np.iinfo(np.uint8).max else np.uint16
+    return data.astype(target, copy=data.dtype != target)
+
+
+def _first_fraction(data: npt.NDArray[Any]) -> float:
+    flat = data.ravel()
+    where = np.flatnonzero(flat != np.round(flat))
+    return float(flat[where[0]])
+
+
+def _load_mask_folder(folder: Path) -> LabelVolume:
+    """One label per non-empty mask file, in file-name order; masks must share one grid and must not overlap."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+    if not files:
+        raise InputError(f"{folder.name}: folder holds no NIfTI masks (.nii/.nii.gz)")
+    combined: npt.NDArray[np.unsignedinteger[Any]] | None = None
+    grid: Grid | None = None
+    header: Any = None
+    names: dict[int, str] = {}
+    empty: list[str] = []
+    for path in files:
+        image, data = _read_nifti(path)
+        mask = _as_labels(data, path)
+        if mask.max() > 1:
+            raise LabelError(f"{folder.name}/{path.name}: a mask must hold only 0 and 1, has values up to {mask.max()}")
+        this_grid = _grid_of(image, path)
+        if grid is None:
+            grid, header = this_grid, image.header
+            dtype = np.uint8 if len(files) < 256 else np.uint16
+            combined = np.zeros(this_grid.shape, dtype=dtype)
+        elif this_grid.shape != grid.shape or not _same_grid(this_grid, grid):
+            raise GeometryError(f"{folder.name}/{path.name}: grid differs from {files[0].name}"
+                                f" ({this_grid.describe()} vs {grid.describe()}); masks must share one grid")
+        assert combined is not None
+        where = mask.astype(bool)
+        if not where.any():
+            empty.append(nifti_stem(path))
+            continue
+        clash = combined[where]
+        if clash.any():
+            other = names[int(clash[clash > 0][0])]
+            raise LabelError(f"{folder.name}/{path.name}: overlaps mask {other} in {int(np.count_nonzero(clash))}"
+                             " voxels; segnode writes non-overlapping segments")
+        label = len(names) + 1
+        combined[where] = label
+        names[label] = nifti_stem(path)
+    if empty:
+        log.info("%s: %d empty mask(s) skipped: %s", folder.name, len(empty), ", ".join(empty))
+    assert combined is not None and grid is not None
+    return LabelVolume(path=folder, array=combined, grid=grid, names=names, header=header)
+
+
+def _same_grid(a: Grid, b: Grid) -> bool:
+    spacing = np.minimum(a.spacing, b.spacing)
+    tolerance = GRID_TOLERANCE_VOXELS * float(spacing.min()) * max(a.shape)
+    return bool(np.abs(a.affine - b.affine).max() <= tolerance)

@@ -1,0 +1,237 @@
+"""DICOM SEG from a source series and a label volume already aligned to it, and the SEG's self-verification.
+
+Verification reads the built SEG back the way a viewer would: its own frame positions, orientation, spacing and
+pixel bits, independent of the alignment code that produced the array. A SEG that disagrees with its input in
+patient space never leaves this module.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+import node
+from node.errors import InputError, VerificationError
+from node.geometry import SegmentStats
+from node.labels import AlgorithmInfo, SegmentSpec, segment_description
+from node.series import SourceSeries, functional_attribute, to_storage_order
+
+log = logging.getLogger(__name__)
+
+#: Type 2 attributes highdicom copies from the source as they are; absent ones must exist (empty) first.
+TYPE2_FROM_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                     "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+class SegType(str, Enum):
+    """What kind of SEG to write (BINARY is the one most receivers display)."""
+
+    BINARY = "binary"
+    LABELMAP = "labelmap"
+    FRACTIONAL = "fractional"
+
+    @property
+    def highdicom(self) -> hd.seg.SegmentationTypeValues:
+        return hd.seg.SegmentationTypeValues[self.name]
+
+
+@dataclass(frozen=True)
+class SegOptions:
+    """Choices about the SEG object that do not come from the inputs."""
+
+    seg_type: SegType = SegType.BINARY
+    algorithm: AlgorithmInfo = field(default_factory=AlgorithmInfo)
+    series_description: str = "segnode SEG"
+    #: None: the source's SeriesNumber + 1000, so the SEG sorts after its source in viewers.
+    series_number: int | None = None
+    content_creator: str = "segnode^"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seg_type", SegType(self.seg_type))
+
+
+def label_digest(aligned: npt.NDArray[Any]) -> str:
+    """Content hash of an aligned label array; part of the seed of the SEG's deterministic UIDs."""
+    return hashlib.sha256(np.ascontiguousarray(aligned).data).hexdigest()
+
+
+def deterministic_uids(series: SourceSeries, digest: str, segments: Sequence[SegmentSpec],
+                       options: SegOptions) -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID) derived from the inputs: a resend is recognisably the same object."""
+    seed = [series.series_uid, digest, options.seg_type.value, options.algorithm.name, options.algorithm.version,
+            *(f"{s.label}={s.name}" for s in segments)]
+    return generate_uid(entropy_srcs=[*seed, "series"]), generate_uid(entropy_srcs=[*seed, "instance"])
+
+
+def _source_headers(series: SourceSeries) -> list[Dataset]:
+    """Copies of the source headers with the Type 2 attributes highdicom reads present (empty where absent)."""
+    headers = []
+    for original in series.datasets:
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
+                        "FrameOfReferenceUID"):
+            if keyword not in original:
+                raise InputError(f"source series {series.series_uid} lacks {keyword}; cannot reference it from a SEG")
+        header = copy.copy(original)
+        for keyword in TYPE2_FROM_SOURCE:
+            if keyword not in header or header[keyword].value is None:
+                setattr(header, keyword, "")
+        headers.append(header)
+    return headers
+
+
+def build_seg(series: SourceSeries, aligned: npt.NDArray[Any], segments: Sequence[SegmentSpec],
+              options: SegOptions) -> Dataset:
+    """Build the SEG; ``aligned`` is (slice, row, col) on ``series.grid`` holding the label values of ``segments``.
+
+    Segments are numbered 1..K in the order given; label values are remapped to those numbers.
+    """
+    if aligned.shape != series.grid.shape:
+        raise ValueError(f"aligned array {aligned.shape} does not match series grid {series.grid.shape}")
+    if not segments:
+        raise ValueError("no segments to write")
+    lut = np.zeros(int(max(s.label for s in segments)) + 1, dtype=np.uint8 if len(segments) < 256 else np.uint16)
+    for number, spec in enumerate(segments, start=1):
+        lut[spec.label] = number
+    inside = aligned < len(lut)
+    numbered = np.where(inside, lut[np.minimum(aligned, len(lut) - 1)], 0).astype(lut.dtype)
+    series_uid, sop_uid = deterministic_uids(series, label_digest(aligned), segments, options)
+    source_number = getattr(series.datasets[0], "SeriesNumber", None)
+    series_number = options.series_number or (int(source_number) + 1000 if source_number not in (None, "") else 1000)
+    descriptions = [segment_description(spec, number, options.algorithm)
+                    for number, spec in enumerate(segments, start=1)]
+    extra: dict[str, Any] = {}
+    if options.seg_type is SegType.FRACTIONAL:
+        extra["fractional_type"] = hd.seg.SegmentationFractionalTypeValues.PROBABILITY
+    seg = hd.seg.Segmentation(
+        source_images=_source_headers(series),
+        pixel_array=to_storage_order(series, numbered),
+        segmentation_type=options.seg_type.highdicom,
+        segment_descriptions=descriptions,
+        series_instance_uid=series_uid,
+        series_number=min(series_number, 2**31 - 1),
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer="segnode",
+        manufacturer_model_name="segnode",
+        software_versions=node.__version__,
+        device_serial_number="0",
+        series_description=options.series_description[:64],
+        content_label="SEGMENTATION",
+        content_creator_name=options.content_creator,
+        **extra,
+    )
+    return seg
+
+
+# --- verification ------------------------------------------------------------------------------------------------
+
+
+def _frames(seg: Dataset) -> Iterator[npt.NDArray[Any]]:
+    """Each frame's pixels as stored, without decoding the whole object at once."""
+    rows, cols, count = int(seg.Rows), int(seg.Columns), int(getattr(seg, "NumberOfFrames", 1))
+    pixels = rows * cols
+    if seg.file_meta.TransferSyntaxUID.is_compressed:
+        yield from np.asarray(seg.pixel_array).reshape(count, rows, cols)
+        return
+    data = seg.PixelData
+    if int(seg.BitsAllocated) == 1:
+        # BINARY frames are packed back to back, bit 0 first, and need not start on a byte boundary.
+        for f in range(count):
+            start = f * pixels
+            first, skip = divmod(start, 8)
+            chunk = np.frombuffer(data, np.uint8, count=(skip + pixels + 7) // 8, offset=first)
+            yield np.unpackbits(chunk, bitorder="little")[skip:skip + pixels].reshape(rows, cols)
+        return
+    dtype = np.uint8 if int(seg.BitsAllocated) == 8 else np.uint16
+    yield from np.frombuffer(data, dtype, count=count * pixels).reshape(count, rows, cols)
+
+
+def seg_stats(seg: Dataset) -> dict[int, SegmentStats]:
+    """Voxel count and centroid (LPS mm) per segment number, from the SEG's own frames and positions."""
+    orientation = np.array([float(v) for v in functional_attribute(seg, 0, "PlaneOrientationSequence",
+                                                                    "ImageOrientationPatient")])
+    delta_row, delta_col = (float(v) for v in functional_attribute(seg, 0, "PixelMeasuresSequence", "PixelSpacing"))
+    col_step, row_step = orientation[:3] * delta_col, orientation[3:] * delta_row
+    labelmap = seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"
+    threshold = (int(getattr(seg, "MaximumFractionalValue", 1)) + 1) // 2 if seg.SegmentationType == "FRACTIONAL" else 1
+    counts: dict[int, int] = {}
+    sums: dict[int, npt.NDArray[np.float64]] = {}
+    rows, cols = int(seg.Rows), int(seg.Columns)
+    row_index, col_index = np.arange(rows, dtype=np.float64), np.arange(cols, dtype=np.float64)
+    for f, frame in enumerate(_frames(seg)):
+        position = np.array([float(v) for v in functional_attribute(seg, f, "PlanePositionSequence",
+                                                                     "ImagePositionPatient")])
+        if labelmap:
+            parts = [(int(v), frame == v) for v in np.unique(frame) if v != 0]
+        else:
+            number = int(seg.PerFrameFunctionalGroupsSequence[f].SegmentIdentificationSequence[0]
+                         .ReferencedSegmentNumber)
+            parts = [(number, frame >= threshold)]
+        for number, mask in parts:
+            n = int(np.count_nonzero(mask))
+            if n == 0:
+                continue
+            row_sum = float(mask.sum(axis=1) @ row_index)
+            col_sum = float(mask.sum(axis=0) @ col_index)
+            counts[number] = counts.get(number, 0) + n
+            sums[number] = sums.get(number, np.zeros(3)) + n * position + row_sum * row_step + col_sum * col_step
+    return {number: SegmentStats(counts[number], sums[number] / counts[number]) for number in counts}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How closely the SEG must reproduce its input: ``exact`` demands equal voxel counts."""
+
+    exact: bool
+    centroid_mm: float
+    volume_fraction: float = 0.0
+    volume_mm3: float = 0.0
+
+    def describe(self) -> str:
+        if self.exact:
+            return f"exact: equal voxel counts, centroids within {self.centroid_mm:.2g} mm"
+        return (f"resampled: centroids within {self.centroid_mm:.2g} mm, volumes within"
+                f" {self.volume_fraction:.0%} + {self.volume_mm3:.3g} mm³")
+
+
+def verify_seg(seg: Dataset, expected: Mapping[int, SegmentStats], segments: Sequence[SegmentSpec],
+               tolerance: Tolerance, *, input_voxel_mm3: float, seg_voxel_mm3: float) -> None:
+    """Raise :class:`VerificationError` unless every segment of ``seg`` matches the input's count and centroid."""
+    found = seg_stats(seg)
+    problems = []
+    for number, spec in enumerate(segments, start=1):
+        want = expected.get(spec.label)
+        got = found.get(number)
+        if want is None or want.count == 0:
+            problems.append(f"segment {number} '{spec.name}' has no voxels in the input")
+            continue
+        if got is None:
+            problems.append(f"segment {number} '{spec.name}' is empty in the SEG but has {want.count} input voxels")
+            continue
+        distance = float(np.linalg.norm(got.centroid - want.centroid))
+        want_mm3, got_mm3 = want.count * input_voxel_mm3, got.count * seg_voxel_mm3
+        if tolerance.exact:
+            count_ok = got.count == want.count
+        else:
+            count_ok = abs(got_mm3 - want_mm3) <= tolerance.volume_fraction * want_mm3 + tolerance.volume_mm3
+        if not count_ok or distance > tolerance.centroid_mm:
+            problems.append(f"segment {number} '{spec.name}': {got.count} voxels ({got_mm3:.1f} mm³) vs input"
+                            f" {want.count} ({want_mm3:.1f} mm³), centroid {distance:.3g} mm away")
+    extra = sorted(set(found) - set(range(1, len(segments) + 1)))
+    if extra:
+        problems.append(f"SEG holds undeclared segment numbers {extra}")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise VerificationError(f"SEG failed self-verification ({tolerance.describe()}): {problems[0]}{more}")
+    log.debug("SEG verified: %d segments (%s)", len(segments), tolerance.describe())
