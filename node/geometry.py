@@ -68,14 +68,14 @@ class Grid:
     @property
     def spacing(self) -> FloatArray:
         """Distance in mm between neighbouring voxel centres along each index axis."""
-        return np.linalg.norm(self.affine[:3, :3], axis=0)
+        return np.asarray(np.linalg.norm(self.affine[:3, :3], axis=0), dtype=np.float64)
 
     @property
     def voxel_volume(self) -> float:
         """Volume of one voxel in mm³."""
         return float(abs(np.linalg.det(self.affine[:3, :3])))
 
-    def point(self, index: Sequence[float]) -> FloatArray:
+    def point(self, index: npt.ArrayLike) -> FloatArray:
         """LPS position (mm) of a (possibly fractional) index."""
         return self.affine[:3, :3] @ np.asarray(index, dtype=np.float64) + self.affine[:3, 3]
 
@@ -97,7 +97,7 @@ class Grid:
         """One-line description for error messages: size, spacing and extent in LPS.
 
         >>> Grid(np.diag([2.0, 1.0, 1.0, 1.0]), (3, 4, 5)).describe()
-        '3x4x5 voxels of 2x1x1 mm, LPS x -0.5…4.5 y -0.5…3.5 z -1…5 mm'
+        '3x4x5 voxels of 2x1x1 mm, LPS x -1…5 y -0.5…3.5 z -0.5…4.5 mm'
         """
         spacing = "x".join(f"{s:.3g}" for s in self.spacing)
         ext = self.extent()
@@ -105,7 +105,7 @@ class Grid:
         return f"{'x'.join(str(n) for n in self.shape)} voxels of {spacing} mm, LPS {axes} mm"
 
 
-def normal_of(orientation: Sequence[float]) -> FloatArray:
+def normal_of(orientation: npt.ArrayLike) -> FloatArray:
     """Slice normal (column direction × row direction) of an ImageOrientationPatient value.
 
     >>> normal_of([1, 0, 0, 0, 1, 0]).tolist()
@@ -113,17 +113,17 @@ def normal_of(orientation: Sequence[float]) -> FloatArray:
     """
     iop = np.asarray(orientation, dtype=np.float64)
     if iop.shape != (6,) or not np.all(np.isfinite(iop)):
-        raise GeometryError(f"ImageOrientationPatient must be six finite numbers, got {list(orientation)}")
+        raise GeometryError(f"ImageOrientationPatient must be six finite numbers, got {iop.tolist()}")
     col_dir, row_dir = iop[:3], iop[3:]
     if abs(np.linalg.norm(col_dir) - 1) > 1e-2 or abs(np.linalg.norm(row_dir) - 1) > 1e-2:
         raise GeometryError(f"ImageOrientationPatient vectors are not unit length: {iop.tolist()}")
     if abs(col_dir @ row_dir) > 1e-2:
         raise GeometryError(f"ImageOrientationPatient vectors are not orthogonal: {iop.tolist()}")
     normal = np.cross(col_dir, row_dir)
-    return normal / np.linalg.norm(normal)
+    return np.asarray(normal / np.linalg.norm(normal), dtype=np.float64)
 
 
-def slice_order(orientation: Sequence[float], positions: npt.ArrayLike) -> npt.NDArray[np.intp]:
+def slice_order(orientation: npt.ArrayLike, positions: npt.ArrayLike) -> npt.NDArray[np.intp]:
     """Order of slices along the normal (never InstanceNumber or file names): indices that sort ``positions``.
 
     >>> slice_order([1, 0, 0, 0, 1, 0], [[0, 0, 5], [0, 0, -5], [0, 0, 0]]).tolist()
@@ -136,7 +136,7 @@ def slice_order(orientation: Sequence[float], positions: npt.ArrayLike) -> npt.N
 def check_orientations(orientations: Sequence[Sequence[float]]) -> FloatArray:
     """Return the stack's one orientation, or raise when slices disagree (a mixed or localiser series)."""
     stacked = np.asarray(orientations, dtype=np.float64)
-    first = stacked[0]
+    first: FloatArray = stacked[0]
     deviation = np.abs(stacked - first).max(axis=1)
     worst = int(np.argmax(deviation))
     if deviation[worst] > ORIENTATION_TOLERANCE:
@@ -148,8 +148,8 @@ def check_orientations(orientations: Sequence[Sequence[float]]) -> FloatArray:
 
 
 def stack_grid(
-    orientation: Sequence[float],
-    pixel_spacing: Sequence[float],
+    orientation: npt.ArrayLike,
+    pixel_spacing: npt.ArrayLike,
     positions: npt.ArrayLike,
     *,
     rows: int,
@@ -166,24 +166,29 @@ def stack_grid(
     GeometryError
         On duplicate positions (several phases or echoes), uneven spacing, or slices off a straight line.
 
-    >>> stack_grid([0, 1, 0, 0, 0, -1], [2.0, 1.0], [[-3, 0, 0], [0, 0, 0]], rows=4, cols=5).point((1, 0, 0)).tolist()
-    [0.0, 0.0, 0.0]
+    A sagittal stack (normal towards the patient's right, −x):
+
+    >>> stack_grid([0, 1, 0, 0, 0, -1], [2.0, 1.0], [[0, 0, 0], [-3, 0, 0]], rows=4, cols=5).point((1, 1, 1)).tolist()
+    [-3.0, 1.0, -2.0]
     """
     iop = np.asarray(orientation, dtype=np.float64)
     normal = normal_of(iop)
-    delta_row, delta_col = (float(v) for v in pixel_spacing)
-    if not (delta_row > 0 and delta_col > 0):
-        raise GeometryError(f"PixelSpacing must be two positive numbers, got {list(pixel_spacing)}")
+    spacing = np.asarray(pixel_spacing, dtype=np.float64).ravel()
+    if spacing.shape != (2,) or not np.all(spacing > 0):
+        raise GeometryError(f"PixelSpacing must be two positive numbers, got {spacing.tolist()}")
+    delta_row, delta_col = float(spacing[0]), float(spacing[1])
     ipp = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
     n = len(ipp)
     if n > 1:
         step = (ipp[-1] - ipp[0]) / (n - 1)
         distances = ipp @ normal
         gaps = np.diff(distances)
+        if np.any(gaps < -1e-3):
+            raise ValueError("positions must be sorted along the slice normal (see slice_order)")
         if np.any(gaps < 1e-3):
             at = int(np.argmin(gaps))
             raise GeometryError(
-                f"{n - int(np.count_nonzero(gaps >= 1e-3))} slice position(s) occur twice (e.g. at {distances[at]:.2f} mm"
+                f"{int(np.count_nonzero(gaps < 1e-3))} slice position(s) occur twice (e.g. at {distances[at]:.2f} mm"
                 " along the normal): the series holds several phases, echoes or stacks; split it"
             )
         expected = ipp[0] + np.arange(n)[:, None] * step
@@ -331,7 +336,8 @@ def _mapped_slices(shape: Sequence[int], transform: FloatArray) -> Any:
 
 def _inside_mask(indices: npt.NDArray[np.intp], shape: Sequence[int]) -> npt.NDArray[np.bool_]:
     upper = np.asarray(shape[:3], dtype=np.intp)
-    return np.all((indices >= 0) & (indices < upper), axis=-1)
+    inside: npt.NDArray[np.bool_] = np.all((indices >= 0) & (indices < upper), axis=-1)
+    return inside
 
 
 def align_labels(labels: npt.NDArray[Any], source_shape: Sequence[int], alignment: Alignment) -> npt.NDArray[Any]:

@@ -71,7 +71,7 @@ def load_label_input(path: Path) -> LabelVolume:
 
 def _read_nifti(path: Path) -> tuple[Any, npt.NDArray[Any]]:
     try:
-        image = nib.load(path)
+        image: Any = nib.load(path)
         data = np.asanyarray(image.dataobj)
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
         raise InputError(f"{path.name}: cannot be read as NIfTI ({_short(exc)}); the file is corrupt or incomplete"

@@ -170,13 +170,12 @@ def _from_multiframe(header: Dataset, path: Path) -> SourceSeries:
         raise GeometryError(f"{path.name}: multi-frame object without per-frame functional groups; segnode needs"
                             " Enhanced CT/MR (or another object with plane positions per frame)")
     frames = int(getattr(header, "NumberOfFrames", len(header.PerFrameFunctionalGroupsSequence)))
-    orientations = [_floats(functional_attribute(header, f, "PlaneOrientationSequence", "ImageOrientationPatient"), 6,
-                            "ImageOrientationPatient") for f in range(frames)]
-    orientation = check_orientations(orientations)
-    positions = np.array([_floats(functional_attribute(header, f, "PlanePositionSequence", "ImagePositionPatient"), 3,
-                                  "ImagePositionPatient") for f in range(frames)])
-    spacings = {tuple(round(v, 6) for v in _floats(functional_attribute(header, f, "PixelMeasuresSequence", "PixelSpacing"),
-                                                   2, "PixelSpacing")) for f in range(frames)}
+    def per_frame(group: str, attribute: str, count: int) -> list[list[float]]:
+        return [_floats(functional_attribute(header, f, group, attribute), count, attribute) for f in range(frames)]
+
+    orientation = check_orientations(per_frame("PlaneOrientationSequence", "ImageOrientationPatient", 6))
+    positions = np.array(per_frame("PlanePositionSequence", "ImagePositionPatient", 3))
+    spacings = {tuple(round(v, 6) for v in values) for values in per_frame("PixelMeasuresSequence", "PixelSpacing", 2)}
     if len(spacings) > 1:
         raise GeometryError(f"frames differ in pixel spacing {sorted(spacings)}")
     order = slice_order(orientation, positions)
