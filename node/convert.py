@@ -7,14 +7,13 @@ failure never leaves a partial output file.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
 
+from node.durable import atomic_write
 from node.errors import GeometryError, LabelError, SegnodeError
 from node.geometry import GRID_TOLERANCE_VOXELS, Alignment, align_labels, label_stats, plan_alignment
 from node.labelmap import LabelVolume, load_label_input, nifti_stem
@@ -103,28 +102,8 @@ def build_seg_from_input(series: SourceSeries, label_path: Path, *, labels_file:
 
 
 def write_dataset_atomically(dataset: Dataset, out: Path) -> None:
-    """Write ``dataset`` to ``out`` via a temporary file in the same folder, fsync and rename: never a partial file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            dataset.save_as(handle, enforce_file_format=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, out)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    fsync_folder(out.parent)
-
-
-def fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write ``dataset`` to ``out`` durably: a failure leaves no partial file."""
+    atomic_write(out, lambda handle: dataset.save_as(handle, enforce_file_format=True))
 
 
 def error_line(exc: BaseException) -> str:
