@@ -68,8 +68,8 @@ def export_affine(grid: Grid) -> npt.NDArray[np.float64]:
     """RAS affine of the export array (col, row, slice) for a source grid indexed (slice, row, col).
 
     >>> grid = Grid(np.array([[0, 0, 1.3, -10], [0, 0.9, 0, 20], [2.5, 0, 0, 30], [0, 0, 0, 1.0]]), (4, 5, 6))
-    >>> export_affine(grid)[:3].tolist()
-    [[-1.3, -0.0, -0.0, 10.0], [-0.0, -0.9, -0.0, -20.0], [0.0, 0.0, 2.5, 30.0]]
+    >>> (export_affine(grid)[:3] + 0.0).tolist()
+    [[-1.3, 0.0, 0.0, 10.0], [0.0, -0.9, 0.0, -20.0], [0.0, 0.0, 2.5, 30.0]]
     """
     to_col_row_slice = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1.0]])
     return np.asarray(LPS_FROM_RAS @ grid.affine @ to_col_row_slice, dtype=np.float64)
