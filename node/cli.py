@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
+import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import node
+from node import db, jobs
+from node.config import Config, DicomDestination, load_config
 from node.convert import build_seg_from_input, error_line, write_dataset_atomically
-from node.errors import SegnodeError
+from node.errors import ConfigError, SegnodeError
 from node.labels import AlgorithmInfo
 from node.seg import SegOptions, SegType
+from node.send import echo
 from node.series import load_series
 
 log = logging.getLogger(__name__)
@@ -36,6 +43,25 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--algorithm-version", default=node.__version__, help="algorithm version")
     convert.add_argument("--series-description", default="segnode SEG")
     convert.set_defaults(handler=_convert)
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--config", type=Path, default=Path("/etc/segnode/segnode.toml"), help="node config (TOML)")
+        return sub
+
+    with_config("run", "run the node in the foreground (as systemd does)").set_defaults(handler=_run)
+    with_config("check-config", "validate a config file and exit").set_defaults(handler=_check_config)
+    with_config("status", "series and jobs by state, disk space").set_defaults(handler=_status)
+    listing = with_config("jobs", "list recent jobs")
+    listing.add_argument("--state", choices=[s.value for s in jobs.JobState], help="only jobs in this state")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(handler=_jobs)
+    retry = with_config("retry", "send a failed job again")
+    retry.add_argument("job", type=int, help="job number (see `segnode jobs`)")
+    retry.set_defaults(handler=_retry)
+    ping = with_config("echo", "C-ECHO a configured destination")
+    ping.add_argument("destination", nargs="?", help="destination name (default: every DICOM destination)")
+    ping.set_defaults(handler=_echo)
     return parser
 
 
@@ -54,14 +80,96 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _run(args: argparse.Namespace) -> int:
+    from node.service import Node  # the service pulls in the network stack; convert does not need it
+
+    config = load_config(args.config)
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else config.node.log_level)
+    Node(config).run()
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    destinations = ", ".join(d.describe() for d in config.destinations) or "none"
+    print(f"{args.config}: ok; {config.node.ae_title} on {config.node.bind}:{config.node.port},"
+          f" data {config.paths.data}, destinations: {destinations}")
+    return 0
+
+
+def _open_database(config: Config) -> Any:
+    if not config.paths.database.exists():
+        raise ConfigError(f"{config.paths.database}: no state database yet; has `segnode run` been started?")
+    return db.connect(config.paths.database)
+
+
+def _status(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    with _open_database(config) as conn:
+        series = db.series_counts(conn)
+        job_counts = jobs.job_counts(conn)
+    free = shutil.disk_usage(config.paths.data).free
+    print("series: " + ", ".join(f"{state.value} {n}" for state, n in series.items()))
+    print("jobs:   " + ", ".join(f"{state.value} {n}" for state, n in job_counts.items()))
+    print(f"disk:   {free / 2**30:.1f} GiB free in {config.paths.data}")
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    with _open_database(config) as conn:
+        rows = jobs.list_jobs(conn, args.state, args.limit)
+    for job in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.updated_at))
+        sends = " ".join(f"{s.destination}:{s.state.value}" for s in job.sends)
+        reason = f"  {job.reason}" if job.reason else ""
+        print(f"{job.id:>6} {when} {job.state.value:<10} {job.inbox_path.name} {sends}{reason}")
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    with _open_database(config) as conn:
+        state = jobs.retry_job(conn, args.job)
+    print(f"job {args.job}: {state.value}")
+    return 0
+
+
+def _echo(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    chosen = [config.destination(args.destination)] if args.destination else list(config.destinations)
+    peers = [d for d in chosen if isinstance(d, DicomDestination)]
+    if not peers:
+        raise ConfigError(f"{args.config}: no DICOM destination to echo")
+    failures = 0
+    for peer in peers:
+        problem = echo(peer, calling_ae=config.node.ae_title, timeout=config.send.timeout)
+        print(f"{peer.describe()}: {problem or 'ok'}")
+        failures += problem is not None
+    return 1 if failures else 0
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    """The one logging setup, as a dictConfig: one line per record on stderr (journald adds the time)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "line"}},
+        "root": {"level": level, "handlers": ["stderr"]},
+        # pynetdicom and highdicom log every PDU or module copy at INFO; their warnings are what an operator needs.
+        "loggers": {"pynetdicom": {"level": "WARNING"}, "highdicom": {"level": "WARNING"}},
+    }
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    level = "DEBUG" if args.verbose else ("INFO" if args.command == "run" else "WARNING")
+    logging.config.dictConfig(logging_config(level))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure_logging(args.verbose)
+    configure_logging(args)
     try:
         return int(args.handler(args))
     except SegnodeError as exc:

@@ -41,13 +41,14 @@ def sidecar_of(path: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def label_table(volume: LabelVolume, labels_file: Path | None) -> dict[int, LabelEntry]:
-    """Label names and codes, first source that has them winning per label:
-    ``--labels`` file, ``<stem>.json`` sidecar, names embedded in the NIfTI header, mask file names."""
+def label_table(volume: LabelVolume, labels_file: Path | None,
+                default_labels: Path | None = None) -> dict[int, LabelEntry]:
+    """Label names and codes per label, later sources winning: mask file names, names embedded in the NIfTI
+    header (TotalSegmentator), the site's default table, the ``<stem>.json`` sidecar, an explicit ``--labels``."""
     table: dict[int, LabelEntry] = {label: LabelEntry(name=name) for label, name in volume.names.items()}
     if volume.header is not None and not volume.path.is_dir():
         table.update({label: LabelEntry(name=name) for label, name in names_from_nifti_header(volume.header).items()})
-    for source in (sidecar_of(volume.path), labels_file):
+    for source in (default_labels, sidecar_of(volume.path), labels_file):
         if source is not None:
             table.update(read_label_table(source))
     return table
@@ -66,7 +67,7 @@ def tolerance_for(alignment: Alignment, volume: LabelVolume, series: SourceSerie
 
 
 def build_seg_from_input(series: SourceSeries, label_path: Path, *, labels_file: Path | None = None,
-                         options: SegOptions | None = None) -> ConvertResult:
+                         default_labels: Path | None = None, options: SegOptions | None = None) -> ConvertResult:
     """Load, align, build and verify. Raises :class:`SegnodeError` subclasses with one-line reasons."""
     options = options or SegOptions()
     volume = load_label_input(label_path)
@@ -84,7 +85,7 @@ def build_seg_from_input(series: SourceSeries, label_path: Path, *, labels_file:
     aligned = align_labels(volume.array, series.grid.shape, alignment)
     present = [int(v) for v in np.flatnonzero(np.bincount(aligned.ravel(), minlength=1)) if v != 0]
     lost = sorted(set(input_values) - set(present))
-    table = label_table(volume, labels_file)
+    table = label_table(volume, labels_file, default_labels)
     if lost:
         names = ", ".join(table[v].name if v in table else str(v) for v in lost)
         notices.append(f"{name}: {len(lost)} label(s) fall outside the series and are skipped: {names}")
