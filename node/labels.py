@@ -513,7 +513,8 @@ def _from_dcmqi(path: Path, data: Mapping[str, Any]) -> dict[int, LabelEntry]:
             raise LabelError(f"{path.name}: segment {position} has labelID 0, which is background; use 1 or more")
         where = f"labelID {label}"
         colour = item.get("recommendedDisplayRGBValue")
-        name = item.get("SegmentLabel")
+        # dcmqi itself labels a segment by its SegmentDescription when SegmentLabel is absent.
+        name = item.get("SegmentLabel") or item.get("SegmentDescription")
         entry = LabelEntry(
             name=name.strip() if isinstance(name, str) and name.strip() else f"Segment {label}",
             color=_colour(path, where, colour) if colour is not None else None,

@@ -1,0 +1,992 @@
+"""Synthetic DICOM series, phantoms and NIfTI label maps: the one shared builder module of the tests.
+
+Geometry follows GEOMETRY.md. DICOM patient coordinates are LPS; ``ImageOrientationPatient`` is
+``[col_dir, row_dir]`` (direction of increasing column index, then of increasing row index);
+``PixelSpacing`` is ``[Δrow, Δcol]``; the centre of pixel (r, c) of slice k is
+``IPP_k + c·Δcol·col_dir + r·Δrow·row_dir`` with ``IPP_k = origin + k·step·normal`` and
+``normal = col_dir × row_dir``.
+
+Everything here is synthetic: fake names, generated UIDs, phantom pixels. Nothing reads the node's code, so
+the tests built on these helpers check the node against an independent statement of the geometry.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Protocol
+
+import nibabel
+import numpy as np
+import numpy.typing as npt
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+log = logging.getLogger(__name__)
+
+# nibabel's annotations are partial (its calls are "untyped" under --strict): use it as a dynamic module.
+nib: Any = nibabel
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+Vec3 = tuple[float, float, float]
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+LABEL_MAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
+
+#: Where every preset grid is centred (LPS mm): off the origin so a dropped translation shows.
+PRESET_CENTRE_LPS: Vec3 = (12.5, -30.25, 41.0)
+#: RAS <-> LPS for points and (left-multiplied) 4x4 affines.
+LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: Exact grids must agree to this (mm): float32 NIfTI headers carry ~1e-5 relative error.
+POSITION_TOLERANCE_MM = 1e-3
+TOOL_TIMEOUT_S = 120.0
+
+# Type 2 attributes of the patient/study modules that some exporters leave out entirely.
+TYPE2_OPTIONAL = ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
+                  "ReferringPhysicianName")
+
+
+def _unit(vector: Sequence[float]) -> FloatArray:
+    array = np.asarray(vector, dtype=np.float64)
+    return array / np.linalg.norm(array)
+
+
+def _rotation(axis: Sequence[float], degrees: float) -> FloatArray:
+    """Right-handed rotation matrix about ``axis`` (Rodrigues)."""
+    k = _unit(axis)
+    angle = math.radians(degrees)
+    cross = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return np.asarray(np.eye(3) + math.sin(angle) * cross + (1.0 - math.cos(angle)) * (cross @ cross),
+                      dtype=np.float64)
+
+
+def vec3(array: npt.ArrayLike) -> Vec3:
+    """Three floats from any 3-vector (a hashable field value for the frozen dataclasses)."""
+    a = np.asarray(array, dtype=np.float64).ravel()
+    return (float(a[0]), float(a[1]), float(a[2]))
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """A regular stack of DICOM slices in LPS.
+
+    ``slice_step`` may be negative: then slice 0 is the one furthest along the normal (e.g. superior first).
+    """
+
+    rows: int
+    cols: int
+    slices: int
+    row_spacing: float
+    col_spacing: float
+    slice_step: float
+    col_dir: Vec3
+    row_dir: Vec3
+    origin: Vec3
+
+    def __post_init__(self) -> None:
+        if min(self.rows, self.cols, self.slices) < 1:
+            raise ValueError(f"grid needs at least one row, column and slice, got {self.shape}")
+        if self.row_spacing <= 0 or self.col_spacing <= 0 or self.slice_step == 0:
+            raise ValueError("spacings must be positive and the slice step non-zero")
+        col, row = np.asarray(self.col_dir), np.asarray(self.row_dir)
+        if abs(np.linalg.norm(col) - 1) > 1e-9 or abs(np.linalg.norm(row) - 1) > 1e-9 or abs(col @ row) > 1e-9:
+            raise ValueError("col_dir and row_dir must be orthonormal")
+
+    # -- presets -----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def _centred(cls, col_dir: Sequence[float], row_dir: Sequence[float], *, rows: int, cols: int, slices: int,
+                 row_spacing: float, col_spacing: float, slice_step: float,
+                 centre: Sequence[float] | None) -> GridSpec:
+        col, row = _unit(col_dir), _unit(row_dir)
+        normal = np.cross(col, row)
+        middle = np.asarray(PRESET_CENTRE_LPS if centre is None else centre, dtype=np.float64)
+        origin = (middle - (cols - 1) / 2 * col_spacing * col - (rows - 1) / 2 * row_spacing * row
+                  - (slices - 1) / 2 * slice_step * normal)
+        return cls(rows=rows, cols=cols, slices=slices, row_spacing=row_spacing, col_spacing=col_spacing,
+                   slice_step=slice_step, col_dir=vec3(col), row_dir=vec3(row), origin=vec3(origin))
+
+    @classmethod
+    def axial(cls, *, rows: int = 40, cols: int = 40, slices: int = 12, row_spacing: float = 1.0,
+              col_spacing: float = 1.0, slice_step: float = 2.0, centre: Sequence[float] | None = None) -> GridSpec:
+        """Rows run posterior, columns to the patient's left, slices inferior → superior (negative step: reverse)."""
+        return cls._centred((1, 0, 0), (0, 1, 0), rows=rows, cols=cols, slices=slices, row_spacing=row_spacing,
+                            col_spacing=col_spacing, slice_step=slice_step, centre=centre)
+
+    @classmethod
+    def sagittal(cls, *, rows: int = 40, cols: int = 40, slices: int = 12, row_spacing: float = 1.0,
+                 col_spacing: float = 1.0, slice_step: float = 2.0,
+                 centre: Sequence[float] | None = None) -> GridSpec:
+        """Columns run posterior, rows inferior; the normal points to the patient's right."""
+        return cls._centred((0, 1, 0), (0, 0, -1), rows=rows, cols=cols, slices=slices, row_spacing=row_spacing,
+                            col_spacing=col_spacing, slice_step=slice_step, centre=centre)
+
+    @classmethod
+    def coronal(cls, *, rows: int = 40, cols: int = 40, slices: int = 12, row_spacing: float = 1.0,
+                col_spacing: float = 1.0, slice_step: float = 2.0,
+                centre: Sequence[float] | None = None) -> GridSpec:
+        """Columns run to the patient's left, rows inferior; the normal points posterior."""
+        return cls._centred((1, 0, 0), (0, 0, -1), rows=rows, cols=cols, slices=slices, row_spacing=row_spacing,
+                            col_spacing=col_spacing, slice_step=slice_step, centre=centre)
+
+    @classmethod
+    def oblique(cls, *, rows: int = 40, cols: int = 40, slices: int = 12, row_spacing: float = 1.0,
+                col_spacing: float = 1.0, slice_step: float = 2.0, centre: Sequence[float] | None = None,
+                tilt_degrees: float = 23.0, spin_degrees: float = 37.0) -> GridSpec:
+        """An axial stack tilted about the L-R axis and then spun about the S-I axis: no axis is a permutation."""
+        rotation = _rotation((0, 0, 1), spin_degrees) @ _rotation((1, 0, 0), tilt_degrees)
+        return cls._centred(rotation @ np.array([1.0, 0, 0]), rotation @ np.array([0, 1.0, 0]), rows=rows,
+                            cols=cols, slices=slices, row_spacing=row_spacing, col_spacing=col_spacing,
+                            slice_step=slice_step, centre=centre)
+
+    def replace(self, **changes: Any) -> GridSpec:
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+    # -- geometry ----------------------------------------------------------------------------------------------
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(slices, rows, cols): the order of :meth:`centres_lps` and of SEG frames."""
+        return (self.slices, self.rows, self.cols)
+
+    @property
+    def normal(self) -> FloatArray:
+        return np.cross(np.asarray(self.col_dir), np.asarray(self.row_dir))
+
+    @property
+    def image_orientation(self) -> list[float]:
+        """ImageOrientationPatient: column direction first, then row direction."""
+        return [*self.col_dir, *self.row_dir]
+
+    @property
+    def pixel_spacing(self) -> list[float]:
+        """PixelSpacing: [Δrow, Δcol], the reverse of the IOP vectors' order."""
+        return [self.row_spacing, self.col_spacing]
+
+    def position(self, k: int | float) -> FloatArray:
+        """ImagePositionPatient of slice ``k`` (centre of its first pixel)."""
+        return np.asarray(self.origin) + k * self.slice_step * self.normal
+
+    def positions(self) -> FloatArray:
+        """(slices, 3) ImagePositionPatient of every slice, in slice-index order."""
+        return np.stack([self.position(k) for k in range(self.slices)])
+
+    def affine_lps(self) -> FloatArray:
+        """4x4 mapping index (slice, row, col, 1) → LPS mm."""
+        affine = np.eye(4)
+        affine[:3, 0] = self.slice_step * self.normal
+        affine[:3, 1] = self.row_spacing * np.asarray(self.row_dir)
+        affine[:3, 2] = self.col_spacing * np.asarray(self.col_dir)
+        affine[:3, 3] = self.origin
+        return affine
+
+    def centres_lps(self) -> FloatArray:
+        """(slices, rows, cols, 3) pixel centres in LPS mm."""
+        index = np.stack(np.meshgrid(np.arange(self.slices), np.arange(self.rows), np.arange(self.cols),
+                                     indexing="ij"), axis=-1).astype(np.float64)
+        affine = self.affine_lps()
+        return index @ affine[:3, :3].T + affine[:3, 3]
+
+    def centre_lps(self) -> FloatArray:
+        """The geometric centre of the stack (mean of all pixel centres)."""
+        index = np.array([(self.slices - 1) / 2, (self.rows - 1) / 2, (self.cols - 1) / 2, 1.0])
+        return np.asarray((self.affine_lps() @ index)[:3], dtype=np.float64)
+
+    def inscribed_radius(self) -> float:
+        """Radius of the largest ball around :meth:`centre_lps` inside the box of pixel centres."""
+        return 0.5 * min((self.slices - 1) * abs(self.slice_step), (self.rows - 1) * self.row_spacing,
+                         (self.cols - 1) * self.col_spacing)
+
+    def snap(self, points_lps: npt.ArrayLike) -> FloatArray:
+        """Each point moved to the nearest pixel centre of this grid (the grid continued outside its extent)."""
+        points = np.asarray(points_lps, dtype=np.float64)
+        affine = self.affine_lps()
+        index = np.rint((points - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T)
+        return index @ affine[:3, :3].T + affine[:3, 3]
+
+    def voxel_volume(self) -> float:
+        return self.row_spacing * self.col_spacing * abs(self.slice_step)
+
+
+# -- phantom ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    """An LPS-axis-aligned box or ellipsoid painted with ``label``."""
+
+    label: int
+    name: str
+    kind: Literal["box", "ellipsoid"]
+    centre: Vec3
+    half_size: Vec3
+
+    def contains(self, points: FloatArray) -> npt.NDArray[np.bool_]:
+        scaled = (points - np.asarray(self.centre)) / np.asarray(self.half_size)
+        if self.kind == "box":
+            return np.asarray(np.all(np.abs(scaled) <= 1.0, axis=-1), dtype=np.bool_)
+        return np.asarray(np.sum(scaled * scaled, axis=-1) <= 1.0, dtype=np.bool_)
+
+
+# Offsets and half sizes in units of the fitting radius; every shape stays inside the unit ball, none is
+# symmetric about the centre along any axis, and "aorta" is painted over part of "liver".
+_STANDARD_SHAPES: tuple[tuple[str, Literal["box", "ellipsoid"], Vec3, Vec3], ...] = (
+    ("liver", "ellipsoid", (0.30, -0.22, 0.12), (0.50, 0.34, 0.42)),
+    ("spleen", "box", (-0.42, 0.28, -0.18), (0.25, 0.30, 0.25)),
+    ("kidney_left", "ellipsoid", (0.12, 0.45, -0.38), (0.25, 0.22, 0.30)),
+    ("aorta", "box", (0.40, -0.10, 0.40), (0.15, 0.14, 0.35)),
+)
+
+
+@dataclass(frozen=True)
+class Phantom:
+    """Labelled shapes in LPS mm; later shapes are painted over earlier ones."""
+
+    shapes: tuple[Shape, ...]
+
+    @classmethod
+    def fitting(cls, grid: GridSpec, *, values: Sequence[int] = (1, 2, 3, 4), scale: float = 1.0) -> Phantom:
+        """The standard four-organ phantom scaled into ``grid``'s inscribed ball (any orientation fits)."""
+        if len(values) != len(_STANDARD_SHAPES):
+            raise ValueError(f"need {len(_STANDARD_SHAPES)} label values, got {len(values)}")
+        radius = grid.inscribed_radius() * scale
+        centre = grid.centre_lps()
+        shapes = tuple(
+            Shape(label=int(value), name=name, kind=kind, centre=vec3(centre + radius * np.asarray(offset)),
+                  half_size=vec3(radius * np.asarray(half)))
+            for value, (name, kind, offset, half) in zip(values, _STANDARD_SHAPES, strict=True))
+        return cls(shapes)
+
+    def translated(self, offset_mm: Sequence[float]) -> Phantom:
+        return Phantom(tuple(dataclasses.replace(s, centre=vec3(np.asarray(s.centre) + np.asarray(offset_mm)))
+                             for s in self.shapes))
+
+    @property
+    def values(self) -> list[int]:
+        return sorted({s.label for s in self.shapes})
+
+    @property
+    def names(self) -> dict[int, str]:
+        """Label value → name."""
+        return {s.label: s.name for s in self.shapes}
+
+    def labels_at(self, points_lps: npt.ArrayLike, snap: GridSpec | None = None) -> IntArray:
+        """Label of each point (shape ``points.shape[:-1]``); with ``snap``, of the nearest pixel centre of that grid.
+
+        Snapping makes the truth piecewise constant on the source grid's cells, so a point computed in float32
+        from a NIfTI header gets the same label as the float64 pixel centre it stands for.
+        """
+        points = np.asarray(points_lps, dtype=np.float64)
+        if snap is not None:
+            points = snap.snap(points)
+        labels = np.zeros(points.shape[:-1], dtype=np.int64)
+        for shape in self.shapes:
+            labels[shape.contains(points)] = shape.label
+        return labels
+
+    def truth(self, grid: GridSpec) -> IntArray:
+        """(slices, rows, cols) labels at ``grid``'s own pixel centres: the exact answer for a SEG on ``grid``."""
+        return self.labels_at(grid.centres_lps(), snap=grid)
+
+
+# -- DICOM series -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """What :func:`write_series` wrote."""
+
+    grid: GridSpec
+    folder: Path
+    #: Files, in geometric (slice-index) order; one file for an Enhanced object.
+    paths: tuple[Path, ...]
+    study_uid: str
+    series_uid: str
+    frame_of_reference_uid: str
+    #: SOP Instance UIDs in geometric order (one for an Enhanced object).
+    sop_uids: tuple[str, ...]
+    sop_class_uid: str
+    #: For an Enhanced object, the 1-based frame number that holds slice k; None for single-frame series.
+    frame_numbers: tuple[int, ...] | None = None
+
+    def source_of_slice(self, k: int) -> tuple[str, int | None]:
+        """(SOP Instance UID, frame number or None) that a SEG frame on slice ``k`` must reference."""
+        if self.frame_numbers is None:
+            return self.sop_uids[k], None
+        return self.sop_uids[0], self.frame_numbers[k]
+
+
+def _order(count: int, how: str, rng: np.random.Generator) -> list[int]:
+    if how == "ascending":
+        return list(range(count))
+    if how == "reversed":
+        return list(range(count))[::-1]
+    if how == "shuffled":
+        order = [int(i) for i in rng.permutation(count)]
+        if count > 2 and order in (list(range(count)), list(range(count))[::-1]):
+            order[0], order[1] = order[1], order[0]
+        return order
+    raise ValueError(f"instance_numbers must be ascending, reversed or shuffled, not {how!r}")
+
+
+def phantom_image(grid: GridSpec, phantom: Phantom) -> npt.NDArray[np.uint16]:
+    """(slices, rows, cols) stored CT values (HU + 1024): a body, brighter organs and a gentle gradient."""
+    centres = grid.centres_lps()
+    offset = (centres - grid.centre_lps()) / max(grid.inscribed_radius(), 1.0)
+    body = np.sum(offset**2, axis=-1) <= 2.0
+    hu = np.where(body, 40.0, -1000.0) + 60.0 * phantom.labels_at(centres) + 5.0 * offset[..., 0]
+    return np.asarray(np.clip(np.rint(hu + 1024.0), 0, 4095), dtype=np.uint16)
+
+
+def _common_dataset(*, sop_class_uid: str, modality: str, uids: Mapping[str, str], omit_type2: bool) -> Dataset:
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = sop_class_uid
+    ds.PatientName = "Synthetic^Phantom"
+    ds.PatientID = "SYN-0001"
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = uids["study"]
+    ds.StudyDate = "20240102"
+    ds.StudyTime = "101500"
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = "SYN1"
+    ds.AccessionNumber = "ACC0001"
+    ds.StudyDescription = "Synthetic phantom study"
+    ds.Modality = modality
+    ds.SeriesInstanceUID = uids["series"]
+    ds.SeriesNumber = 7
+    ds.SeriesDescription = "Synthetic phantom"
+    ds.PatientPosition = "HFS"
+    ds.FrameOfReferenceUID = uids["frame_of_reference"]
+    ds.PositionReferenceIndicator = ""
+    ds.Manufacturer = "segnode-tests"
+    ds.ContentDate = "20240102"
+    ds.ContentTime = "101600"
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    if omit_type2:
+        for keyword in TYPE2_OPTIONAL:
+            delattr(ds, keyword)
+    return ds
+
+
+def _file_meta(ds: Dataset) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "SEGNODE_TESTS"
+    return meta
+
+
+def _ds(value: float) -> str:
+    """A DS value that round-trips a float64 to well under 1e-6 mm (16 characters at most)."""
+    for digits in range(16, 6, -1):
+        text = f"{value:.{digits}g}"
+        if len(text) <= 16:
+            return text
+    raise ValueError(f"cannot format {value} as DS")
+
+
+def _single_frame(grid: GridSpec, k: int, image: npt.NDArray[np.uint16], base: Dataset, *, instance_number: int,
+                  sop_uid: str, modality: str) -> Dataset:
+    ds = copy.deepcopy(base)
+    ds.SOPInstanceUID = sop_uid
+    ds.InstanceNumber = instance_number
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL" if modality == "CT" else "OTHER"]
+    ds.BodyPartExamined = "ABDOMEN"
+    ds.AcquisitionNumber = 1
+    ds.ImagePositionPatient = [_ds(v) for v in grid.position(k)]
+    ds.ImageOrientationPatient = [_ds(v) for v in grid.image_orientation]
+    ds.PixelSpacing = [_ds(v) for v in grid.pixel_spacing]
+    ds.SliceThickness = _ds(abs(grid.slice_step))
+    ds.SliceLocation = _ds(float(grid.position(k) @ grid.normal))
+    ds.Rows = grid.rows
+    ds.Columns = grid.cols
+    if modality == "CT":
+        ds.RescaleIntercept = "-1024"
+        ds.RescaleSlope = "1"
+        ds.KVP = "120"
+    else:
+        ds.ScanningSequence = "SE"
+        ds.SequenceVariant = "NONE"
+        ds.ScanOptions = ""
+        ds.MRAcquisitionType = "2D"
+        ds.RepetitionTime = "500"
+        ds.EchoTime = "15"
+        ds.EchoTrainLength = 1
+        ds.MagneticFieldStrength = "1.5"
+        ds.ImagingFrequency = "63.9"
+        ds.ImagedNucleus = "1H"
+    ds.PixelData = image.tobytes()
+    ds.file_meta = _file_meta(ds)
+    return ds
+
+
+def _enhanced_ct(grid: GridSpec, image: npt.NDArray[np.uint16], base: Dataset, *, storage_order: Sequence[int],
+                 sop_uid: str) -> Dataset:
+    """One Enhanced CT Image with frames stored in ``storage_order`` (a list of slice indices)."""
+    ds = copy.deepcopy(base)
+    ds.SOPInstanceUID = sop_uid
+    ds.InstanceNumber = 1
+    ds.ImageType = ["DERIVED", "PRIMARY", "VOLUME", "NONE"]
+    ds.AcquisitionNumber = 1
+    ds.AcquisitionDateTime = "20240102101500"
+    ds.AcquisitionDuration = 1.0
+    ds.AcquisitionContextSequence = DicomSequence([])
+    ds.ContentQualification = "RESEARCH"
+    ds.PixelPresentation = "MONOCHROME"
+    ds.VolumetricProperties = "VOLUME"
+    ds.VolumeBasedCalculationTechnique = "NONE"
+    ds.BurnedInAnnotation = "NO"
+    ds.RecognizableVisualFeatures = "NO"
+    ds.LossyImageCompression = "00"
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.ManufacturerModelName = "Synthetic"
+    ds.DeviceSerialNumber = "0001"
+    ds.SoftwareVersions = "1"
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.Rows = grid.rows
+    ds.Columns = grid.cols
+    ds.NumberOfFrames = grid.slices
+
+    dimension_uid = generate_uid()
+    organization = Dataset()
+    organization.DimensionOrganizationUID = dimension_uid
+    ds.DimensionOrganizationSequence = DicomSequence([organization])
+    ds.DimensionOrganizationType = "3D"
+    stack_dim = Dataset()
+    stack_dim.DimensionOrganizationUID = dimension_uid
+    stack_dim.DimensionIndexPointer = pydicom.tag.Tag("StackID")
+    stack_dim.FunctionalGroupPointer = pydicom.tag.Tag("FrameContentSequence")
+    position_dim = Dataset()
+    position_dim.DimensionOrganizationUID = dimension_uid
+    position_dim.DimensionIndexPointer = pydicom.tag.Tag("InStackPositionNumber")
+    position_dim.FunctionalGroupPointer = pydicom.tag.Tag("FrameContentSequence")
+    ds.DimensionIndexSequence = DicomSequence([stack_dim, position_dim])
+
+    shared = Dataset()
+    measures = Dataset()
+    measures.PixelSpacing = [_ds(v) for v in grid.pixel_spacing]
+    measures.SliceThickness = _ds(abs(grid.slice_step))
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [_ds(v) for v in grid.image_orientation]
+    shared.PlaneOrientationSequence = DicomSequence([orientation])
+    transformation = Dataset()
+    transformation.RescaleIntercept = "-1024"
+    transformation.RescaleSlope = "1"
+    transformation.RescaleType = "HU"
+    shared.PixelValueTransformationSequence = DicomSequence([transformation])
+    frame_type = Dataset()
+    frame_type.FrameType = ["DERIVED", "PRIMARY", "VOLUME", "NONE"]
+    frame_type.PixelPresentation = "MONOCHROME"
+    frame_type.VolumetricProperties = "VOLUME"
+    frame_type.VolumeBasedCalculationTechnique = "NONE"
+    shared.CTImageFrameTypeSequence = DicomSequence([frame_type])
+    anatomy = Dataset()
+    region = Dataset()
+    region.CodeValue = "818981001"
+    region.CodingSchemeDesignator = "SCT"
+    region.CodeMeaning = "Abdomen"
+    anatomy.AnatomicRegionSequence = DicomSequence([region])
+    anatomy.FrameLaterality = "U"
+    shared.FrameAnatomySequence = DicomSequence([anatomy])
+    irradiation = Dataset()
+    irradiation.IrradiationEventUID = generate_uid()
+    shared.IrradiationEventIdentificationSequence = DicomSequence([irradiation])
+    acquisition_type = Dataset()
+    acquisition_type.AcquisitionType = "SEQUENCED"
+    acquisition_type.ConstantVolumeFlag = "NO"
+    acquisition_type.FluoroscopyFlag = "NO"
+    shared.CTAcquisitionTypeSequence = DicomSequence([acquisition_type])
+    voi = Dataset()
+    voi.WindowCenter = "40"
+    voi.WindowWidth = "400"
+    shared.FrameVOILUTSequence = DicomSequence([voi])
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+
+    per_frame = []
+    for k in storage_order:
+        group = Dataset()
+        content = Dataset()
+        content.FrameAcquisitionDateTime = "20240102101500"
+        content.FrameReferenceDateTime = "20240102101500"
+        content.FrameAcquisitionDuration = 1.0
+        content.StackID = "1"
+        content.InStackPositionNumber = k + 1
+        content.DimensionIndexValues = [1, k + 1]
+        group.FrameContentSequence = DicomSequence([content])
+        position = Dataset()
+        position.ImagePositionPatient = [_ds(v) for v in grid.position(k)]
+        group.PlanePositionSequence = DicomSequence([position])
+        per_frame.append(group)
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
+    ds.PixelData = np.ascontiguousarray(image[list(storage_order)]).tobytes()
+    ds.file_meta = _file_meta(ds)
+    return ds
+
+
+def write_series(grid: GridSpec, folder: Path, *, enhanced: bool = False,
+                 instance_numbers: Literal["ascending", "reversed", "shuffled"] = "ascending",
+                 shuffle_file_names: bool = False, subfolders: int = 0, modality: Literal["CT", "MR"] = "CT",
+                 omit_type2: bool = False, uids: Mapping[str, str] | None = None, seed: int = 0,
+                 phantom: Phantom | None = None) -> SeriesInfo:
+    """Write ``grid`` as a DICOM series into ``folder`` (created if missing).
+
+    Parameters
+    ----------
+    enhanced
+        One Enhanced CT Image object instead of single-frame files; ``instance_numbers`` then says in which
+        order the frames are stored.
+    instance_numbers
+        How InstanceNumber (single-frame) or frame storage order (Enhanced) relates to the geometric order.
+    shuffle_file_names
+        Random hex file names instead of ``IM_0007`` (named by InstanceNumber).
+    subfolders
+        Spread the files over this many nested subfolders.
+    omit_type2
+        Leave out the Type 2 patient/study attributes some exporters drop (:data:`TYPE2_OPTIONAL`).
+    uids
+        ``study``, ``series`` and/or ``frame_of_reference`` UIDs to use; the rest are generated.
+    phantom
+        What the pixels show (default :meth:`Phantom.fitting`); only pixel values depend on it.
+    """
+    if enhanced and modality != "CT":
+        raise ValueError("enhanced series are written as Enhanced CT only")
+    rng = np.random.default_rng(seed)
+    given = dict(uids or {})
+    all_uids = {key: given.get(key) or generate_uid() for key in ("study", "series", "frame_of_reference")}
+    phantom = phantom or Phantom.fitting(grid)
+    image = phantom_image(grid, phantom)
+    sop_class = ENHANCED_CT_IMAGE_STORAGE if enhanced else (CT_IMAGE_STORAGE if modality == "CT" else MR_IMAGE_STORAGE)
+    base = _common_dataset(sop_class_uid=sop_class, modality=modality, uids=all_uids, omit_type2=omit_type2)
+    folder.mkdir(parents=True, exist_ok=True)
+    subfolder_paths = [folder]
+    for i in range(subfolders):
+        subfolder_paths.append(subfolder_paths[-1] / f"sub{i}")
+
+    def target(name: str) -> Path:
+        where = subfolder_paths[int(rng.integers(len(subfolder_paths)))] if subfolders else folder
+        where.mkdir(parents=True, exist_ok=True)
+        return where / (f"{rng.integers(1 << 62):016x}" if shuffle_file_names else name)
+
+    order = _order(grid.slices, instance_numbers, rng)
+    if enhanced:
+        sop_uid = generate_uid()
+        ds = _enhanced_ct(grid, image, base, storage_order=order, sop_uid=sop_uid)
+        path = target("IM_0001")
+        ds.save_as(path, enforce_file_format=True)
+        frame_of_slice = {k: i + 1 for i, k in enumerate(order)}
+        return SeriesInfo(grid=grid, folder=folder, paths=(path,), study_uid=all_uids["study"],
+                          series_uid=all_uids["series"], frame_of_reference_uid=all_uids["frame_of_reference"],
+                          sop_uids=(sop_uid,), sop_class_uid=sop_class,
+                          frame_numbers=tuple(frame_of_slice[k] for k in range(grid.slices)))
+    # order[i] is the slice that gets InstanceNumber i + 1.
+    instance_of_slice = {k: i + 1 for i, k in enumerate(order)}
+    paths: list[Path] = []
+    sop_uids: list[str] = []
+    for k in range(grid.slices):
+        sop_uid = generate_uid()
+        number = instance_of_slice[k]
+        ds = _single_frame(grid, k, image[k], base, instance_number=number, sop_uid=sop_uid, modality=modality)
+        path = target(f"IM_{number:04d}")
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+        sop_uids.append(sop_uid)
+    return SeriesInfo(grid=grid, folder=folder, paths=tuple(paths), study_uid=all_uids["study"],
+                      series_uid=all_uids["series"], frame_of_reference_uid=all_uids["frame_of_reference"],
+                      sop_uids=tuple(sop_uids), sop_class_uid=sop_class)
+
+
+# -- NIfTI --------------------------------------------------------------------------------------------------------
+
+
+def export_grid_affine(grid: GridSpec) -> FloatArray:
+    """RAS affine of the plain "DICOM pixels in RAS" NIfTI: array index (col, row, slice)."""
+    lps = np.eye(4)
+    lps[:3, 0] = grid.col_spacing * np.asarray(grid.col_dir)
+    lps[:3, 1] = grid.row_spacing * np.asarray(grid.row_dir)
+    lps[:3, 2] = grid.slice_step * grid.normal
+    lps[:3, 3] = grid.origin
+    return LPS_RAS @ lps
+
+
+def export_grid_shape(grid: GridSpec) -> tuple[int, int, int]:
+    return (grid.cols, grid.rows, grid.slices)
+
+
+def voxel_centres_ras(affine_ras: npt.ArrayLike, shape: Sequence[int]) -> FloatArray:
+    """(*shape[:3], 3) voxel centres in RAS mm."""
+    affine = np.asarray(affine_ras, dtype=np.float64)
+    index = np.stack(np.meshgrid(*(np.arange(n) for n in shape[:3]), indexing="ij"), axis=-1).astype(np.float64)
+    return index @ affine[:3, :3].T + affine[:3, 3]
+
+
+NiftiReference = Any  # a nibabel spatial image, or (affine_ras, shape)
+
+
+def _reference_geometry(reference: NiftiReference) -> tuple[FloatArray, tuple[int, int, int], Any]:
+    if isinstance(reference, tuple):
+        affine, shape = reference
+        return np.asarray(affine, dtype=np.float64), (int(shape[0]), int(shape[1]), int(shape[2])), None
+    shape = reference.shape
+    return np.asarray(reference.affine, dtype=np.float64), (int(shape[0]), int(shape[1]), int(shape[2])), reference
+
+
+def labels_on_nifti_grid(reference: NiftiReference, phantom: Phantom, *, snap: GridSpec | None = None) -> IntArray:
+    """The phantom sampled at each voxel centre of a NIfTI grid (RAS affine → LPS points)."""
+    affine, shape, _ = _reference_geometry(reference)
+    return phantom.labels_at(voxel_centres_ras(LPS_RAS @ affine, shape), snap=snap)
+
+
+def _codes_of(image: Any) -> tuple[int, int]:
+    header = image.header
+    return int(header["sform_code"]), int(header["qform_code"])
+
+
+def save_nifti(data: npt.NDArray[Any], affine_ras: npt.ArrayLike, path: Path, *, codes: tuple[int, int] = (1, 1),
+               header_from: Any = None) -> Path:
+    """Save ``data`` with ``affine_ras`` as sform and qform (codes (sform, qform)), like a segmentation tool does."""
+    affine = np.asarray(affine_ras, dtype=np.float64)
+    header = header_from.header.copy() if header_from is not None else nib.Nifti1Header()
+    image = nib.Nifti1Image(data, affine, header=header)
+    image.header.set_data_dtype(data.dtype)
+    image.header.set_slope_inter(1.0, 0.0)
+    image.set_sform(affine, code=codes[0])
+    image.set_qform(affine, code=codes[1])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, path)
+    return path
+
+
+def label_nifti_on_grid(reference: NiftiReference, phantom: Phantom, path: Path, *,
+                        dtype: npt.DTypeLike = np.uint8, snap: GridSpec | None = None, header_from: Any = None,
+                        trailing_singleton: bool = False) -> Path:
+    """Write the phantom as a label map on ``reference``'s grid (same affine, same sform/qform codes).
+
+    TotalSegmentator and nnU-Net write their output with the input's header; this does the same. With
+    ``header_from``, its header and codes are used instead (e.g. to write codes 0/0).
+    """
+    affine, _, image = _reference_geometry(reference)
+    labels = labels_on_nifti_grid(reference, phantom, snap=snap).astype(dtype)
+    if trailing_singleton:
+        labels = labels[..., np.newaxis]
+    source = header_from if header_from is not None else image
+    codes = _codes_of(source) if source is not None else (1, 1)
+    return save_nifti(labels, affine, path, codes=codes, header_from=source)
+
+
+def masks_folder(reference: NiftiReference, phantom: Phantom, folder: Path, *, snap: GridSpec | None = None,
+                 dtype: npt.DTypeLike = np.uint8, empty: Sequence[str] = ()) -> list[Path]:
+    """One binary mask per phantom label, ``<name>.nii.gz`` (TotalSegmentator's layout), plus empty masks."""
+    affine, _, image = _reference_geometry(reference)
+    labels = labels_on_nifti_grid(reference, phantom, snap=snap)
+    codes = _codes_of(image) if image is not None else (1, 1)
+    paths = []
+    for value, name in sorted(phantom.names.items()):
+        paths.append(save_nifti((labels == value).astype(dtype), affine, folder / f"{name}.nii.gz", codes=codes,
+                                header_from=image))
+    for name in empty:
+        paths.append(save_nifti(np.zeros(labels.shape, dtype=dtype), affine, folder / f"{name}.nii.gz",
+                                codes=codes, header_from=image))
+    return paths
+
+
+def reoriented(image: Any, ornt: npt.ArrayLike | str | Sequence[str]) -> Any:
+    """``image`` resampled-free onto another axis order/direction (nibabel orientations).
+
+    ``ornt`` is an orientation array, or axis codes such as ``"LAS"`` / ``("S", "R", "A")`` naming where each
+    output axis points to.
+    """
+    if isinstance(ornt, str) or (isinstance(ornt, Sequence) and all(isinstance(c, str) for c in ornt)):
+        target = nib.orientations.axcodes2ornt(tuple(ornt))
+    else:
+        target = np.asarray(ornt, dtype=np.float64)
+    current = nib.orientations.io_orientation(image.affine)
+    return image.as_reoriented(nib.orientations.ornt_transform(current, target))
+
+
+def lower_resolution(affine_ras: npt.ArrayLike, shape: Sequence[int], *, factor: float = 2.0,
+                     shift: float = 0.5) -> tuple[FloatArray, tuple[int, int, int]]:
+    """A coarser grid over the same region: voxels ``factor`` times larger along each axis.
+
+    ``shift`` moves the origin by that fraction of the *original* voxel along each axis; 0.5 with factor 2 puts
+    each coarse centre between two fine ones, like a 2x2x2 average, so no fine centre is equidistant from two
+    coarse ones.
+    """
+    affine = np.asarray(affine_ras, dtype=np.float64)
+    coarse = affine.copy()
+    coarse[:3, :3] = affine[:3, :3] * factor
+    coarse[:3, 3] = affine[:3, 3] + affine[:3, :3] @ np.full(3, shift)
+    new_shape = tuple(math.ceil(n / factor) for n in shape[:3])
+    return coarse, (new_shape[0], new_shape[1], new_shape[2])
+
+
+def write_labels_json(path: Path, names: Mapping[int, str]) -> Path:
+    """A label table ``{"1": "liver", ...}`` as a ``--labels`` file."""
+    path.write_text(json.dumps({str(k): v for k, v in sorted(names.items())}, indent=2))
+    return path
+
+
+# -- converters users really use ----------------------------------------------------------------------------------
+
+
+def have_tool(name: str) -> bool:
+    """Whether an external program is on PATH (tests that need it skip only when it is missing)."""
+    return shutil.which(name) is not None
+
+
+def run_dcm2niix(dicom_dir: Path, out_dir: Path, *, timeout: float = TOOL_TIMEOUT_S) -> list[Path]:
+    """Convert with dcm2niix (``-z y -f %s_%d``); the NIfTI files written, sorted by name."""
+    exe = shutil.which("dcm2niix")
+    if exe is None:
+        raise FileNotFoundError("dcm2niix is not installed")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run([exe, "-z", "y", "-f", "%s_%d", "-o", str(out_dir), str(dicom_dir)],
+                            capture_output=True, text=True, timeout=timeout, check=False)
+    paths = sorted(out_dir.glob("*.nii.gz"))
+    if result.returncode != 0 or not paths:
+        raise RuntimeError(f"dcm2niix failed ({result.returncode}): {result.stdout[-2000:]} {result.stderr[-2000:]}")
+    return paths
+
+
+def run_dicom2nifti(dicom_dir: Path, out_path: Path, *, timeout: float = TOOL_TIMEOUT_S) -> Path:
+    """Convert with dicom2nifti (``dicom_series_to_nifti(..., reorient_nifti=True)``) in a bounded subprocess."""
+    code = ("import sys, dicom2nifti; "
+            "dicom2nifti.dicom_series_to_nifti(sys.argv[1], sys.argv[2], reorient_nifti=True)")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run([sys.executable, "-c", code, str(dicom_dir), str(out_path)], capture_output=True,
+                            text=True, timeout=timeout, check=False)
+    if result.returncode != 0 or not out_path.exists():
+        raise RuntimeError(f"dicom2nifti failed ({result.returncode}): {result.stderr[-2000:]}")
+    return out_path
+
+
+def run_dciodvfy(path: Path, *, timeout: float = TOOL_TIMEOUT_S) -> list[str]:
+    """The "Error" lines dciodvfy (dicom3tools) prints for ``path`` (warnings are left out)."""
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        raise FileNotFoundError("dciodvfy is not installed")
+    result = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=timeout, check=False)
+    lines = (result.stdout + result.stderr).splitlines()
+    # Errors inside an element are printed after its tag: "(0x0028,0x0010) ... - Error - ...".
+    errors = [line for line in lines if line.startswith("Error") or " - Error - " in line]
+    if result.returncode != 0 and not errors:
+        errors.append(f"Error - dciodvfy exited with status {result.returncode}")
+    return errors
+
+
+class CliResult(NamedTuple):
+    """What one ``segnode`` invocation returned and printed."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+class ConvertRunner(Protocol):
+    """``segnode convert`` with these arguments (the ``segnode_convert`` fixture)."""
+
+    def __call__(self, *args: str) -> CliResult: ...
+
+
+def run_segnode(args: Sequence[str], *, timeout: float = TOOL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``segnode`` console script (or ``python -m node``) as a bounded subprocess."""
+    script = Path(sys.executable).parent / "segnode"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "node"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, check=False, env=env)
+
+
+# -- reading a SEG back -------------------------------------------------------------------------------------------
+
+
+def _functional(ds: Dataset, frame: int, group: str, attribute: str) -> Any:
+    """A frame's attribute from its per-frame group, else from the shared group; None when absent."""
+    candidates = [ds.PerFrameFunctionalGroupsSequence[frame]]
+    candidates += list(getattr(ds, "SharedFunctionalGroupsSequence", []))
+    for groups in candidates:
+        if group in groups and len(groups[group].value) and attribute in groups[group][0]:
+            return groups[group][0][attribute].value
+    return None
+
+
+def segment_names(seg: Dataset | Path) -> dict[int, str]:
+    """Segment number → SegmentLabel, without a LABELMAP's background segment 0."""
+    ds = seg if isinstance(seg, Dataset) else pydicom.dcmread(seg, stop_before_pixels=True)
+    return {int(item.SegmentNumber): str(item.SegmentLabel) for item in ds.SegmentSequence
+            if int(item.SegmentNumber) != 0}
+
+
+def _segment_label_map(ds: Dataset, mapping: Mapping[int, int] | Mapping[str, int] | None) -> dict[int, int]:
+    # A LABELMAP may describe its background as segment 0; it stays 0.
+    segments = [item for item in ds.SegmentSequence if int(item.SegmentNumber) != 0]
+    numbers = [int(item.SegmentNumber) for item in segments]
+    if mapping is None:
+        return {n: n for n in numbers}
+    keys = list(mapping)
+    if all(isinstance(k, int) for k in keys):
+        return {int(k): int(v) for k, v in mapping.items()}
+    result = {}
+    for item in segments:
+        name = str(getattr(item, "SegmentLabel", ""))
+        description = str(getattr(item, "SegmentDescription", ""))
+        found = [v for k, v in mapping.items() if k in (name, description)]
+        if len(found) != 1:
+            raise AssertionError(f"segment {item.SegmentNumber} ({name!r}/{description!r}) matches "
+                                 f"{len(found)} names of {sorted(map(str, keys))}")
+        result[int(item.SegmentNumber)] = int(found[0])
+    return result
+
+
+def _slice_of_position(grid: GridSpec, position: FloatArray, frame: int) -> int:
+    along = float((position - np.asarray(grid.origin)) @ grid.normal) / grid.slice_step
+    k = round(along)
+    if not 0 <= k < grid.slices or np.linalg.norm(grid.position(k) - position) > POSITION_TOLERANCE_MM:
+        raise AssertionError(f"SEG frame {frame + 1} at {position.tolist()} is not on a slice of the source grid"
+                             f" (nearest slice {k}, distance "
+                             f"{float(np.linalg.norm(grid.position(min(max(k, 0), grid.slices - 1)) - position)):.4g}"
+                             " mm)")
+    return k
+
+
+def seg_frames_on_source(seg: Dataset, grid: GridSpec) -> list[int]:
+    """For each SEG frame, the source slice index it lies on (from the SEG's own positions and orientation)."""
+    if "PerFrameFunctionalGroupsSequence" not in seg:
+        raise AssertionError("SEG has no PerFrameFunctionalGroupsSequence (TILED_FULL?): positions unknown")
+    if (int(seg.Rows), int(seg.Columns)) != (grid.rows, grid.cols):
+        raise AssertionError(f"SEG matrix {seg.Rows}x{seg.Columns} differs from source {grid.rows}x{grid.cols}")
+    slices = []
+    for frame in range(int(seg.NumberOfFrames)):
+        orientation = _functional(seg, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
+        spacing = _functional(seg, frame, "PixelMeasuresSequence", "PixelSpacing")
+        position = _functional(seg, frame, "PlanePositionSequence", "ImagePositionPatient")
+        if orientation is None or spacing is None or position is None:
+            raise AssertionError(f"SEG frame {frame + 1} lacks orientation, pixel spacing or position")
+        if np.abs(np.asarray(orientation, dtype=np.float64) - grid.image_orientation).max() > 1e-4:
+            raise AssertionError(f"SEG frame {frame + 1} orientation {list(orientation)} differs from source"
+                                 f" {grid.image_orientation}")
+        if np.abs(np.asarray(spacing, dtype=np.float64) - grid.pixel_spacing).max() > 1e-4:
+            raise AssertionError(f"SEG frame {frame + 1} pixel spacing {list(spacing)} differs from source"
+                                 f" {grid.pixel_spacing}")
+        slices.append(_slice_of_position(grid, np.asarray(position, dtype=np.float64), frame))
+    return slices
+
+
+def _frame_segment(seg: Dataset, frame: int) -> int:
+    number = _functional(seg, frame, "SegmentIdentificationSequence", "ReferencedSegmentNumber")
+    if number is None:
+        raise AssertionError(f"SEG frame {frame + 1} names no segment")
+    return int(number)
+
+
+def seg_labels_on_source(seg_path: Path, grid: GridSpec,
+                         mapping: Mapping[int, int] | Mapping[str, int] | None = None) -> IntArray:
+    """(slices, rows, cols) label values that a SEG puts on the source grid, from the SEG alone.
+
+    Frames are placed by their own PlanePositionSequence; orientation and pixel spacing must equal the
+    source's. BINARY, FRACTIONAL (thresholded at half the maximum) and LABELMAP SEGs are read.
+    ``mapping`` turns segment numbers (int keys) or SegmentLabel/SegmentDescription (str keys) into label
+    values; by default the segment number is the label. Overlapping segments fail loudly.
+    """
+    ds = pydicom.dcmread(seg_path)
+    if ds.SOPClassUID not in (SEGMENTATION_STORAGE, LABEL_MAP_SEGMENTATION_STORAGE):
+        raise AssertionError(f"{seg_path.name}: SOP class {ds.SOPClassUID} is not a Segmentation")
+    to_label = _segment_label_map(ds, mapping)
+    slices = seg_frames_on_source(ds, grid)
+    pixels = ds.pixel_array
+    if int(ds.NumberOfFrames) == 1:
+        pixels = pixels[np.newaxis]
+    result = np.zeros(grid.shape, dtype=np.int64)
+    labelmap = ds.SOPClassUID == LABEL_MAP_SEGMENTATION_STORAGE or ds.SegmentationType == "LABELMAP"
+    for frame, k in enumerate(slices):
+        if labelmap:
+            values = pixels[frame].astype(np.int64)
+            unknown = set(np.unique(values).tolist()) - set(to_label) - {0}
+            if unknown:
+                raise AssertionError(f"LABELMAP frame {frame + 1} holds unknown segment numbers {sorted(unknown)}")
+            plane = np.zeros(values.shape, dtype=np.int64)
+            for number, label in to_label.items():
+                plane[values == number] = label
+            where = values != 0
+        else:
+            if ds.SegmentationType == "FRACTIONAL":
+                where = pixels[frame] > int(ds.MaximumFractionalValue) / 2
+            else:
+                where = pixels[frame] != 0
+            plane = np.full(where.shape, to_label[_frame_segment(ds, frame)], dtype=np.int64)
+        clash = where & (result[k] != 0) & (result[k] != plane)
+        if clash.any():
+            raise AssertionError(f"SEG frame {frame + 1} overlaps another segment on slice {k} in"
+                                 f" {int(clash.sum())} pixels")
+        result[k][where] = plane[where]
+    return result
+
+
+def seg_frame_sources(seg_path: Path) -> list[tuple[str, int | None]]:
+    """Per SEG frame: the (SOP Instance UID, frame number or None) its Derivation Image Sequence names."""
+    ds = pydicom.dcmread(seg_path, stop_before_pixels=True)
+    sources: list[tuple[str, int | None]] = []
+    for frame, groups in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        try:
+            item = groups.DerivationImageSequence[0].SourceImageSequence[0]
+        except (AttributeError, IndexError) as exc:
+            raise AssertionError(f"SEG frame {frame + 1} has no Derivation/Source Image Sequence") from exc
+        number = item.get("ReferencedFrameNumber")
+        sources.append((str(item.ReferencedSOPInstanceUID), None if number is None else int(number)))
+    return sources
+
+
+# -- comparing ----------------------------------------------------------------------------------------------------
+
+
+def dice(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def centroid_lps(mask: npt.NDArray[np.bool_], grid: GridSpec) -> FloatArray:
+    """Centroid (LPS mm) of a (slices, rows, cols) mask on ``grid``."""
+    index = np.argwhere(mask).astype(np.float64)
+    if index.size == 0:
+        raise AssertionError("empty mask has no centroid")
+    affine = grid.affine_lps()
+    return np.asarray(index.mean(axis=0) @ affine[:3, :3].T + affine[:3, 3], dtype=np.float64)
+
+
+def describe_mismatch(actual: IntArray, expected: IntArray) -> str:
+    """A short account of where two label volumes differ, for assertion messages."""
+    if actual.shape != expected.shape:
+        return f"shapes differ: {actual.shape} vs {expected.shape}"
+    wrong = np.argwhere(actual != expected)
+    if wrong.size == 0:
+        return "identical"
+    first = [tuple(int(v) for v in w) for w in wrong[:5]]
+    per_label = {int(v): (int((actual == v).sum()), int((expected == v).sum())) for v in np.unique(expected)}
+    return (f"{len(wrong)} of {actual.size} pixels differ, first at (slice, row, col) {first};"
+            f" voxels per label (got, expected): {per_label}")
