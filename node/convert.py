@@ -15,8 +15,17 @@ from pydicom.dataset import Dataset
 
 from node.durable import atomic_write
 from node.errors import GeometryError, LabelError, SegnodeError
-from node.geometry import GRID_TOLERANCE_VOXELS, Alignment, align_labels, label_stats, plan_alignment
-from node.labelmap import LabelVolume, load_label_input, nifti_stem
+from node.geometry import (
+    GRID_TOLERANCE_VOXELS,
+    Alignment,
+    Grid,
+    SegmentStats,
+    align_labels,
+    label_box,
+    label_stats,
+    plan_alignment,
+)
+from node.labelmap import LabelVolume, load_label_input, nifti_stem, present_values
 from node.labels import LabelEntry, SegmentSpec, names_from_nifti_header, read_label_table, segment_specs
 from node.seg import SegOptions, Tolerance, build_seg, verify_seg
 from node.series import SourceSeries
@@ -66,6 +75,20 @@ def tolerance_for(alignment: Alignment, volume: LabelVolume, series: SourceSerie
                      volume_mm3=4 * max(volume.grid.voxel_volume, series.grid.voxel_volume))
 
 
+def input_stats(volume: LabelVolume, alignment: Alignment, series: SourceSeries,
+                values: list[int]) -> dict[int, SegmentStats]:
+    """What the input holds within the series, measured on the input's own grid (independent of the alignment)."""
+    if not alignment.exact:
+        return label_stats(volume.array, volume.grid, values, within=series.grid)
+    box = label_box(alignment, series.grid.shape, volume.array.shape)
+    if box is None:
+        return {}
+    shift = np.eye(4)
+    shift[:3, 3] = [b.start for b in box]
+    cropped = volume.array[box]
+    return label_stats(cropped, Grid(volume.grid.affine @ shift, cropped.shape), values)
+
+
 def build_seg_from_input(series: SourceSeries, label_path: Path, *, labels_file: Path | None = None,
                          default_labels: Path | None = None, options: SegOptions | None = None) -> ConvertResult:
     """Load, align, build and verify. Raises :class:`SegnodeError` subclasses with one-line reasons."""
@@ -83,7 +106,7 @@ def build_seg_from_input(series: SourceSeries, label_path: Path, *, labels_file:
     if not alignment.exact:
         notices.append(f"{name}: grid resampled onto the series ({alignment.describe()})")
     aligned = align_labels(volume.array, series.grid.shape, alignment)
-    present = [int(v) for v in np.flatnonzero(np.bincount(aligned.ravel(), minlength=1)) if v != 0]
+    present = present_values(aligned)
     lost = sorted(set(input_values) - set(present))
     table = label_table(volume, labels_file, default_labels)
     if lost:
@@ -92,11 +115,14 @@ def build_seg_from_input(series: SourceSeries, label_path: Path, *, labels_file:
     if not present:
         raise GeometryError(f"{name}: no labelled voxel falls inside {series.describe()}")
     segments = segment_specs(present, table)
-    dataset = build_seg(series, aligned, segments, options)
+    expected = input_stats(volume, alignment, series, present)
+    tolerance = tolerance_for(alignment, volume, series)
+    input_voxel_mm3 = volume.grid.voxel_volume
+    del volume  # the input array is not needed while highdicom builds (peak memory)
+    dataset = build_seg(series, aligned, segments, options, input_name=name)
     del aligned
-    expected = label_stats(volume.array, volume.grid, present, within=series.grid)
-    verify_seg(dataset, expected, segments, tolerance_for(alignment, volume, series),
-               input_voxel_mm3=volume.grid.voxel_volume, seg_voxel_mm3=series.grid.voxel_volume)
+    verify_seg(dataset, expected, segments, tolerance, input_voxel_mm3=input_voxel_mm3,
+               seg_voxel_mm3=series.grid.voxel_volume)
     for notice in notices:
         log.info("%s", notice)
     return ConvertResult(dataset=dataset, alignment=alignment, segments=segments, notices=notices)

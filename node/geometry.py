@@ -310,11 +310,14 @@ def plan_alignment(source: Grid, label: Grid, *, tolerance: float = GRID_TOLERAN
                 f" lose detail (NIfTI {label.describe()}; series {source.describe()}); export the label map on the"
                 " series grid"
             )
-    outside = _count_outside(source, transform, label.shape)
     if exact and permutation is not None:
         transform = transform.copy()
         transform[:3, :3] = permutation
         transform[:3, 3] = np.round(transform[:3, 3])
+        ranges = _exact_ranges(source.shape, transform, label.shape)
+        outside = int(np.prod(source.shape)) - int(np.prod([len(r[0]) for r in ranges]))
+    else:
+        outside = _count_outside(source, transform, label.shape)
     return Alignment(transform=transform, exact=exact, offset_voxels=offset, outside_voxels=outside)
 
 
@@ -362,33 +365,46 @@ def align_labels(labels: npt.NDArray[Any], source_shape: Sequence[int], alignmen
     return out
 
 
+def _exact_ranges(shape: Sequence[int], transform: FloatArray, label_shape: Sequence[int]
+                  ) -> list[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], int]]:
+    """Per source axis: source indices inside the label grid, the label indices they take, and the label axis."""
+    ranges = []
+    for d in range(3):
+        axis = int(np.argmax(np.abs(transform[:3, d])))
+        along = int(transform[axis, 3]) + int(transform[axis, d]) * np.arange(shape[d])
+        valid = np.flatnonzero((along >= 0) & (along < label_shape[axis]))
+        ranges.append((valid, along[valid], axis))
+    return ranges
+
+
+def label_box(alignment: Alignment, source_shape: Sequence[int], label_shape: Sequence[int]
+              ) -> tuple[slice, slice, slice] | None:
+    """For an exact alignment, the block of the label array that lies on the source grid (None if nothing does)."""
+    ranges = _exact_ranges(source_shape, alignment.transform, label_shape)
+    box = [slice(0, 0)] * 3
+    for _, label_indices, axis in ranges:
+        if label_indices.size == 0:
+            return None
+        box[axis] = slice(int(label_indices.min()), int(label_indices.max()) + 1)
+    return box[0], box[1], box[2]
+
+
 def _reorder_exact(labels: npt.NDArray[Any], shape: tuple[int, ...], transform: FloatArray) -> npt.NDArray[Any]:
-    # label axis feeding each source axis, its direction and the label index of source index 0
-    axes = [int(np.argmax(np.abs(transform[:3, d]))) for d in range(3)]
-    signs = [int(transform[axes[d], d]) for d in range(3)]
-    offsets = [int(transform[axes[d], 3]) for d in range(3)]
-    view = np.transpose(labels, axes)
-    src_slices: list[slice] = []
-    lab_indices: list[npt.NDArray[np.intp]] = []
-    for d in range(3):
-        along = offsets[d] + signs[d] * np.arange(shape[d])
-        valid = np.flatnonzero((along >= 0) & (along < view.shape[d]))
-        if valid.size == 0:
-            return np.zeros(shape, dtype=labels.dtype)
-        src_slices.append(slice(int(valid[0]), int(valid[-1]) + 1))
-        lab_indices.append(along[valid])
-    block = view
-    for d in range(3):
-        first, last = int(lab_indices[d][0]), int(lab_indices[d][-1])
-        step = signs[d]
+    ranges = _exact_ranges(shape, transform, labels.shape)
+    if any(valid.size == 0 for valid, _, _ in ranges):
+        return np.zeros(shape, dtype=labels.dtype)
+    view = np.transpose(labels, [axis for _, _, axis in ranges])
+    index: list[slice] = []
+    for d, (_, label_indices, _) in enumerate(ranges):
+        first, last = int(label_indices[0]), int(label_indices[-1])
+        step = int(transform[ranges[d][2], d])
         stop = last + step if last + step >= 0 else None
-        index: list[slice] = [slice(None)] * 3
-        index[d] = slice(first, stop, step)
-        block = block[tuple(index)]
+        index.append(slice(first, stop, step))
+    block = view[tuple(index)]
     if block.shape == shape:
         return np.ascontiguousarray(block)
     out = np.zeros(shape, dtype=labels.dtype)
-    out[tuple(src_slices)] = block
+    out[tuple(slice(int(v[0]), int(v[-1]) + 1) for v, _, _ in ranges)] = block
     return out
 
 
@@ -402,10 +418,11 @@ class SegmentStats:
 
 def label_stats(labels: npt.NDArray[Any], grid: Grid, values: Sequence[int] | None = None, *,
                 within: Grid | None = None) -> dict[int, SegmentStats]:
-    """Count and centroid in mm of each non-zero label value, one slice along axis 0 at a time.
+    """Count and centroid in mm of each non-zero label value.
 
     With ``within``, voxels whose centre falls outside that grid (nearest voxel rule) are left out, so the input's
-    statistics cover what a SEG on ``within`` can hold.
+    statistics cover what a SEG on ``within`` can hold. The array is walked along its outermost axis in memory
+    order and only labelled voxels are weighed, so a NIfTI's Fortran-ordered data is not copied.
 
     >>> stats = label_stats(np.array([[[0, 1], [1, 2]]]), Grid(np.diag([1.0, 2.0, 3.0, 1.0]), (1, 2, 2)))
     >>> stats[1].count, stats[1].centroid.tolist()
@@ -413,31 +430,37 @@ def label_stats(labels: npt.NDArray[Any], grid: Grid, values: Sequence[int] | No
     """
     if values is None:
         values = [int(v) for v in np.unique(labels) if v != 0]
+    order = [int(a) for a in np.argsort([-abs(s) for s in labels.strides], kind="stable")]
+    view = np.transpose(labels, order)
+    affine = grid.affine.copy()
+    affine[:, :3] = grid.affine[:, order]
+    walked = Grid(affine, view.shape)
     size = int(max(values, default=0)) + 1
     counts = np.zeros(size, dtype=np.int64)
     sums = np.zeros((size, 3), dtype=np.float64)
-    rows, cols = labels.shape[1], labels.shape[2]
-    r, c = np.meshgrid(np.arange(rows, dtype=np.float64), np.arange(cols, dtype=np.float64), indexing="ij")
-    r_flat, c_flat = r.ravel(), c.ravel()
     mapped_slices = None
     if within is not None:
-        mapped_slices = _mapped_slices(labels.shape, np.linalg.inv(within.affine) @ grid.affine)
-    for s in range(labels.shape[0]):
-        flat = np.asarray(labels[s]).ravel()
-        keep = (flat > 0) & (flat < size)
-        if mapped_slices is not None:
-            keep &= _inside_mask(next(mapped_slices), within.shape).ravel()  # type: ignore[union-attr]
-        if not keep.any():
+        mapped_slices = _mapped_slices(view.shape, np.linalg.inv(within.affine) @ walked.affine)
+    cols = view.shape[2]
+    for s in range(view.shape[0]):
+        plane = np.asarray(view[s])
+        inside = next(mapped_slices) if mapped_slices is not None else None
+        flat = plane.ravel()
+        where = np.flatnonzero((flat > 0) & (flat < size))
+        if inside is not None:
+            where = where[_inside_mask(inside, within.shape).ravel()[where]]  # type: ignore[union-attr]
+        if where.size == 0:
             continue
-        flat = flat[keep].astype(np.intp)
-        per_label = np.bincount(flat, minlength=size)
+        picked = flat[where].astype(np.intp)
+        rows_of, cols_of = np.divmod(where, cols)
+        per_label = np.bincount(picked, minlength=size)
         counts += per_label
         sums[:, 0] += per_label * s
-        sums[:, 1] += np.bincount(flat, weights=r_flat[keep], minlength=size)
-        sums[:, 2] += np.bincount(flat, weights=c_flat[keep], minlength=size)
+        sums[:, 1] += np.bincount(picked, weights=rows_of, minlength=size)
+        sums[:, 2] += np.bincount(picked, weights=cols_of, minlength=size)
     result: dict[int, SegmentStats] = {}
     for value in values:
         n = int(counts[value])
         mean_index = sums[value] / n if n else np.full(3, np.nan)
-        result[int(value)] = SegmentStats(n, grid.point(mean_index))
+        result[int(value)] = SegmentStats(n, walked.point(mean_index))
     return result

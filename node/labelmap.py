@@ -39,9 +39,25 @@ class LabelVolume:
     @property
     def values(self) -> list[int]:
         """Label values present, ascending, without background."""
-        # Labels are uint8/uint16 (see _as_labels), so a bincount is small and faster than np.unique.
-        present = np.flatnonzero(np.bincount(self.array.ravel()))
-        return [int(v) for v in present if v != 0]
+        return present_values(self.array)
+
+
+def present_values(labels: npt.NDArray[np.unsignedinteger[Any]], chunk: int = 1 << 22) -> list[int]:
+    """Non-zero values in an unsigned label array, ascending.
+
+    Chunked bincount in memory order: no copy of the array and no int64 temporary of its size (np.unique or a
+    plain bincount of a 512×512×300 volume costs seconds and hundreds of MB).
+
+    >>> present_values(np.array([[0, 3], [3, 1]], dtype=np.uint8))
+    [1, 3]
+    """
+    flat = labels.ravel(order="K")
+    if not flat.flags.contiguous:
+        flat = np.ascontiguousarray(flat)
+    seen = np.zeros(int(np.iinfo(labels.dtype).max) + 1, dtype=bool)
+    for start in range(0, flat.size, chunk):
+        seen |= np.bincount(flat[start:start + chunk], minlength=seen.size).astype(bool)
+    return [int(v) for v in np.flatnonzero(seen) if v != 0]
 
 
 def is_nifti(path: Path) -> bool:

@@ -67,10 +67,13 @@ def label_digest(aligned: npt.NDArray[Any]) -> str:
 
 
 def deterministic_uids(series: SourceSeries, digest: str, segments: Sequence[SegmentSpec],
-                       options: SegOptions) -> tuple[str, str]:
-    """(SeriesInstanceUID, SOPInstanceUID) derived from the inputs: a resend is recognisably the same object."""
-    seed = [series.series_uid, digest, options.seg_type.value, options.algorithm.name, options.algorithm.version,
-            *(f"{s.label}={s.name}" for s in segments)]
+                       options: SegOptions, input_name: str = "") -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID) derived from the inputs: a resend is recognisably the same object.
+
+    The input's name is part of the seed: two tools' results for one series are two objects even when they agree.
+    """
+    seed = [series.series_uid, input_name, digest, options.seg_type.value, options.algorithm.name,
+            options.algorithm.version, *(f"{s.label}={s.name}" for s in segments)]
     return generate_uid(entropy_srcs=[*seed, "series"]), generate_uid(entropy_srcs=[*seed, "instance"])
 
 
@@ -91,7 +94,7 @@ def _source_headers(series: SourceSeries) -> list[Dataset]:
 
 
 def build_seg(series: SourceSeries, aligned: npt.NDArray[Any], segments: Sequence[SegmentSpec],
-              options: SegOptions) -> Dataset:
+              options: SegOptions, *, input_name: str = "") -> Dataset:
     """Build the SEG; ``aligned`` is (slice, row, col) on ``series.grid`` holding the label values of ``segments``.
 
     Segments are numbered 1..K in the order given; label values are remapped to those numbers.
@@ -103,9 +106,10 @@ def build_seg(series: SourceSeries, aligned: npt.NDArray[Any], segments: Sequenc
     lut = np.zeros(int(max(s.label for s in segments)) + 1, dtype=np.uint8 if len(segments) < 256 else np.uint16)
     for number, spec in enumerate(segments, start=1):
         lut[spec.label] = number
-    inside = aligned < len(lut)
-    numbered = np.where(inside, lut[np.minimum(aligned, len(lut) - 1)], 0).astype(lut.dtype)
-    series_uid, sop_uid = deterministic_uids(series, label_digest(aligned), segments, options)
+    if int(aligned.max()) >= len(lut):
+        raise ValueError("aligned array holds label values that no segment describes")
+    numbered = lut[aligned]
+    series_uid, sop_uid = deterministic_uids(series, label_digest(aligned), segments, options, input_name)
     source_number = getattr(series.datasets[0], "SeriesNumber", None)
     series_number = options.series_number or (int(source_number) + 1000 if source_number not in (None, "") else 1000)
     descriptions = [segment_description(spec, number, options.algorithm)
