@@ -1,0 +1,395 @@
+"""The C-STORE / C-ECHO listener (pynetdicom SCP), running in background threads.
+
+Each association runs in its own pynetdicom thread. A C-STORE is answered with success only after the instance
+is durable on disk (:class:`~node.store.InstanceStore`) and its index row committed (:func:`node.db.record_instance`);
+nothing else happens on the association thread: pixel data is never decoded, the only parsing is of the header
+up to the series and study UIDs.
+
+Failures become DICOM statuses in exactly one place, :func:`store_status`: a full disk (or a locked/full
+database) is ``0xA700`` Out of Resources, so the sender retries later; an instance that cannot be parsed or lacks
+usable UIDs is ``0xC000`` Cannot Understand, with a one-line reason logged and sent as Error Comment; anything
+unexpected is ``0x0110`` Processing Failure, logged with its traceback. The server keeps serving in every case.
+
+Database access: the SCP owns one SQLite connection (opened with ``check_same_thread=False``) and a lock around
+every use of it. Writes are serialised by SQLite anyway; the slow part, writing and fsyncing the file, happens
+outside the lock, so concurrent associations still store in parallel.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sqlite3
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from node import db
+from node.config import Config
+from node.errors import InputError, TransientError
+from node.store import InstanceStore, check_uid
+
+log = logging.getLogger(__name__)
+
+#: Transfer syntaxes accepted for storage; instances are stored exactly as sent, in the syntax the peer chose.
+TRANSFER_SYNTAXES: tuple[UID, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,  # 1.2.840.10008.1.2.4.50
+    JPEGExtended12Bit,  # .51
+    JPEGLossless,  # .57
+    JPEGLosslessSV1,  # .70
+    JPEGLSLossless,  # .80
+    JPEGLSNearLossless,  # .81
+    JPEG2000Lossless,  # .90
+    JPEG2000,  # .91
+    RLELossless,  # 1.2.840.10008.1.2.5
+)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_PROCESSING_FAILURE = 0x0110
+
+# Header elements read from a received instance; reading stops before the pixel data.
+_IDENTITY_TAGS = ["SeriesInstanceUID", "StudyInstanceUID"]
+
+
+#: How long :meth:`StorageSCP.stop` waits for aborted associations' threads to end.
+ABORT_WAIT_SECONDS = 2.0
+
+
+def _join_all(threads: list[threading.Thread], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
+class UnreadableInstanceError(InputError):
+    """A received instance whose header cannot be parsed or lacks a UID the node needs."""
+
+
+@dataclass(frozen=True)
+class AssociationEnd:
+    """What an association that stored instances did, reported when it is released or aborted.
+
+    ``finished_series`` are the series of ``series_uids`` that no other open association has stored instances
+    of: the ones a release can hint as complete.
+    """
+
+    calling_ae: str
+    peer: str
+    series_uids: frozenset[str]
+    finished_series: frozenset[str]
+    instances: int
+    aborted: bool
+
+
+@dataclass
+class _Session:
+    calling_ae: str
+    peer: str
+    series_uids: set[str] = field(default_factory=set)
+    instances: int = 0
+
+
+@dataclass
+class StoreOutcome:
+    """The status a C-STORE handler returns; :func:`store_status` sets it when the handler fails."""
+
+    status: int = STATUS_SUCCESS
+    comment: str = ""
+
+    def response(self) -> int | Dataset:
+        if not self.comment:
+            return self.status
+        reply = Dataset()
+        reply.Status = self.status
+        # LO: at most 64 characters, no backslash or control characters.
+        reply.ErrorComment = "".join(c if c.isprintable() and c != "\\" else " " for c in self.comment)[:64]
+        return reply
+
+
+@contextmanager
+def store_status(what: str) -> Iterator[StoreOutcome]:
+    """The one place where a C-STORE failure becomes a DICOM status (cf. pynetdicom's ``attempt``).
+
+    Parameters
+    ----------
+    what
+        Names the instance and peer in the log line (no patient data).
+    """
+    outcome = StoreOutcome()
+    try:
+        yield outcome
+    except (TransientError, sqlite3.OperationalError) as exc:
+        # Disk or quota full, database locked or full: nothing wrong with the instance, so ask for a retry.
+        log.error("%s: refused, out of resources: %s", what, exc)
+        outcome.status, outcome.comment = STATUS_OUT_OF_RESOURCES, "out of resources, retry later"
+    except InputError as exc:
+        log.warning("%s: refused, cannot understand: %s", what, exc)
+        outcome.status, outcome.comment = STATUS_CANNOT_UNDERSTAND, str(exc)
+    except Exception:
+        log.exception("%s: processing failure", what)
+        outcome.status, outcome.comment = STATUS_PROCESSING_FAILURE, "processing failure, see the node's log"
+
+
+def read_identity(data: bytes, sop_uid: str) -> tuple[str, str]:
+    """The (SeriesInstanceUID, StudyInstanceUID) of an encoded instance, reading no further than needed.
+
+    ``data`` is a DICOM file (preamble and file meta included). Pixel data is neither read nor decoded.
+    """
+    try:
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=_IDENTITY_TAGS)
+        series = header.get("SeriesInstanceUID")
+        study = header.get("StudyInstanceUID")
+    # A malformed stream surfaces as any of these, depending on where the parser trips.
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError, IndexError,
+            struct.error, zlib.error, NotImplementedError) as exc:
+        # Reason first: the start of the message becomes the peer's 64-character Error Comment.
+        detail = " ".join(str(exc).split())
+        raise UnreadableInstanceError(f"header cannot be parsed ({type(exc).__name__}: {detail}) in instance "
+                                      f"{sop_uid}; the sender must send valid DICOM") from exc
+    if not series:
+        raise UnreadableInstanceError(f"no SeriesInstanceUID in instance {sop_uid}; the sender must add it")
+    if not study:
+        raise UnreadableInstanceError(f"no StudyInstanceUID in instance {sop_uid}; the sender must add it")
+    return check_uid(str(series), "Series Instance UID"), check_uid(str(study), "Study Instance UID")
+
+
+class StorageSCP:
+    """A DICOM C-STORE/C-ECHO server writing every received instance durably.
+
+    Parameters
+    ----------
+    store
+        Where instance files go.
+    database
+        The state database (see :func:`node.db.connect`); the SCP opens its own connection to it.
+    ae_title, bind, port, max_associations
+        As ``[node]`` in the config; ``port=0`` lets the OS pick one (read it back from :attr:`port`).
+    on_association_end
+        Called on the association's thread after an association that stored instances is released or
+        aborted (exceptions it raises are logged, not propagated).
+    hint_completion
+        On release, call :func:`node.db.hint_series_complete` for the association's ``finished_series``, so
+        they complete after a short grace instead of the full quiet period.
+    clock
+        Time source for ``received_at`` (POSIX seconds).
+
+    Examples
+    --------
+    ::
+
+        with StorageSCP(InstanceStore(data), data / "segnode.sqlite3", port=0) as scp:
+            print(scp.port)
+    """
+
+    def __init__(self, store: InstanceStore, database: Path, *, ae_title: str = "SEGNODE", bind: str = "0.0.0.0",
+                 port: int = 11112, max_associations: int = 10,
+                 on_association_end: Callable[[AssociationEnd], None] | None = None,
+                 hint_completion: bool = True, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.database = Path(database)
+        self.ae_title = ae_title
+        self.bind = bind
+        self.requested_port = port
+        self._bound_port = port
+        self.max_associations = max_associations
+        self.on_association_end = on_association_end
+        self.hint_completion = hint_completion
+        self.clock = clock
+        self._conn: sqlite3.Connection | None = None
+        self._db_lock = threading.Lock()
+        self._sessions: dict[int, _Session] = {}
+        self._sessions_lock = threading.Lock()
+        self._ae: Any = None
+        self._server: Any = None
+
+    @classmethod
+    def from_config(cls, config: Config, *, on_association_end: Callable[[AssociationEnd], None] | None = None,
+                    hint_completion: bool = True) -> StorageSCP:
+        """An SCP for ``config``'s ``[node]`` and ``[paths]`` (not started)."""
+        return cls(InstanceStore(config.paths.data), config.paths.database, ae_title=config.node.ae_title,
+                   bind=config.node.bind, port=config.node.port, max_associations=config.node.max_associations,
+                   on_association_end=on_association_end, hint_completion=hint_completion)
+
+
+    def _application_entity(self) -> Any:
+        ae = AE(ae_title=self.ae_title)
+        ae.maximum_associations = self.max_associations
+        # supported_contexts has no 128-context limit (that applies to what a requestor proposes).
+        for context in AllStoragePresentationContexts:
+            if context.abstract_syntax is not None:
+                ae.add_supported_context(context.abstract_syntax, list(TRANSFER_SYNTAXES))
+        ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian])
+        return ae
+
+    def start(self) -> None:
+        """Open the database and start listening; returns at once (the server runs in background threads).
+
+        Raises
+        ------
+        OSError
+            The address cannot be bound (port in use, no permission for ports below 1024).
+        """
+        if self._server is not None:
+            return
+        self._conn = db.connect(self.database, check_same_thread=False)
+        self._ae = self._application_entity()
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+        ]
+        try:
+            self._server = self._ae.start_server((self.bind, self.requested_port), block=False,
+                                                 evt_handlers=handlers)
+        except BaseException:
+            self._conn.close()
+            self._conn = None
+            raise
+        self._bound_port = int(self._server.server_address[1])
+        log.info("listening as %s on %s:%d", self.ae_title, self.bind, self.port)
+
+    def stop(self, drain_seconds: float = 5.0) -> None:
+        """Stop accepting associations, let open ones finish, then close the database connection.
+
+        Associations still open after ``drain_seconds`` are aborted: their unanswered instances were never
+        acknowledged, so their senders will send them again. Takes at most ``drain_seconds`` plus
+        :data:`ABORT_WAIT_SECONDS`.
+        """
+        ae, server = self._ae, self._server
+        self._ae = self._server = None
+        if server is not None:
+            server.shutdown()  # closes the listening socket; open associations go on
+        if ae is not None:
+            _join_all(ae.active_associations, drain_seconds)
+            remaining = ae.active_associations
+            if remaining:
+                log.warning("aborting %d association(s) still open after %g s", len(remaining), drain_seconds)
+            ae.shutdown()  # aborts whatever is left
+            _join_all(remaining, ABORT_WAIT_SECONDS)
+        if self._conn is not None:
+            with self._db_lock:
+                self._conn.close()
+                self._conn = None
+        if server is not None:
+            log.info("stopped listening as %s", self.ae_title)
+
+    def __enter__(self) -> StorageSCP:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the OS's pick when constructed with ``port=0``, once started)."""
+        return self._bound_port
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+
+    @staticmethod
+    def _peer(event: Any) -> tuple[str, str]:
+        requestor = event.assoc.requestor
+        return str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}"
+
+    def _on_store(self, event: Any) -> int | Dataset:
+        calling_ae, peer = self._peer(event)
+        request = event.request
+        sop_uid = str(request.AffectedSOPInstanceUID or "").strip()
+        with store_status(f"C-STORE {sop_uid or '(no SOP Instance UID)'} from {calling_ae} at {peer}") as outcome:
+            self._store(event, calling_ae, peer)
+        return outcome.response()
+
+    def _store(self, event: Any, calling_ae: str, peer: str) -> None:
+        request = event.request
+        sop_uid = check_uid(str(request.AffectedSOPInstanceUID or ""), "Affected SOP Instance UID")
+        sop_class_uid = check_uid(str(request.AffectedSOPClassUID or ""), "Affected SOP Class UID")
+        data = event.encoded_dataset()
+        series_uid, study_uid = read_identity(data, sop_uid)
+        path = self.store.put(series_uid, sop_uid, data)
+        received_at = self.clock()
+        with self._db_lock:
+            if self._conn is None:
+                raise TransientError("the node is stopping; retry later")
+            db.record_instance(self._conn, series_uid, study_uid, sop_uid, sop_class_uid, path, len(data),
+                               received_at)
+        with self._sessions_lock:
+            session = self._sessions.setdefault(id(event.assoc), _Session(calling_ae, peer))
+            session.series_uids.add(series_uid)
+            session.instances += 1
+        log.debug("stored %s of series %s from %s (%d bytes)", sop_uid, series_uid, calling_ae, len(data))
+
+    def _on_released(self, event: Any) -> None:
+        self._end(event, aborted=False)
+
+    def _on_aborted(self, event: Any) -> None:
+        self._end(event, aborted=True)
+
+    def _on_closed(self, event: Any) -> None:
+        # A peer that drops the connection may produce neither a release nor an abort event.
+        self._end(event, aborted=True)
+
+    def _end(self, event: Any, *, aborted: bool) -> None:
+        with self._sessions_lock:
+            session = self._sessions.pop(id(event.assoc), None)
+            if session is None:
+                return
+            still_sending = set().union(*(s.series_uids for s in self._sessions.values()))
+        finished = frozenset(session.series_uids - still_sending)
+        ending = AssociationEnd(calling_ae=session.calling_ae, peer=session.peer,
+                                series_uids=frozenset(session.series_uids), finished_series=finished,
+                                instances=session.instances, aborted=aborted)
+        log.info("association from %s at %s %s: %d instance(s) of %d series", session.calling_ae, session.peer,
+                 "aborted" if aborted else "released", session.instances, len(session.series_uids))
+        if self.hint_completion and not aborted and finished:
+            try:
+                with self._db_lock:
+                    if self._conn is not None:
+                        db.hint_series_complete(self._conn, finished, self.clock())
+            except sqlite3.Error as exc:
+                # Only an optimisation: the quiet period still completes the series.
+                log.warning("could not hint completion of %d series: %s", len(finished), exc)
+        if self.on_association_end is not None:
+            try:
+                self.on_association_end(ending)
+            except Exception:
+                log.exception("association-end callback failed for %s at %s", session.calling_ae, session.peer)

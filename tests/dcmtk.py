@@ -1,0 +1,180 @@
+"""DCMTK command-line peers for tests: storescu, echoscu and storescp, each bounded by a timeout.
+
+    result = storescu(port, [file1, file2], called_ae="SEGNODE")
+    assert result.ok, result.output
+
+    with StoreSCP(tmp_path / "received", ae_title="PACS") as pacs:
+        ...  # C-STORE to ("127.0.0.1", pacs.port, "PACS"); files land in tmp_path / "received"
+
+DCMTK is the Debian package ``dcmtk``; tests that need it use ``@requires_dcmtk`` and skip without it. Debian's
+DCMTK leaves Nagle's algorithm on unless ``TCP_NODELAY=1`` is in the environment, which makes each small PDU wait
+for a delayed ACK; every process started here gets it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+
+HOST = "127.0.0.1"
+TOOL_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+
+requires_dcmtk = pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is not installed (dcmtk)")
+
+
+def dcmtk_env() -> dict[str, str]:
+    """The environment for DCMTK processes: the current one plus TCP_NODELAY=1."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """What a DCMTK tool did: its exit code and everything it printed (stdout then stderr)."""
+
+    args: tuple[str, ...]
+    returncode: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def statuses(self) -> list[int]:
+        """The DIMSE statuses of the responses, in order (from the ``-d`` log that :func:`storescu` asks for)."""
+        return [int(code, 16) for code in re.findall(r"DIMSE Status\s*:\s*0x([0-9A-Fa-f]{4})", self.output)]
+
+
+def run_tool(args: Sequence[str], *, timeout: float = TOOL_TIMEOUT_S) -> ToolResult:
+    """Run one DCMTK command with TCP_NODELAY=1 and a timeout; output captured (never raises on failure)."""
+    try:
+        completed = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, env=dcmtk_env(),
+                                   stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        return ToolResult(tuple(args), -9, f"{out}\n[timed out after {timeout:g} s]")
+    return ToolResult(tuple(args), completed.returncode, completed.stdout + completed.stderr)
+
+
+def echoscu(port: int, *, called_ae: str = "ANY-SCP", calling_ae: str = "ECHOSCU", host: str = HOST,
+            timeout: float = TOOL_TIMEOUT_S) -> ToolResult:
+    """C-ECHO the peer at ``host:port``."""
+    seconds = str(max(1, int(timeout)))
+    return run_tool(["echoscu", "-aet", calling_ae, "-aec", called_ae, "-to", seconds, "-ta", seconds,
+                     "-td", seconds, host, str(port)], timeout=timeout + 5)
+
+
+def storescu(port: int, files: Sequence[Path], *, called_ae: str = "ANY-SCP", calling_ae: str = "STORESCU",
+             host: str = HOST, extra_args: Sequence[str] = ("-R",), timeout: float = TOOL_TIMEOUT_S) -> ToolResult:
+    """C-STORE ``files`` to ``host:port`` in one association, with debug output (so :meth:`ToolResult.statuses` works).
+
+    The default ``-R`` proposes exactly each file's SOP class and transfer syntax, so compressed files are sent
+    compressed. storescu exits non-zero when it could not associate; a refused instance shows in the statuses.
+    """
+    seconds = str(max(1, int(timeout)))
+    return run_tool(["storescu", "-d", "-aet", calling_ae, "-aec", called_ae, "-to", seconds, "-ta", seconds,
+                     "-td", seconds, *extra_args, host, str(port), *(str(f) for f in files)], timeout=timeout + 5)
+
+
+def storescu_config(folder: Path, sop_class_uid: str, transfer_syntaxes: Sequence[str]) -> list[str]:
+    """storescu arguments proposing ``sop_class_uid`` once per transfer syntax (a ``-xf`` config file in ``folder``).
+
+    Each file is then sent in its own transfer syntax, whatever it is.
+    """
+    lines = ["[[TransferSyntaxes]]"]
+    for i, uid in enumerate(transfer_syntaxes):
+        lines += [f"[TS{i}]", f"TransferSyntax1 = {uid}"]
+    lines += ["[[PresentationContexts]]", "[Contexts]"]
+    lines += [f"PresentationContext{i + 1} = {sop_class_uid}\\TS{i}" for i in range(len(transfer_syntaxes))]
+    lines += ["[[Profiles]]", "[Each]", "PresentationContexts = Contexts"]
+    path = Path(folder) / "storescu-each-ts.cfg"
+    path.write_text("\n".join(lines) + "\n")
+    return ["-xf", str(path), "Each"]
+
+
+def wait_for_echo(port: int, *, called_ae: str = "ANY-SCP", timeout: float = START_TIMEOUT_S) -> None:
+    """Return once the peer answers C-ECHO; AssertionError with the last answer after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = echoscu(port, called_ae=called_ae, timeout=5)
+        if last.ok:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no C-ECHO answer on port {port} within {timeout:g} s: {last.output if last else ''}")
+
+
+class StoreSCP:
+    """A DCMTK storescp accepting every storage SOP class and transfer syntax, writing files to ``folder``.
+
+    Parameters
+    ----------
+    folder
+        Where received instances are written (created).
+    ae_title
+        The AE title storescp answers to.
+    port
+        Defaults to an OS-picked free port.
+    """
+
+    def __init__(self, folder: Path, *, ae_title: str = "STORESCP", port: int | None = None) -> None:
+        self.folder = Path(folder)
+        self.ae_title = ae_title
+        self.port = port or free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log = self.folder.parent / f"storescp-{self.port}.log"
+
+    def start(self) -> StoreSCP:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._log.open("wb") as log_file:
+            self._process = subprocess.Popen(
+                ["storescp", "-v", "+xa", "-pm", "-aet", self.ae_title, "-od", str(self.folder), str(self.port)],
+                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dcmtk_env())
+        try:
+            wait_for_echo(self.port, called_ae=self.ae_title)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT_S)
+
+    def log_text(self) -> str:
+        return self._log.read_text(errors="replace") if self._log.exists() else ""
+
+    def received(self) -> list[Path]:
+        return sorted(p for p in self.folder.rglob("*") if p.is_file())
+
+    def __enter__(self) -> StoreSCP:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
