@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Protocol
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -50,6 +50,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 
+from node.config import FolderDestination
 from node.durable import atomic_write
 from node.errors import ConfigError
 
@@ -106,58 +107,35 @@ class DicomPeer(Protocol):
     def port(self) -> int: ...
 
 
-@runtime_checkable
-class FolderPeer(Protocol):
-    """Anything with a folder destination's fields (``config.FolderDestination`` too)."""
+def send_to_folder(dest: FolderDestination, paths: Sequence[Path]) -> list[SendResult]:
+    """Copy each file into ``dest.folder`` as ``<SOPInstanceUID>.dcm`` (temporary name, fsync, rename).
 
-    @property
-    def name(self) -> str: ...
-    @property
-    def folder(self) -> Path: ...
-
-
-@dataclass(frozen=True)
-class DicomDestination:
-    """A DICOM peer that accepts C-STORE (a PACS)."""
-
-    name: str
-    ae_title: str
-    host: str
-    port: int
+    Never raises for I/O trouble: a full disk or missing mount is RETRY (an operator can fix it), an unreadable
+    source FAILED.
+    """
+    results = [_copy_to_folder(dest, Path(path)) for path in paths]
+    _log_batch(dest.describe(), results)
+    return results
 
 
-@dataclass(frozen=True)
-class FolderDestination:
-    """A folder that receives copies of the files, each written atomically as ``<SOPInstanceUID>.dcm``."""
-
-    name: str
-    folder: Path
-
-    def send(self, paths: Sequence[Path]) -> list[SendResult]:
-        """Copy each file into :attr:`folder` (temporary name, fsync, rename); never raises for I/O trouble."""
-        results = [self._copy(Path(path)) for path in paths]
-        _log_batch(f"folder {self.name} ({self.folder})", results)
-        return results
-
-    def _copy(self, path: Path) -> SendResult:
-        try:
-            meta = read_file_meta_info(path)
-            instance_uid = str(meta.get("MediaStorageSOPInstanceUID", "")).strip()
-        except (InvalidDicomError, OSError):
-            instance_uid = ""
-        target = self.folder / (f"{instance_uid}.dcm" if instance_uid else path.name)
-        try:
-            source = path.open("rb")
-        except OSError as exc:
-            return SendResult(path, Outcome.FAILED, None, f"{path}: cannot read the file ({exc.strerror or exc})")
-        try:
-            with source:
-                atomic_write(target, lambda handle: shutil.copyfileobj(source, handle, 1 << 20))
-        except OSError as exc:
-            # A full disk, a missing mount or a permission an operator can fix: the same copy may work later.
-            return SendResult(path, Outcome.RETRY, None,
-                              f"folder {self.name} ({self.folder}): cannot write {target.name} ({exc.strerror or exc})")
-        return SendResult(path, Outcome.SENT, None, f"copied to {target}")
+def _copy_to_folder(dest: FolderDestination, path: Path) -> SendResult:
+    try:
+        meta = read_file_meta_info(path)
+        instance_uid = str(meta.get("MediaStorageSOPInstanceUID", "")).strip()
+    except (InvalidDicomError, OSError):
+        instance_uid = ""
+    target = dest.folder / (f"{instance_uid}.dcm" if instance_uid else path.name)
+    try:
+        source = path.open("rb")
+    except OSError as exc:
+        return SendResult(path, Outcome.FAILED, None, f"{path}: cannot read the file ({exc.strerror or exc})")
+    try:
+        with source:
+            atomic_write(target, lambda handle: shutil.copyfileobj(source, handle, 1 << 20))
+    except OSError as exc:
+        return SendResult(path, Outcome.RETRY, None,
+                          f"{dest.describe()}: cannot write {target.name} ({exc.strerror or exc})")
+    return SendResult(path, Outcome.SENT, None, f"copied to {target}")
 
 
 def sop_class_name(uid: str) -> str:
@@ -434,7 +412,7 @@ def _send_batch(dest: DicomPeer, items: Sequence[_Item], calling_ae: str, timeou
     return results
 
 
-def send_files(dest: DicomPeer | FolderPeer, paths: Sequence[Path], *, calling_ae: str = "SEGNODE",
+def send_files(dest: DicomPeer | FolderDestination, paths: Sequence[Path], *, calling_ae: str = "SEGNODE",
                timeout: float = 30) -> list[SendResult]:
     """Send ``paths`` to ``dest``, one association for the batch; one result per path, in order.
 
@@ -445,8 +423,7 @@ def send_files(dest: DicomPeer | FolderPeer, paths: Sequence[Path], *, calling_a
     Parameters
     ----------
     dest
-        A DICOM peer (anything with ``name``, ``ae_title``, ``host``, ``port``) or a folder (anything with
-        ``name`` and ``folder``, copied as :class:`FolderDestination` does).
+        A DICOM peer (anything with ``name``, ``ae_title``, ``host``, ``port``) or a folder destination.
     paths
         DICOM Part 10 files; they are streamed from disk without decoding.
     calling_ae
@@ -455,10 +432,8 @@ def send_files(dest: DicomPeer | FolderPeer, paths: Sequence[Path], *, calling_a
         Seconds allowed for the TCP connection, the association and each response.
     """
     if isinstance(dest, FolderDestination):
-        return dest.send(paths)
-    if isinstance(dest, FolderPeer) and not hasattr(dest, "ae_title"):
-        return FolderDestination(dest.name, Path(dest.folder)).send(paths)
-    peer = cast(DicomPeer, dest)
+        return send_to_folder(dest, paths)
+    peer = dest
     slots: list[SendResult | None] = [None] * len(paths)
     items: list[tuple[int, _Item]] = []
     for index, path in enumerate(paths):

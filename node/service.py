@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 from node import db, jobs
-from node.config import Config, DicomDestination, FolderDestination
+from node.config import Config
 from node.convert import build_seg_from_input, error_line, write_dataset_atomically
 from node.durable import remove_temp_files
 from node.errors import SegnodeError
@@ -30,7 +30,6 @@ from node.labels import AlgorithmInfo
 from node.match import Candidate, match_item
 from node.receive import StorageSCP
 from node.seg import SegOptions, SegType
-from node.send import FolderDestination as FolderSender
 from node.send import Outcome, backoff_delay, send_files
 from node.series import read_header, series_from_headers
 from node.store import InstanceStore
@@ -293,12 +292,8 @@ class Node:
                 jobs.mark_send_failed(conn, row.id, error_line(exc))
             return
         paths = [row.seg_path for row in rows]
-        if isinstance(destination, FolderDestination):
-            results = FolderSender(destination.name, destination.folder).send(paths)
-        else:
-            assert isinstance(destination, DicomDestination)
-            results = send_files(destination, paths, calling_ae=self.config.node.ae_title,
-                                 timeout=self.config.send.timeout)
+        results = send_files(destination, paths, calling_ae=self.config.node.ae_title,
+                             timeout=self.config.send.timeout)
         settings = self.config.send
         for row, result in zip(rows, results, strict=True):
             if result.outcome is Outcome.SENT:

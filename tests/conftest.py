@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 import synthetic as syn
+
+from node import db
 
 
 @pytest.fixture
@@ -23,3 +29,13 @@ def segnode_convert(capsys: pytest.CaptureFixture[str]) -> syn.ConvertRunner:
         return syn.CliResult(code=code, stdout=out, stderr=err)
 
     return run
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    """A fresh state database (node.db schema) for one test."""
+    connection = db.connect(tmp_path / "state.sqlite3")
+    try:
+        yield connection
+    finally:
+        connection.close()

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from node.send import DicomDestination
+from node.config import DicomDestination
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 30.0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,6 @@ S1 = "1.2.826.0.1.3680043.8.498.1"
 S2 = "1.2.826.0.1.3680043.8.498.2"
 CT = "1.2.840.10008.5.1.4.1.1.2"
 QUIET = 30.0
-
-
-@pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = db.connect(tmp_path / "state.sqlite3")
-    try:
-        yield connection
-    finally:
-        connection.close()
 
 
 def add(conn: sqlite3.Connection, series: str, sop: str, at: float, size: int = 100) -> bool:

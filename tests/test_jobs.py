@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from node import db, jobs
+from node import jobs
 from node.errors import InputError
 from node.jobs import JobState, JobStateError, SendState
 
 SERIES = "1.2.826.0.1.3680043.8.498.1"
 SEG_UID = "1.2.826.0.1.3680043.8.498.77"
 T0 = 1000.0
-
-
-@pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = db.connect(tmp_path / "state.sqlite3")
-    try:
-        yield connection
-    finally:
-        connection.close()
 
 
 @pytest.fixture

@@ -24,8 +24,9 @@ from pynetdicom import AE, evt
 from pynetdicom.dsutils import split_dataset
 
 from node import send
+from node.config import DicomDestination, FolderDestination
 from node.errors import ConfigError
-from node.send import DicomDestination, FolderDestination, Outcome, backoff_delay, echo, send_files
+from node.send import Outcome, backoff_delay, echo, send_files, send_to_folder
 
 TIMEOUT = 10.0
 requires_orthanc = pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc is not installed (orthanc)")
@@ -356,18 +357,6 @@ def test_folder_destination_copies_by_sop_instance_uid(files: Files, tmp_path: P
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
 
 
-def test_send_files_copies_to_any_folder_like_destination(files: Files, tmp_path: Path) -> None:
-    @dataclass(frozen=True)
-    class ConfiguredFolder:  # the shape of config.FolderDestination
-        name: str
-        folder: Path
-
-    results = send_files(ConfiguredFolder("copy", tmp_path / "copy"), [files.seg])
-    assert _outcomes(results) == [Outcome.SENT]
-    assert (tmp_path / "copy" / f"{pydicom.dcmread(files.seg).SOPInstanceUID}.dcm").read_bytes() == \
-        files.seg.read_bytes()
-
-
 def test_folder_destination_failure_leaves_no_partial_file(files: Files, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "out"
@@ -380,7 +369,7 @@ def test_folder_destination_failure_leaves_no_partial_file(files: Files, tmp_pat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(shutil, "copyfileobj", half_then_disk_full)
-    results = FolderDestination("archive", folder).send([files.seg])
+    results = send_to_folder(FolderDestination("archive", folder), [files.seg])
     assert _outcomes(results) == [Outcome.RETRY]
     assert "No space left on device" in results[0].reason
     assert target.read_bytes() == b"previous complete copy"
@@ -388,7 +377,7 @@ def test_folder_destination_failure_leaves_no_partial_file(files: Files, tmp_pat
 
 
 def test_folder_destination_missing_source_fails(tmp_path: Path) -> None:
-    results = FolderDestination("archive", tmp_path / "out").send([tmp_path / "gone.dcm"])
+    results = send_to_folder(FolderDestination("archive", tmp_path / "out"), [tmp_path / "gone.dcm"])
     assert _outcomes(results) == [Outcome.FAILED]
     assert "gone.dcm" in results[0].reason
 
