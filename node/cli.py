@@ -19,7 +19,6 @@ from node.convert import build_seg_from_input, error_line, write_dataset_atomica
 from node.errors import ConfigError, SegnodeError
 from node.labels import AlgorithmInfo
 from node.seg import SegOptions, SegType
-from node.send import echo
 from node.series import load_series
 
 log = logging.getLogger(__name__)
@@ -136,6 +135,8 @@ def _retry(args: argparse.Namespace) -> int:
 
 
 def _echo(args: argparse.Namespace) -> int:
+    from node.send import echo  # pynetdicom is not needed by the other commands
+
     config = load_config(args.config)
     chosen = [config.destination(args.destination)] if args.destination else list(config.destinations)
     peers = [d for d in chosen if isinstance(d, DicomDestination)]

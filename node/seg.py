@@ -161,21 +161,43 @@ def _frames(seg: Dataset) -> Iterator[npt.NDArray[Any]]:
     yield from np.frombuffer(data, dtype, count=count * pixels).reshape(count, rows, cols)
 
 
-def seg_stats(seg: Dataset) -> dict[int, SegmentStats]:
-    """Voxel count and centroid (LPS mm) per segment number, from the SEG's own frames and positions."""
-    orientation = np.array([float(v) for v in functional_attribute(seg, 0, "PlaneOrientationSequence",
-                                                                    "ImageOrientationPatient")])
-    delta_row, delta_col = (float(v) for v in functional_attribute(seg, 0, "PixelMeasuresSequence", "PixelSpacing"))
-    col_step, row_step = orientation[:3] * delta_col, orientation[3:] * delta_row
+#: Set bits per byte value, and the sum of their positions (bit 0 first, as DICOM packs BINARY pixels).
+_POPCOUNT = np.array([bin(v).count("1") for v in range(256)], dtype=np.uint8)
+_BIT_POSITIONS = np.array([sum(b for b in range(8) if v >> b & 1) for v in range(256)], dtype=np.uint16)
+
+
+def _packed_frame_sums(seg: Dataset) -> npt.NDArray[np.float64] | None:
+    """Per frame (count, row-index sum, column-index sum) of set pixels, read from the packed bytes of a BINARY
+    SEG without unpacking them; None when frames do not start on byte boundaries (then frames are unpacked)."""
+    rows, cols, count = int(seg.Rows), int(seg.Columns), int(getattr(seg, "NumberOfFrames", 1))
+    if int(seg.BitsAllocated) != 1 or cols % 8 or seg.file_meta.TransferSyntaxUID.is_compressed:
+        return None
+    packed = np.frombuffer(seg.PixelData, np.uint8, count=count * rows * cols // 8).reshape(count, rows, cols // 8)
+    row_index = np.arange(rows, dtype=np.float64)
+    byte_start = 8.0 * np.arange(cols // 8)
+    sums = np.zeros((count, 3))
+    for start in range(0, count, 256):
+        block = packed[start:start + 256]
+        bits = _POPCOUNT[block]
+        sums[start:start + 256, 0] = bits.sum(axis=(1, 2), dtype=np.int64)
+        sums[start:start + 256, 1] = bits.sum(axis=2, dtype=np.int64) @ row_index
+        sums[start:start + 256, 2] = (bits.sum(axis=1, dtype=np.int64) @ byte_start
+                                      + _BIT_POSITIONS[block].sum(axis=(1, 2), dtype=np.int64))
+    return sums
+
+
+def _frame_sums(seg: Dataset) -> list[tuple[int, int, int, float, float]]:
+    """(frame, segment number, count, row-index sum, column-index sum) for each frame and segment it holds."""
+    if (packed := _packed_frame_sums(seg)) is not None:
+        groups = seg.PerFrameFunctionalGroupsSequence
+        return [(f, int(groups[f].SegmentIdentificationSequence[0].ReferencedSegmentNumber), int(n), r, c)
+                for f, (n, r, c) in enumerate(packed)]
     labelmap = seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"
     threshold = (int(getattr(seg, "MaximumFractionalValue", 1)) + 1) // 2 if seg.SegmentationType == "FRACTIONAL" else 1
-    counts: dict[int, int] = {}
-    sums: dict[int, npt.NDArray[np.float64]] = {}
-    rows, cols = int(seg.Rows), int(seg.Columns)
-    row_index, col_index = np.arange(rows, dtype=np.float64), np.arange(cols, dtype=np.float64)
+    row_index = np.arange(int(seg.Rows), dtype=np.float64)
+    col_index = np.arange(int(seg.Columns), dtype=np.float64)
+    result = []
     for f, frame in enumerate(_frames(seg)):
-        position = np.array([float(v) for v in functional_attribute(seg, f, "PlanePositionSequence",
-                                                                     "ImagePositionPatient")])
         if labelmap:
             parts = [(int(v), frame == v) for v in np.unique(frame) if v != 0]
         else:
@@ -183,13 +205,26 @@ def seg_stats(seg: Dataset) -> dict[int, SegmentStats]:
                          .ReferencedSegmentNumber)
             parts = [(number, frame >= threshold)]
         for number, mask in parts:
-            n = int(np.count_nonzero(mask))
-            if n == 0:
-                continue
-            row_sum = float(mask.sum(axis=1) @ row_index)
-            col_sum = float(mask.sum(axis=0) @ col_index)
-            counts[number] = counts.get(number, 0) + n
-            sums[number] = sums.get(number, np.zeros(3)) + n * position + row_sum * row_step + col_sum * col_step
+            result.append((f, number, int(np.count_nonzero(mask)), float(mask.sum(axis=1) @ row_index),
+                           float(mask.sum(axis=0) @ col_index)))
+    return result
+
+
+def seg_stats(seg: Dataset) -> dict[int, SegmentStats]:
+    """Voxel count and centroid (LPS mm) per segment number, from the SEG's own frames and positions."""
+    orientation = np.array([float(v) for v in functional_attribute(seg, 0, "PlaneOrientationSequence",
+                                                                    "ImageOrientationPatient")])
+    delta_row, delta_col = (float(v) for v in functional_attribute(seg, 0, "PixelMeasuresSequence", "PixelSpacing"))
+    col_step, row_step = orientation[:3] * delta_col, orientation[3:] * delta_row
+    counts: dict[int, int] = {}
+    sums: dict[int, npt.NDArray[np.float64]] = {}
+    for frame, number, n, row_sum, col_sum in _frame_sums(seg):
+        if n == 0:
+            continue
+        position = np.array([float(v) for v in functional_attribute(seg, frame, "PlanePositionSequence",
+                                                                     "ImagePositionPatient")])
+        counts[number] = counts.get(number, 0) + n
+        sums[number] = sums.get(number, np.zeros(3)) + n * position + row_sum * row_step + col_sum * col_step
     return {number: SegmentStats(counts[number], sums[number] / counts[number]) for number in counts}
 
 
