@@ -127,10 +127,11 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _retry(args: argparse.Namespace) -> int:
+    from node.service import Node
+
     config = load_config(args.config)
-    with _open_database(config) as conn:
-        state = jobs.retry_job(conn, args.job)
-    print(f"job {args.job}: {state.value}")
+    _open_database(config).close()
+    print(Node(config).requeue(args.job))
     return 0
 
 

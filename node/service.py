@@ -33,7 +33,7 @@ from node.seg import SegOptions, SegType
 from node.send import Outcome, backoff_delay, send_files
 from node.series import read_header, series_from_headers
 from node.store import InstanceStore
-from node.watch import InboxItem, InboxWatcher, move_item
+from node.watch import InboxItem, InboxWatcher, find_moved_item, move_item, restore_item
 
 log = logging.getLogger(__name__)
 
@@ -228,10 +228,13 @@ class Node:
         """Turn one settled inbox item into a SEG queued for every destination, or a reasoned failure."""
         job_id = jobs.create_job(conn, item.path, item.kind.value, signature=item.signature)
         job = jobs.get_job(conn, job_id)
-        if job.state is not jobs.JobState.PENDING and job.state is not jobs.JobState.MATCHED:
+        if job.state is jobs.JobState.FAILED:
+            # The same input dropped again (by a user, or by `segnode retry`): try it again.
+            jobs.retry_job(conn, job_id)
+            job = jobs.get_job(conn, job_id)
+        if job.state not in (jobs.JobState.PENDING, jobs.JobState.MATCHED):
             # Built before a crash that came before the move: finish the move, do not build twice.
-            done = job.state is not jobs.JobState.FAILED
-            move_item(item, self.paths.processed if done else self.paths.failed, job.reason or f"job {job_id}")
+            move_item(item, self.paths.processed, f"SEG {job.seg_sop_uid} built earlier (job {job_id})")
             return
         try:
             known, candidates = self._candidates(conn)
@@ -260,6 +263,20 @@ class Node:
         notes = "\n".join(result.notices)
         move_item(item, self.paths.processed, summary + (f"\n{notes}" if notes else ""))
         log.info("%s: %s; queued for %s", item.path.name, summary, ", ".join(destinations) or "no destination")
+
+    def requeue(self, job_id: int) -> str:
+        """`segnode retry`: re-open a failed job; an input that never became a SEG goes back into the inbox."""
+        with self._connect() as conn:
+            job = jobs.get_job(conn, job_id)
+            state = jobs.retry_job(conn, job_id)
+        if state is not jobs.JobState.PENDING:
+            return f"job {job_id}: {len(job.sends)} send(s) due again"
+        moved = find_moved_item(self.paths.failed, job.inbox_path.name)
+        if moved is None:
+            return (f"job {job_id}: re-opened, but {job.inbox_path.name} is no longer in {self.paths.failed};"
+                    " drop the file into the inbox again")
+        restored = restore_item(moved, self.paths.inbox)
+        return f"job {job_id}: {restored.name} is back in the inbox and will be processed again"
 
     def _fail_item(self, conn: sqlite3.Connection, job_id: int, item: InboxItem, reason: str) -> None:
         log.warning("%s: failed: %s", item.path.name, reason)

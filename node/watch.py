@@ -420,3 +420,21 @@ def move_item(item: InboxItem, dest_root: Path, reason: str | None) -> Path:
     fsync_folder(source_folder)
     log.info("%s: moved to %s", item.path.name, folder)
     return target
+
+
+def find_moved_item(root: Path, name: str) -> Path | None:
+    """The most recently moved copy of an item called ``name`` below ``root`` (as :func:`move_item` lays it out)."""
+    folders = sorted((p for p in root.glob(f"*_{name}") if (p / name).exists()), key=lambda p: p.name)
+    return folders[-1] / name if folders else None
+
+
+def restore_item(moved: Path, inbox: Path) -> Path:
+    """Put a moved item (and its sidecar) back into the inbox, under its own name; never overwrites."""
+    target = inbox / moved.name
+    if os.path.lexists(target):
+        raise InputError(f"{target}: an item of that name is already in the inbox; move it away first")
+    sidecar = moved.parent / f"{nifti_stem(moved)}.json"
+    if sidecar.exists() and not os.path.lexists(inbox / sidecar.name):
+        _move(sidecar, inbox / sidecar.name)
+    _move(moved, target)
+    return target

@@ -327,3 +327,71 @@ def test_sigterm_exits_promptly(tmp_path: Path) -> None:
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_export_command_runs_a_tool_whose_mask_folder_becomes_one_seg(tmp_path: Path, series: syn.SeriesInfo,
+                                                                      running: list[Node]) -> None:
+    port = free_port()
+    tool = Path(__file__).with_name("fake_segmenter.py")
+    export = f'[export]\ncommand = "{sys.executable} {tool} {{nifti}} {{inbox}} {{series_uid}}"\ncommand_timeout = 60\n'
+    config = write_config(tmp_path / "node", port, export + folder_destination())
+    running.append(start_node(config))
+    data = tmp_path / "node" / "data"
+    assert storescu(port, series.paths, called_ae="SEGNODE").ok
+    outgoing = data / "outgoing"
+    wait_for("the SEG of the tool's masks", lambda: outgoing.exists() and list(outgoing.iterdir()))
+    (seg_file,) = outgoing.iterdir()
+    phantom = syn.Phantom.fitting(series.grid)
+    assert_seg_matches_truth(seg_file.read_bytes(), series, phantom, tmp_path)
+    assert sorted(syn.segment_names(seg_file).values()) == sorted(phantom.names.values())
+    (item,) = (data / "processed").iterdir()
+    assert sorted(p.name for p in (item / series.series_uid).iterdir()) == sorted(
+        f"{name}.nii.gz" for name in phantom.names.values())
+
+
+def test_series_with_two_stacks_is_refused_with_a_reason(tmp_path: Path, running: list[Node]) -> None:
+    grid = syn.GridSpec.axial(rows=16, cols=16, slices=4)
+    first = syn.write_series(grid, tmp_path / "phase1")
+    # A second phase: same series, same positions, other instances.
+    uids = {"study": first.study_uid, "series": first.series_uid, "frame_of_reference": first.frame_of_reference_uid}
+    second = syn.write_series(grid, tmp_path / "phase2", uids=uids, seed=1)
+    port = free_port()
+    running.append(start_node(write_config(tmp_path / "node", port, folder_destination())))
+    assert storescu(port, [*first.paths, *second.paths], called_ae="SEGNODE").ok
+    from node import db
+
+    def refused() -> db.SeriesRow | None:
+        with running[0]._connect() as conn:
+            row = db.get_series(conn, first.series_uid)
+        return row if row is not None and row.state is db.SeriesState.FAILED else None
+
+    row = wait_for("the series to be refused", refused)
+    assert isinstance(row, db.SeriesRow) and row.reason is not None and "occur twice" in row.reason
+    assert not (tmp_path / "node" / "data" / "export" / f"{first.series_uid}.nii.gz").exists()
+
+
+def test_retry_puts_a_failed_input_back_once_its_series_has_arrived(tmp_path: Path, series: syn.SeriesInfo,
+                                                                    running: list[Node]) -> None:
+    port = free_port()
+    running.append(start_node(write_config(tmp_path / "node", port, folder_destination())))
+    node = running[0]
+    data = tmp_path / "node" / "data"
+    phantom = syn.Phantom.fitting(series.grid)
+    affine, shape = syn.export_grid_affine(series.grid), syn.export_grid_shape(series.grid)
+    labels = nib.Nifti1Image(syn.labels_on_nifti_grid((affine, shape), phantom, snap=series.grid).astype(np.uint8),
+                             affine)
+    # The segmentation arrives before its series: nothing to match yet.
+    drop_into_inbox(data / "inbox", "early.nii.gz", lambda p: p.write_bytes(_gzip(labels)), phantom.names)
+    wait_for("the early item to fail", lambda: list((data / "failed").iterdir()))
+    from node import jobs
+
+    with node._connect() as conn:
+        (job,) = jobs.list_jobs(conn)
+    assert job.state is jobs.JobState.FAILED and "no received series" in (job.reason or "")
+    assert storescu(port, series.paths, called_ae="SEGNODE").ok
+    wait_for("export", (data / "export" / f"{series.series_uid}.json").exists)
+    assert "back in the inbox" in node.requeue(job.id)
+    outgoing = data / "outgoing"
+    wait_for("the SEG after retry", lambda: outgoing.exists() and list(outgoing.iterdir()))
+    (seg_file,) = outgoing.iterdir()
+    assert_seg_matches_truth(seg_file.read_bytes(), series, phantom, tmp_path)
