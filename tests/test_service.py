@@ -203,7 +203,8 @@ def test_pacs_down_then_up_gets_its_seg(tmp_path: Path, series: syn.SeriesInfo, 
             from node import jobs
             with node._connect() as conn:
                 rows = jobs.list_jobs(conn)
-            return bool(rows) and rows[0].sends[0].attempts >= 2 and "unreachable" in (rows[0].sends[0].reason or "")
+            sends = rows[0].sends if rows else ()  # the job exists a moment before its sends do
+            return bool(sends) and sends[0].attempts >= 2 and "unreachable" in (sends[0].reason or "")
 
         wait_for("at least two failed attempts while the PACS is down", retrying)
         orthanc.start()
