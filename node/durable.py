@@ -16,13 +16,18 @@ from typing import IO, Any
 TEMP_SUFFIX = ".tmp"
 
 
-def fsync_folder(folder: Path) -> None:
-    """Make renames in ``folder`` durable (the rename lives in the folder's own metadata)."""
-    fd = os.open(folder, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """fsync a file's data, or a folder's entries (a rename lives in the folder's own metadata)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make renames in ``folder`` durable."""
+    fsync_path(folder)
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object], *, sync_folder: bool = True) -> None:

@@ -30,7 +30,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from node.durable import atomic_write_bytes, fsync_folder
+from node.durable import atomic_write_bytes, fsync_folder, fsync_path
 from node.errors import ConfigError, InputError
 from node.labelmap import is_nifti, nifti_stem
 
@@ -337,18 +337,10 @@ def _fsync_tree(path: Path) -> None:
     if path.is_dir():
         for root, _, files in os.walk(path):
             for name in files:
-                _fsync_file(Path(root) / name)
+                fsync_path(Path(root) / name)
             fsync_folder(Path(root))
     else:
-        _fsync_file(path)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_path(path)
 
 
 def _move(source: Path, target: Path) -> None:
