@@ -34,8 +34,9 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CtSpec, write_ct_series
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +83,6 @@ QUICK = {"rows": 128, "cols": 128, "slices": 60}
 
 
 @dataclass(frozen=True)
-class SeriesSpec:
-    """The synthetic CT series: size, voxel size, seed. Stored beside the inputs to decide whether to rebuild."""
-
-    rows: int
-    cols: int
-    slices: int
-    fov_mm: float
-    slice_mm: float
-    seed: int
-
-    @property
-    def pixel_mm(self) -> float:
-        return self.fov_mm / max(self.rows, self.cols)
-
-
-@dataclass(frozen=True)
 class Inputs:
     """Everything both tools read."""
 
@@ -109,116 +94,6 @@ class Inputs:
     label_count: int = 0
     labelled_fraction: float = 0.0
     labelled_voxels: int = 0
-
-
-def phantom_slice(spec: SeriesSpec, z_fraction: float, noise: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]:
-    """One axial slice of a trunk phantom as stored values (HU + 1024, 12 bits): fat rim, muscle, lungs above
-    the diaphragm, spine, aorta, liver below. ``z_fraction`` runs 0 (feet end) to 1 (head end)."""
-    s = spec.pixel_mm
-    y = (np.arange(spec.rows, dtype=np.float32) - spec.rows / 2 + 0.5)[:, None] * s
-    x = (np.arange(spec.cols, dtype=np.float32) - spec.cols / 2 + 0.5)[None, :] * s
-    scale = 0.85 + 0.15 * np.sin(np.pi * z_fraction)  # wider in the middle, narrower at the ends
-    a, b = 170.0 * scale, 115.0 * scale
-
-    def ellipse(cx: float, cy: float, rx: float, ry: float) -> npt.NDArray[np.bool_]:
-        inside: npt.NDArray[np.bool_] = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
-        return inside
-
-    hu = np.full((spec.rows, spec.cols), -1000.0, dtype=np.float32)
-    hu[ellipse(0, 0, a, b)] = -100.0  # subcutaneous fat
-    hu[ellipse(0, 0, a - 15, b - 15)] = 40.0  # muscle / soft tissue
-    if z_fraction > 0.45:  # thorax
-        hu[ellipse(-75 * scale, -10, 55 * scale, 75 * scale)] = -850.0
-        hu[ellipse(75 * scale, -10, 55 * scale, 75 * scale)] = -850.0
-        hu[ellipse(10, -25, 45, 40)] = 50.0  # heart
-    else:  # abdomen
-        hu[ellipse(-70 * scale, -10, 65 * scale, 60 * scale)] = 60.0  # liver
-    hu[ellipse(20, 40, 13, 13)] = 200.0  # aorta (contrast)
-    hu[ellipse(0, 75, 20, 18)] = 700.0  # vertebral body
-    hu[ellipse(0, 75, 14, 12)] = 250.0  # cancellous bone
-    hu[(y > 150) & (y < 160) & (np.abs(x) < 190)] = 300.0  # table
-    body = hu > -990
-    hu[body] += noise[body]
-    stored: npt.NDArray[np.uint16] = np.clip(hu + 1024.0, 0, 4095).astype(np.uint16)
-    return stored
-
-
-def ct_template(spec: SeriesSpec) -> Dataset:
-    """Header shared by every slice: a plausible CT, synthetic identity only."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = CTImageStorage
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.PatientName = "Bench^Phantom"
-    ds.PatientID = "BENCH0001"
-    ds.PatientBirthDate = "19700101"
-    ds.PatientSex = "O"
-    ds.PatientAge = "055Y"
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.FrameOfReferenceUID = generate_uid()
-    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = "20240102"
-    ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = "101500"
-    ds.StudyID = "1"
-    ds.AccessionNumber = "BENCH1"
-    ds.ReferringPhysicianName = ""
-    ds.StudyDescription = "CT chest abdomen pelvis (synthetic)"
-    ds.SeriesDescription = "Bench phantom 1.25mm"
-    ds.Modality = "CT"
-    ds.Manufacturer = "segnode-bench"
-    ds.ManufacturerModelName = "phantom"
-    ds.InstitutionName = "Synthetic"
-    ds.BodyPartExamined = "CHEST"
-    ds.SeriesNumber = 3
-    ds.AcquisitionNumber = 1
-    ds.PatientPosition = "HFS"
-    ds.PositionReferenceIndicator = ""
-    ds.ScanOptions = "HELICAL MODE"
-    ds.KVP = "120"
-    ds.SliceThickness = f"{spec.slice_mm:g}"
-    ds.SpacingBetweenSlices = f"{spec.slice_mm:g}"
-    ds.ConvolutionKernel = "STANDARD"
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.PixelSpacing = [f"{spec.pixel_mm:.6g}", f"{spec.pixel_mm:.6g}"]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = spec.rows
-    ds.Columns = spec.cols
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.RescaleIntercept = "-1024"
-    ds.RescaleSlope = "1"
-    ds.RescaleType = "HU"
-    ds.WindowCenter = "40"
-    ds.WindowWidth = "400"
-    return ds
-
-
-def write_series(spec: SeriesSpec, folder: Path) -> None:
-    """Write the series as single-frame Explicit VR Little Endian files, instance 1 at the head end."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(spec.seed)
-    # A few noise fields reused in turn: enough texture for a CT look without drawing 78M normals.
-    noise_bank = rng.normal(0.0, 12.0, size=(4, spec.rows, spec.cols)).astype(np.float32)
-    ds = ct_template(spec)
-    half = spec.fov_mm / 2
-    top_z = (spec.slices - 1) * spec.slice_mm / 2
-    for k in range(spec.slices):
-        z = top_z - k * spec.slice_mm
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [f"{-half + spec.pixel_mm / 2:.4f}", f"{-half + spec.pixel_mm / 2:.4f}",
-                                   f"{z:.4f}"]
-        ds.SliceLocation = f"{z:.4f}"
-        fraction = 1.0 - k / max(spec.slices - 1, 1)
-        ds.PixelData = phantom_slice(spec, fraction, noise_bank[k % len(noise_bank)]).tobytes()
-        ds.save_as(folder / f"CT{k + 1:06d}.dcm", enforce_file_format=True)
 
 
 def run_dcm2niix(dicom_dir: Path, out_dir: Path, dcm2niix: str) -> Path:
@@ -371,7 +246,7 @@ def write_label_tables(names: Sequence[str], segnode_path: Path, dcmqi_path: Pat
     dcmqi_path.write_text(json.dumps(meta, indent=1))
 
 
-def prepare_inputs(spec: SeriesSpec, workdir: Path, dcm2niix: str, fresh: bool) -> Inputs:
+def prepare_inputs(spec: CtSpec, workdir: Path, dcm2niix: str, fresh: bool) -> Inputs:
     """Build the inputs, or reuse the ones in ``workdir`` when they were made with the same spec."""
     stamp = workdir / "inputs.json"
     inputs = Inputs(dicom_dir=workdir / "dicom", nifti=workdir / "nifti" / "ct.nii.gz",
@@ -389,7 +264,7 @@ def prepare_inputs(spec: SeriesSpec, workdir: Path, dcm2niix: str, fresh: bool) 
         shutil.rmtree(workdir / sub, ignore_errors=True)
     stamp.unlink(missing_ok=True)
     started = time.perf_counter()
-    write_series(spec, inputs.dicom_dir)
+    write_ct_series(spec, inputs.dicom_dir, fresh=True)
     print(f"wrote {spec.slices} CT slices {spec.rows}x{spec.cols} in {time.perf_counter() - started:.1f} s")
     started = time.perf_counter()
     nifti = run_dcm2niix(inputs.dicom_dir, inputs.nifti.parent, dcm2niix)
@@ -631,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.rows, args.cols, args.slices = QUICK["rows"], QUICK["cols"], QUICK["slices"]
-    spec = SeriesSpec(rows=args.rows, cols=args.cols, slices=args.slices, fov_mm=args.fov_mm,
+    spec = CtSpec(rows=args.rows, cols=args.cols, slices=args.slices, fov_mm=args.fov_mm,
                       slice_mm=args.slice_mm, seed=args.seed)
     workdir: Path = args.workdir or Path(f"/tmp/segnode-bench-{spec.rows}x{spec.cols}x{spec.slices}")
     workdir.mkdir(parents=True, exist_ok=True)
