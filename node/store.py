@@ -84,8 +84,9 @@ class InstanceStore:
     def series_folder(self, series_uid: str) -> Path:
         return self.instances / check_uid(series_uid, "Series Instance UID")
 
-    def put(self, series_uid: str, sop_instance_uid: str, data: bytes) -> Path:
-        """Write one instance durably and return its path; a re-sent instance replaces the earlier copy.
+    def put(self, series_uid: str, sop_instance_uid: str, *chunks: bytes | memoryview) -> Path:
+        """Write one instance (``chunks`` in order) durably and return its path; a re-sent instance replaces the
+        earlier copy.
 
         Raises
         ------
@@ -107,7 +108,8 @@ class InstanceStore:
             fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=folder)
             try:
                 with os.fdopen(fd, "wb") as handle:
-                    self._write(handle.fileno(), data)
+                    for chunk in chunks:
+                        self._write(handle.fileno(), chunk)
                     os.fsync(handle.fileno())
                 os.replace(temp_name, target)
             except BaseException:
@@ -123,7 +125,7 @@ class InstanceStore:
         return target
 
     @staticmethod
-    def _write(fd: int, data: bytes) -> None:
+    def _write(fd: int, data: bytes | memoryview) -> None:
         """Write all of ``data`` to ``fd`` (a seam the tests use to simulate a full disk)."""
         view = memoryview(data)
         while view:
