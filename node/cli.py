@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.config
 import shutil
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import node
-from node import db, jobs
+from node import db, jobs, logs
 from node.config import Config, DicomDestination, load_config
 from node.convert import build_seg_from_input, error_line, write_dataset_atomically
 from node.errors import ConfigError, SegnodeError
@@ -151,22 +150,9 @@ def _echo(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def logging_config(level: str) -> dict[str, Any]:
-    """The one logging setup, as a dictConfig: one line per record on stderr (journald adds the time)."""
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "line"}},
-        "root": {"level": level, "handlers": ["stderr"]},
-        # pynetdicom and highdicom log every PDU or module copy at INFO; their warnings are what an operator needs.
-        "loggers": {"pynetdicom": {"level": "WARNING"}, "highdicom": {"level": "WARNING"}},
-    }
-
-
 def configure_logging(args: argparse.Namespace) -> None:
     level = "DEBUG" if args.verbose else ("INFO" if args.command == "run" else "WARNING")
-    logging.config.dictConfig(logging_config(level))
+    logs.configure(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
