@@ -95,6 +95,7 @@ class NodeConfig:
     bind: str = _checked("0.0.0.0", _not_empty)
     port: int = _checked(11112, _range(1, 65535))
     max_associations: int = _checked(10, _range(1, 1000))
+    receive_processes: int = _checked(2, _range(1, 64))
     log_level: str = _checked("INFO", _choice(LOG_LEVELS))
 
 

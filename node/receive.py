@@ -17,7 +17,9 @@ outside the lock, so concurrent associations still store in parallel.
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import sqlite3
 import struct
 import threading
@@ -50,6 +52,7 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
 from node import db
 from node.config import Config
@@ -187,6 +190,58 @@ def read_identity(dataset: bytes | memoryview, transfer_syntax: str, sop_uid: st
     return check_uid(series, "Series Instance UID"), check_uid(study, "Study Instance UID")
 
 
+#: How long :func:`open_listener` retries an address still held by a previous node's receivers.
+BIND_RETRY_SECONDS = 10.0
+
+
+def open_listener(bind: str, port: int, *, backlog: int = 64,
+                  retry_seconds: float = BIND_RETRY_SECONDS) -> socket.socket:
+    """A listening TCP socket on ``bind:port`` (``port=0``: the OS picks), to serve from one or more processes.
+
+    The socket is non-blocking: when several receiver processes share it, the ones that lose the race for a
+    connection must not block in ``accept()``. An address in use is retried for ``retry_seconds``, because
+    receivers of a node that was just killed may still hold it while they drain.
+
+    Raises
+    ------
+    OSError
+        The address cannot be bound (still in use after the retries, no permission for ports below 1024).
+    """
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    deadline = time.monotonic() + retry_seconds
+    while True:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((bind, port))
+            sock.listen(backlog)
+            sock.setblocking(False)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                raise
+            log.warning("%s:%d is still in use; retrying", bind, port)
+            time.sleep(0.5)
+
+
+class _ListenerServer(ThreadedAssociationServer):
+    """pynetdicom's association server, serving a socket opened beforehand (:func:`open_listener`)."""
+
+    def __init__(self, *args: Any, listener: socket.socket, **kwargs: Any) -> None:
+        self._listener = listener
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        if self.socket is not None:
+            self.socket.close()  # the one socketserver made; ours is already bound and listening
+        self.socket = self._listener
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        pass
+
+
 class StorageSCP:
     """A DICOM C-STORE/C-ECHO server writing every received instance durably.
 
@@ -198,6 +253,9 @@ class StorageSCP:
         The state database (see :func:`node.db.connect`); the SCP opens its own connection to it.
     ae_title, bind, port, max_associations
         As ``[node]`` in the config; ``port=0`` lets the OS pick one (read it back from :attr:`port`).
+    listener
+        A socket from :func:`open_listener` to serve instead of binding ``bind:port``; several processes can
+        serve the same one. :meth:`stop` closes this process's copy.
     on_association_end
         Called on the association's thread after an association that stored instances is released or
         aborted (exceptions it raises are logged, not propagated).
@@ -218,7 +276,8 @@ class StorageSCP:
     def __init__(self, store: InstanceStore, database: Path, *, ae_title: str = "SEGNODE", bind: str = "0.0.0.0",
                  port: int = 11112, max_associations: int = 10,
                  on_association_end: Callable[[AssociationEnd], None] | None = None,
-                 hint_completion: bool = True, clock: Callable[[], float] = time.time) -> None:
+                 hint_completion: bool = True, clock: Callable[[], float] = time.time,
+                 listener: socket.socket | None = None) -> None:
         self.store = store
         self.database = Path(database)
         self.ae_title = ae_title
@@ -229,6 +288,7 @@ class StorageSCP:
         self.on_association_end = on_association_end
         self.hint_completion = hint_completion
         self.clock = clock
+        self._listener = listener
         self._conn: sqlite3.Connection | None = None
         self._db_lock = threading.Lock()
         self._sessions: dict[int, _Session] = {}
@@ -238,11 +298,11 @@ class StorageSCP:
 
     @classmethod
     def from_config(cls, config: Config, *, on_association_end: Callable[[AssociationEnd], None] | None = None,
-                    hint_completion: bool = True) -> StorageSCP:
+                    hint_completion: bool = True, listener: socket.socket | None = None) -> StorageSCP:
         """An SCP for ``config``'s ``[node]`` and ``[paths]`` (not started)."""
         return cls(InstanceStore(config.paths.data), config.paths.database, ae_title=config.node.ae_title,
                    bind=config.node.bind, port=config.node.port, max_associations=config.node.max_associations,
-                   on_association_end=on_association_end, hint_completion=hint_completion)
+                   on_association_end=on_association_end, hint_completion=hint_completion, listener=listener)
 
 
     def _application_entity(self) -> Any:
@@ -275,13 +335,19 @@ class StorageSCP:
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
         try:
-            self._server = self._ae.start_server((self.bind, self.requested_port), block=False,
-                                                 evt_handlers=handlers)
+            listener = self._listener or open_listener(self.bind, self.requested_port)
+            self._listener = None  # the server owns it now
+            server = self._ae.make_server(listener.getsockname(), evt_handlers=handlers, server_class=_ListenerServer,
+                                          listener=listener)
         except BaseException:
             self._conn.close()
             self._conn = None
             raise
-        self._bound_port = int(self._server.server_address[1])
+        # As AE.start_server(block=False) does: AE.shutdown() and server.shutdown() expect it in the list.
+        self._ae._servers.append(server)
+        threading.Thread(target=server.serve_forever, name=f"segnode-accept-{self.ae_title}", daemon=True).start()
+        self._server = server
+        self._bound_port = int(server.server_address[1])
         log.info("listening as %s on %s:%d", self.ae_title, self.bind, self.port)
 
     def stop(self, drain_seconds: float = 5.0) -> None:

@@ -29,6 +29,7 @@ from node.export import export_series, exported_grid
 from node.labels import AlgorithmInfo
 from node.match import Candidate, match_item
 from node.receive import StorageSCP
+from node.receivers import ReceiverPool
 from node.seg import SegOptions, SegType
 from node.send import Outcome, backoff_delay, send_files
 from node.series import read_header, series_from_headers
@@ -54,6 +55,8 @@ class Node:
         self.segs = config.paths.data / "segs"
         self.store = InstanceStore(config.paths.data)
         self.scp: StorageSCP | None = None
+        self.receivers: ReceiverPool | None = None
+        self.port = config.node.port
         self.watcher: InboxWatcher | None = None
         self._threads: list[threading.Thread] = []
         self._commands = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-command")
@@ -82,8 +85,14 @@ class Node:
     def start(self) -> None:
         """Prepare, then start the listener, the inbox watcher and the stage threads; returns at once."""
         self.prepare()
-        self.scp = StorageSCP.from_config(self.config)
-        self.scp.start()
+        if self.config.node.receive_processes > 1:
+            self.receivers = ReceiverPool(self.config, self.config.node.receive_processes)
+            self.receivers.start()
+            self.port = self.receivers.port
+        else:
+            self.scp = StorageSCP.from_config(self.config)
+            self.scp.start()
+            self.port = self.scp.port
         self.watcher = InboxWatcher(self.paths.inbox, settle_seconds=self.config.inbox.settle_seconds,
                                     poll=self.config.inbox.poll)
         self.watcher.start()
@@ -92,17 +101,20 @@ class Node:
             thread.start()
             self._threads.append(thread)
         log.info("segnode running: %s:%d as %s, inbox %s, export %s, %d destination(s)", self.config.node.bind,
-                 self.scp.port, self.config.node.ae_title, self.paths.inbox, self.paths.export,
+                 self.port, self.config.node.ae_title, self.paths.inbox, self.paths.export,
                  len(self.config.destinations))
 
     def stop(self) -> None:
         """Stop intake first (listener, watcher), then let the stages finish their current step."""
         self.stopping.set()
+        # One deadline for everything: the stages stop in parallel while the listener drains.
+        deadline = time.monotonic() + STOP_SECONDS
         if self.scp is not None:
             self.scp.stop()
+        if self.receivers is not None:
+            self.receivers.stop()
         if self.watcher is not None:
             self.watcher.stop()
-        deadline = time.monotonic() + STOP_SECONDS
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._commands.shutdown(wait=False, cancel_futures=True)
@@ -123,6 +135,8 @@ class Node:
         self.start()
         try:
             while not self.stopping.wait(1.0):
+                if self.receivers is not None:
+                    self.receivers.check()
                 for thread in self._threads:
                     if not thread.is_alive():
                         log.error("stage %s died; stopping so the supervisor can restart the node", thread.name)

@@ -150,6 +150,7 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     ('[node]\nae_title = ""\n', "[node] ae_title: expected an AE title"),
     ('[node]\nae_title = "TAB\\tAE"\n', "[node] ae_title: expected an AE title"),
     ('[node]\nlog_level = "LOUD"\n', "[node] log_level: expected one of 'DEBUG'"),
+    ("[node]\nreceive_processes = 0\n", "[node] receive_processes: expected a number from 1 to 64, got 0"),
     ('[inbox]\npoll = "yes"\n', "[inbox] poll: expected true or false"),
     ("[series]\nquiet_seconds = -1\n", "[series] quiet_seconds: expected a number from 0"),
     ('[seg]\ntype = "mask"\n', "[seg] type: expected one of 'binary', 'labelmap', 'fractional'"),

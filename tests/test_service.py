@@ -22,9 +22,9 @@ import pydicom
 import pytest
 import synthetic as syn
 from dcmtk import free_port, storescu, wait_for_echo
+from nodes import dicom_destination, folder_destination, run_node_process, start_node, wait_for, write_config
 from orthanc import OrthancServer, orthanc_binary
 
-from node.config import load_config
 from node.service import Node
 
 pytestmark = [
@@ -32,67 +32,11 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK not installed (scripts/test.sh installs it)"),
 ]
 
-WAIT_S = 60.0
-
-
-def wait_for(what: str, condition: Callable[[], object], timeout: float = WAIT_S) -> object:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-
-
-def write_config(folder: Path, port: int, destinations: str, *, quiet: float = 1.0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "node.toml"
-    path.write_text(f"""
-[node]
-ae_title = "SEGNODE"
-bind = "127.0.0.1"
-port = {port}
-log_level = "DEBUG"
-[paths]
-data = "data"
-inbox = "data/inbox"
-export = "data/export"
-[series]
-quiet_seconds = {quiet}
-[inbox]
-settle_seconds = 0.3
-[send]
-max_attempts = 50
-backoff_initial = 0.2
-backoff_max = 1.0
-timeout = 5
-{destinations}
-""")
-    return path
-
-
-def folder_destination(name: str = "out") -> str:
-    return f'[[destinations]]\nname = "{name}"\nfolder = "data/outgoing"\n'
-
-
-def dicom_destination(orthanc: OrthancServer) -> str:
-    return (f'[[destinations]]\nname = "pacs"\nae_title = "{orthanc.aet}"\nhost = "127.0.0.1"\n'
-            f"port = {orthanc.dicom_port}\n")
-
-
 @pytest.fixture
 def series(tmp_path: Path) -> syn.SeriesInfo:
     """A small oblique series with a non-square matrix and non-square pixels, InstanceNumbers shuffled."""
     grid = syn.GridSpec.oblique(rows=24, cols=32, slices=10, row_spacing=1.1, col_spacing=0.8, slice_step=2.0)
     return syn.write_series(grid, tmp_path / "dicom", instance_numbers="shuffled", shuffle_file_names=True)
-
-
-def start_node(config_path: Path) -> Node:
-    node = Node(load_config(config_path))
-    node.start()
-    return node
 
 
 @pytest.fixture
@@ -265,11 +209,6 @@ def test_late_instance_reopens_series_and_exports_again(tmp_path: Path, series: 
     second = nib.load(data / "export" / f"{series.series_uid}.nii.gz")
     lps_origin = np.diag([-1.0, -1.0, 1.0]) @ second.affine[:3, 3]
     np.testing.assert_allclose(lps_origin, series.grid.centres_lps()[0, 0, 0], atol=1e-4)
-
-
-def run_node_process(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "node", "run", "--config", str(config)],
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
 def test_kill_9_during_transfer_loses_no_acknowledged_instance(tmp_path: Path) -> None:

@@ -1,0 +1,76 @@
+"""Running a segnode for tests: its config file, in-process or as `python -m node run`, and waiting on it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from orthanc import OrthancServer
+
+from node.config import load_config
+from node.service import Node
+
+WAIT_S = 60.0
+
+
+def wait_for(what: str, condition: Callable[[], object], timeout: float = WAIT_S) -> object:
+    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def write_config(folder: Path, port: int, destinations: str, *, quiet: float = 1.0,
+                 receive_processes: int = 2) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "node.toml"
+    path.write_text(f"""
+[node]
+ae_title = "SEGNODE"
+bind = "127.0.0.1"
+port = {port}
+log_level = "DEBUG"
+receive_processes = {receive_processes}
+[paths]
+data = "data"
+inbox = "data/inbox"
+export = "data/export"
+[series]
+quiet_seconds = {quiet}
+[inbox]
+settle_seconds = 0.3
+[send]
+max_attempts = 50
+backoff_initial = 0.2
+backoff_max = 1.0
+timeout = 5
+{destinations}
+""")
+    return path
+
+
+def folder_destination(name: str = "out") -> str:
+    return f'[[destinations]]\nname = "{name}"\nfolder = "data/outgoing"\n'
+
+
+def dicom_destination(orthanc: OrthancServer) -> str:
+    return (f'[[destinations]]\nname = "pacs"\nae_title = "{orthanc.aet}"\nhost = "127.0.0.1"\n'
+            f"port = {orthanc.dicom_port}\n")
+
+
+def start_node(config_path: Path) -> Node:
+    node = Node(load_config(config_path))
+    node.start()
+    return node
+
+
+def run_node_process(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "node", "run", "--config", str(config)],
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
