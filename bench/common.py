@@ -107,9 +107,24 @@ def print_versions(extra: Mapping[str, str] | None = None) -> None:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process from /proc (Linux), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of a live process and its live descendants (the node's receiver processes) from /proc."""
+    parents: dict[int, int] = {}
+    times: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        child = int(stat.parent.name)
+        parents[child] = int(fields[1])
+        times[child] = int(fields[11]) + int(fields[12])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent and child not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(times.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
 # --- profiling -------------------------------------------------------------------------------------------------
@@ -145,7 +160,7 @@ class PySpy:
         self.out.unlink(missing_ok=True)
         self._process = subprocess.Popen(
             [binary, "record", "--pid", str(self.pid), "--format", "raw", "--rate", str(self.rate), "--output",
-             str(self.out), "--nonblocking", "--function", *(["--gil"] if self.gil_only else [])],
+             str(self.out), "--nonblocking", "--function", "--subprocesses", *(["--gil"] if self.gil_only else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         time.sleep(1.0)  # py-spy needs a moment to attach; what is measured starts after this
 
@@ -436,6 +451,7 @@ class NodeSettings:
     seg_type: str = "binary"
     log_level: str = "INFO"
     destination: tuple[str, str, int] | None = None  # (ae_title, host, port) of a DICOM destination
+    receive_processes: int | None = None  # None: the node's default
 
 
 class NodeProcess(Receiver):
@@ -457,7 +473,8 @@ class NodeProcess(Receiver):
         s = self.settings
         lines = [
             "[node]", f'ae_title = "{s.ae_title}"', f'bind = "{HOST}"', f"port = {self.port}",
-            f'log_level = "{s.log_level}"', "",
+            f'log_level = "{s.log_level}"',
+            *([f"receive_processes = {s.receive_processes}"] if s.receive_processes is not None else []), "",
             "[paths]", 'data = "data"', 'inbox = "data/inbox"', 'export = "data/export"', "",
             "[series]", f"quiet_seconds = {s.quiet_seconds}", "",
             "[inbox]", f"settle_seconds = {s.settle_seconds}", "",
