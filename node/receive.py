@@ -49,7 +49,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -306,6 +306,10 @@ class StorageSCP:
 
 
     def _application_entity(self) -> Any:
+        if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+            # pynetdicom's standard handlers build a log message for every PDU and DIMSE message, logged or not;
+            # with its logger at WARNING (node.logs) that is a tenth of the receiver's CPU for nothing.
+            _config.LOG_HANDLER_LEVEL = "none"
         ae = AE(ae_title=self.ae_title)
         ae.maximum_associations = self.max_associations
         ae.maximum_pdu_size = MAX_PDU_BYTES
