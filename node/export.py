@@ -50,6 +50,7 @@ def read_volume(series: SourceSeries) -> npt.NDArray[Any]:
             ds = pydicom.dcmread(path)
             pixels = ds.pixel_array
             slices.append(np.asarray(apply_rescale(pixels, ds)) if "RescaleSlope" in ds else pixels)
+    # pydicom raises NotImplementedError (not a stub here) for a transfer syntax no installed plugin decodes.
     except (ValueError, RuntimeError, AttributeError, NotImplementedError, OSError) as exc:
         raise InputError(f"series {series.series_uid}: pixel data cannot be decoded ({exc})") from exc
     return np.stack(slices)
