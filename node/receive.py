@@ -199,8 +199,8 @@ def open_listener(bind: str, port: int, *, backlog: int = 64,
     """A listening TCP socket on ``bind:port`` (``port=0``: the OS picks), to serve from one or more processes.
 
     The socket is non-blocking: when several receiver processes share it, the ones that lose the race for a
-    connection must not block in ``accept()``. An address in use is retried for ``retry_seconds``, because
-    receivers of a node that was just killed may still hold it while they drain.
+    connection must not block in ``accept()``. An address in use is retried for ``retry_seconds``: when a
+    supervisor restarts the node at once, the receivers of the one it just stopped may not have exited yet.
 
     Raises
     ------
@@ -209,6 +209,7 @@ def open_listener(bind: str, port: int, *, backlog: int = 64,
     """
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     deadline = time.monotonic() + retry_seconds
+    warned = False
     while True:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -221,7 +222,9 @@ def open_listener(bind: str, port: int, *, backlog: int = 64,
             sock.close()
             if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
                 raise
-            log.warning("%s:%d is still in use; retrying", bind, port)
+            if not warned:
+                log.warning("%s:%d is in use; retrying for up to %g s", bind, port, retry_seconds)
+                warned = True
             time.sleep(0.5)
 
 
