@@ -50,8 +50,8 @@ def read_volume(series: SourceSeries) -> npt.NDArray[Any]:
             ds = pydicom.dcmread(path)
             pixels = ds.pixel_array
             slices.append(np.asarray(apply_rescale(pixels, ds)) if "RescaleSlope" in ds else pixels)
-    # pydicom raises NotImplementedError (not a stub here) for a transfer syntax no installed plugin decodes.
-    except (ValueError, RuntimeError, AttributeError, NotImplementedError, OSError) as exc:
+    # RuntimeError covers pydicom's "no installed plugin decodes this transfer syntax" (a subclass of it).
+    except (ValueError, RuntimeError, AttributeError, OSError) as exc:
         raise InputError(f"series {series.series_uid}: pixel data cannot be decoded ({exc})") from exc
     return np.stack(slices)
 
