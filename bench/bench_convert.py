@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import colorsys
-import importlib.metadata
 import io
 import json
 import logging
@@ -36,7 +35,7 @@ import numpy.typing as npt
 import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CtSpec, write_ct_series
+from common import CtSpec, first_line, package_version, write_ct_series
 
 log = logging.getLogger(__name__)
 
@@ -375,22 +374,6 @@ def dcmqi_binary() -> str:
     if found is None:
         raise SystemExit("itkimage2segimage not found: pip install dcmqi (or pass --dcmqi PATH)")
     return found
-
-
-def first_line(command: Sequence[str]) -> str:
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    except OSError as exc:
-        return f"unavailable ({exc})"
-    lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-    return lines[0] if lines else "?"
-
-
-def package_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def describe_seg(path: Path) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from common import (
     PySpy,
     Receiver,
     StoreSCPProcess,
+    add_series_arguments,
     check_readable,
     free_port,
     median,
@@ -43,6 +44,7 @@ from common import (
     print_versions,
     require_tools,
     send,
+    series_size,
     split,
     write_ct_series,
 )
@@ -142,14 +144,9 @@ def py_spy_hook(out: Path, rate: int, gil_only: bool) -> Callable[[Receiver], Ca
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--slices", type=int, default=200, help="slices in the series (default 200)")
-    parser.add_argument("--rows", type=int, default=512)
-    parser.add_argument("--cols", type=int, default=512)
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK.rows}x{QUICK.cols}x{QUICK.slices}, 1 round")
+    add_series_arguments(parser, kind="ingest", slices=200, quick=QUICK, quick_note=", 1 round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every case (default 3); median reported")
     parser.add_argument("--concurrency", type=int, default=4, help="associations at once in the concurrent cases")
-    parser.add_argument("--workdir", type=Path, default=None, help="default /tmp/segnode-bench-ingest-RxCxS")
-    parser.add_argument("--fresh", action="store_true", help="rebuild the series even if one is there")
     parser.add_argument("--no-as-shipped", action="store_true",
                         help="skip the storescp run without TCP_NODELAY (slow: ~40 ms stall per instance)")
     parser.add_argument("--no-reference", action="store_true",
@@ -164,8 +161,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=25, help="functions listed by --profile")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per send before it is killed")
     args = parser.parse_args(argv)
+    series_size(args, QUICK)
     if args.quick:
-        args.rows, args.cols, args.slices = QUICK.rows, QUICK.cols, QUICK.slices
         args.rounds = min(args.rounds, 1)
     return args
 

@@ -45,6 +45,7 @@ from common import (
     NodeProcess,
     NodeSettings,
     PySpy,
+    add_series_arguments,
     check_readable,
     first_line,
     free_port,
@@ -53,6 +54,7 @@ from common import (
     print_versions,
     require_tools,
     send,
+    series_size,
     write_ct_series,
 )
 
@@ -189,24 +191,18 @@ def log_time(log_path: Path, pattern: str, after: float) -> float | None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--slices", type=int, default=300, help="slices in the series (default 300)")
-    parser.add_argument("--rows", type=int, default=512)
-    parser.add_argument("--cols", type=int, default=512)
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK.rows}x{QUICK.cols}x{QUICK.slices}")
+    add_series_arguments(parser, kind="latency", slices=300, quick=QUICK)
     parser.add_argument("--rounds", type=int, default=2, help="label maps sent, each distinct (default 2)")
     parser.add_argument("--settle", type=float, default=0.5, help="the node's [inbox] settle_seconds")
     parser.add_argument("--seg-type", choices=["binary", "labelmap", "fractional"], default="binary",
                         help="the node's [seg] type (default binary)")
-    parser.add_argument("--workdir", type=Path, default=None, help="default /tmp/segnode-bench-latency-RxCxS")
-    parser.add_argument("--fresh", action="store_true", help="rebuild the series even if one is there")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for each SEG in Orthanc")
     parser.add_argument("--profile", action="store_true",
                         help="one extra round (not counted) with the node sampled by py-spy; prints top functions")
     parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25, help="functions listed by --profile")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.rows, args.cols, args.slices = QUICK.rows, QUICK.cols, QUICK.slices
+    series_size(args, QUICK)
     return args
 
 

@@ -7,6 +7,7 @@ version lines every benchmark prints. Nothing here asserts a timing.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import importlib.metadata
 import itertools
@@ -304,6 +305,23 @@ def phantom_slices(spec: CtSpec, rng: np.random.Generator) -> npt.NDArray[np.uin
         hu[body] += noise[k % len(noise)][body]
         out[k] = np.clip(hu + 1024.0, 0, 4095).astype(np.uint16)
     return out
+
+
+def add_series_arguments(parser: argparse.ArgumentParser, *, kind: str, slices: int, quick: CtSpec,
+                         quick_note: str = "") -> None:
+    """The options every bench has for its synthetic CT: size, ``--quick``, ``--workdir``, ``--fresh``."""
+    parser.add_argument("--slices", type=int, default=slices, help=f"slices in the series (default {slices})")
+    parser.add_argument("--rows", type=int, default=512)
+    parser.add_argument("--cols", type=int, default=512)
+    parser.add_argument("--quick", action="store_true", help=f"{quick.rows}x{quick.cols}x{quick.slices}{quick_note}")
+    parser.add_argument("--workdir", type=Path, default=None, help=f"default /tmp/segnode-bench-{kind}-RxCxS")
+    parser.add_argument("--fresh", action="store_true", help="rebuild the series even if one is there")
+
+
+def series_size(args: argparse.Namespace, quick: CtSpec) -> None:
+    """Apply ``--quick`` to the parsed ``--rows/--cols/--slices``."""
+    if args.quick:
+        args.rows, args.cols, args.slices = quick.rows, quick.cols, quick.slices
 
 
 def write_ct_series(spec: CtSpec, folder: Path, *, fresh: bool = False) -> CtSeries:
