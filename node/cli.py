@@ -17,8 +17,9 @@ from node.config import Config, DicomDestination, load_config
 from node.convert import build_seg_from_input, error_line, write_dataset_atomically
 from node.errors import ConfigError, SegnodeError
 from node.labels import AlgorithmInfo
+from node.match import pick_stack
 from node.seg import SegOptions, SegType
-from node.series import load_series
+from node.series import choose_stack, find_stacks
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--type", choices=[t.value for t in SegType], default=SegType.BINARY.value,
                          help="SEG type (default binary: displayed by most viewers and PACS)")
     convert.add_argument("--series", help="SeriesInstanceUID to use when the folder holds several series")
+    convert.add_argument("--stack", type=int, help="stack of the series to use (1: the main one) when it holds several"
+                         " (echoes, phases, planes); by default the one the NIfTI's grid fits")
     convert.add_argument("--algorithm-name", default="segnode", help="algorithm name written into each segment")
     convert.add_argument("--algorithm-version", default=node.__version__, help="algorithm version")
     convert.add_argument("--series-description", default="segnode SEG")
@@ -64,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    series = load_series(args.dicom, args.series)
+    stacks = find_stacks(args.dicom, args.series)
+    series = (choose_stack(stacks, args.stack, str(args.dicom)) if args.stack is not None
+              else pick_stack(stacks, args.nifti))
     options = SegOptions(
         seg_type=SegType(args.type),
         algorithm=AlgorithmInfo(name=args.algorithm_name, version=args.algorithm_version),

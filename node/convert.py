@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -21,6 +22,7 @@ from node.geometry import (
     Grid,
     SegmentStats,
     align_labels,
+    align_planes,
     label_box,
     label_stats,
     plan_alignment,
@@ -70,9 +72,12 @@ def tolerance_for(alignment: Alignment, volume: LabelVolume, series: SourceSerie
         # Centroids may differ only by the float32 slack the grids were allowed to have.
         return Tolerance(exact=True, centroid_mm=(alignment.offset_voxels + GRID_TOLERANCE_VOXELS) * label_spacing
                          + 1e-6)
-    diagonal = max(float(np.linalg.norm(volume.grid.spacing)), float(np.linalg.norm(series.grid.spacing)))
+    planes = series.grid.spacing.copy()
+    planes[0] = float(series.slabs().max())
+    diagonal = max(float(np.linalg.norm(volume.grid.spacing)), float(np.linalg.norm(planes)))
+    series_voxel = float(np.prod(planes))
     return Tolerance(exact=False, centroid_mm=diagonal, volume_fraction=0.25,
-                     volume_mm3=4 * max(volume.grid.voxel_volume, series.grid.voxel_volume))
+                     volume_mm3=4 * max(volume.grid.voxel_volume, series_voxel))
 
 
 def input_stats(volume: LabelVolume, alignment: Alignment, series: SourceSeries,
@@ -89,6 +94,14 @@ def input_stats(volume: LabelVolume, alignment: Alignment, series: SourceSeries,
     return label_stats(cropped, Grid(volume.grid.affine @ shift, cropped.shape), values)
 
 
+def align(volume: LabelVolume, series: SourceSeries) -> tuple[np.ndarray[Any, Any], Alignment]:
+    """The label array on the series' planes, and how it got there; GeometryError when they do not fit."""
+    if series.regular:
+        alignment = plan_alignment(series.grid, volume.grid)
+        return align_labels(volume.array, series.grid.shape, alignment), alignment
+    return align_planes(volume.array, volume.grid, series.plane_grids())
+
+
 def build_seg_from_input(series: SourceSeries, label_path: Path, *, labels_file: Path | None = None,
                          default_labels: Path | None = None, options: SegOptions | None = None) -> ConvertResult:
     """Load, align, build and verify. Raises :class:`SegnodeError` subclasses with one-line reasons."""
@@ -99,13 +112,13 @@ def build_seg_from_input(series: SourceSeries, label_path: Path, *, labels_file:
     input_values = volume.values
     if not input_values:
         raise LabelError(f"{name}: label map is empty (all voxels are 0); nothing to segment")
+    series = series.with_depth_of(volume.grid)
     try:
-        alignment = plan_alignment(series.grid, volume.grid)
+        aligned, alignment = align(volume, series)
     except GeometryError as exc:
         raise GeometryError(f"{name}: {exc}") from exc
     if not alignment.exact:
         notices.append(f"{name}: grid resampled onto the series ({alignment.describe()})")
-    aligned = align_labels(volume.array, series.grid.shape, alignment)
     present = present_values(aligned)
     lost = sorted(set(input_values) - set(present))
     table = label_table(volume, labels_file, default_labels)
@@ -121,8 +134,7 @@ def build_seg_from_input(series: SourceSeries, label_path: Path, *, labels_file:
     del volume  # the input array is not needed while highdicom builds (peak memory)
     dataset = build_seg(series, aligned, segments, options, input_name=name)
     del aligned
-    verify_seg(dataset, expected, segments, tolerance, input_voxel_mm3=input_voxel_mm3,
-               seg_voxel_mm3=series.grid.voxel_volume)
+    verify_seg(dataset, expected, segments, tolerance, input_voxel_mm3=input_voxel_mm3, slab_of=series.slab_at)
     for notice in notices:
         log.info("%s", notice)
     return ConvertResult(dataset=dataset, alignment=alignment, segments=segments, notices=notices)

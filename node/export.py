@@ -22,7 +22,7 @@ from pydicom.pixels.processing import apply_rescale
 
 from node.durable import atomic_write, atomic_write_json
 from node.errors import InputError
-from node.geometry import LPS_FROM_RAS, Grid
+from node.geometry import LPS_FROM_RAS, Grid, normal_of
 from node.series import SourceSeries
 
 log = logging.getLogger(__name__)
@@ -79,16 +79,19 @@ def export_affine(grid: Grid) -> npt.NDArray[np.float64]:
 def export_series(series: SourceSeries, folder: Path, *, version: int = 1) -> ExportedSeries:
     """Write ``<uid>.nii.gz`` and ``<uid>.json`` into ``folder`` atomically (sidecar last, so it marks completion)."""
     folder.mkdir(parents=True, exist_ok=True)
-    volume = _compact(read_volume(series))
-    data = np.transpose(volume, (2, 1, 0))
+    volume = read_volume(series)
+    if not series.regular:
+        # Nearest plane per even slice: a label map of this volume maps back exactly-or-nearest onto the planes.
+        volume = volume[series.even_slice_planes()]
+    data = np.transpose(_compact(volume), (2, 1, 0))
     affine = export_affine(series.grid)
     image = nib.Nifti1Image(data, affine)
     image.header.set_sform(affine, code=1)
     image.header.set_qform(affine, code=1)
     image.header.set_xyzt_units("mm", "sec")
     uid = series.series_uid
-    nifti = folder / f"{uid}.nii.gz"
-    sidecar = folder / f"{uid}.json"
+    nifti = folder / f"{series.stem}.nii.gz"
+    sidecar = folder / f"{series.stem}.json"
     # Level 1: a CT volume compresses nearly as well and several times faster than gzip's default.
     atomic_write(nifti, lambda handle: handle.write(gzip.compress(image.to_bytes(), compresslevel=1)),
                  sync_folder=False)
@@ -103,14 +106,28 @@ def export_series(series: SourceSeries, folder: Path, *, version: int = 1) -> Ex
         "shape": list(data.shape),
         "spacing_mm": [round(float(s), 6) for s in np.linalg.norm(affine[:3, :3], axis=0)],
         "affine_ras": np.asarray(affine).round(6).tolist(),
-        "instances": len(series.paths) if series.frame_order is None else len(series.frame_order),
+        "instances": series.plane_count,
+        "stack": {"index": series.stack.index, "count": series.stack.count, "key": series.stack.key,
+                  "planes": series.plane_count, "sop_instance_uids": _instance_uids(series)},
         "export_version": version,
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "nifti": nifti.name,
     }
+    if not series.regular:
+        gaps = np.diff(series.positions @ normal_of(series.orientation))
+        description["resampled"] = {
+            "reason": "uneven slice spacing",
+            "plane_gaps_mm": [round(float(gaps.min()), 4), round(float(gaps.max()), 4)],
+            "slice_step_mm": round(float(np.linalg.norm(series.grid.affine[:3, 0])), 6),
+            "method": "nearest plane per slice; a label map on this grid maps back onto the real planes",
+        }
     atomic_write_json(sidecar, description)
-    log.info("exported series %s: %s (%s)", uid, nifti.name, series.grid.describe())
+    log.info("exported series %s: %s (%s)", uid, nifti.name, series.describe())
     return ExportedSeries(nifti=nifti, sidecar=sidecar, grid=Grid(LPS_FROM_RAS @ affine, data.shape))
+
+
+def _instance_uids(series: SourceSeries) -> list[str]:
+    return sorted({str(ds.get("SOPInstanceUID", "")) for ds in series.datasets})
 
 
 def exported_grid(sidecar: Path) -> Grid | None:

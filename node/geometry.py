@@ -47,6 +47,14 @@ GRID_TOLERANCE_VOXELS = 1e-3
 SPACING_TOLERANCE = 1e-2
 
 
+class NoOverlapError(GeometryError):
+    """A label grid and a source grid have no voxel in common."""
+
+
+class UnevenSpacingError(GeometryError):
+    """The slices of a stack are not evenly spaced along their line: no single affine describes them."""
+
+
 @dataclass(frozen=True)
 class Grid:
     """A regular voxel grid in patient space: ``affine @ [i, j, k, 1]`` is the voxel centre in LPS mm."""
@@ -133,7 +141,7 @@ def slice_order(orientation: npt.ArrayLike, positions: npt.ArrayLike) -> npt.NDA
     return np.argsort(distances, kind="stable")
 
 
-def check_orientations(orientations: Sequence[Sequence[float]]) -> FloatArray:
+def check_orientations(orientations: Sequence[npt.ArrayLike]) -> FloatArray:
     """Return the stack's one orientation, or raise when slices disagree (a mixed or localiser series)."""
     stacked = np.asarray(orientations, dtype=np.float64)
     first: FloatArray = stacked[0]
@@ -154,6 +162,7 @@ def stack_grid(
     *,
     rows: int,
     cols: int,
+    thickness: float | None = None,
 ) -> Grid:
     """Grid of a stack of equally oriented slices whose positions are already sorted along the normal.
 
@@ -161,10 +170,14 @@ def stack_grid(
     the actual step from first to last position divided by N−1 (not SliceThickness); a step that is not parallel to
     the normal (gantry tilt) is kept as it is, so the grid is sheared exactly as the pixels are.
 
+    A single slice has no step: it covers ``thickness`` (its SliceThickness; 1 mm when unknown) along the normal.
+
     Raises
     ------
     GeometryError
-        On duplicate positions (several phases or echoes), uneven spacing, or slices off a straight line.
+        On duplicate positions (several phases or echoes).
+    UnevenSpacingError
+        On uneven spacing or slices off a straight line.
 
     A sagittal stack (normal towards the patient's right, −x):
 
@@ -194,22 +207,60 @@ def stack_grid(
         expected = ipp[0] + np.arange(n)[:, None] * step
         off_line = np.linalg.norm(ipp - expected, axis=1).max()
         if off_line > SPACING_TOLERANCE * np.linalg.norm(step):
-            raise GeometryError(
-                f"slice spacing is uneven (gaps from {gaps.min():.3f} to {gaps.max():.3f} mm): resample the series"
-                " to even spacing first (dcm2niix writes an _Eq_ file for this)"
-            )
+            raise UnevenSpacingError(f"slice spacing is uneven (gaps from {gaps.min():.3f} to {gaps.max():.3f} mm)")
         tilt = np.degrees(np.arccos(min(1.0, abs(step @ normal) / np.linalg.norm(step))))
         if tilt > 0.01:
             log.info("slice step is %.2f° off the slice normal (gantry tilt): the grid is sheared", tilt)
     else:
-        # A single slice has no step; give it unit thickness along the normal so the affine is invertible.
-        step = normal
+        step = normal * (thickness if thickness is not None and thickness > 0 else 1.0)
     affine = np.eye(4)
     affine[:3, 0] = step
     affine[:3, 1] = iop[3:] * delta_row
     affine[:3, 2] = iop[:3] * delta_col
     affine[:3, 3] = ipp[0]
     return Grid(affine, (n, rows, cols))
+
+
+#: An evenly resampled stack has at most this many times the slices of the stack it stands for.
+MAX_RESAMPLE_FACTOR = 4
+
+
+def even_stack_grid(orientation: npt.ArrayLike, pixel_spacing: npt.ArrayLike, positions: npt.ArrayLike, *,
+                    rows: int, cols: int) -> Grid:
+    """An evenly spaced grid over unevenly spaced slices (sorted along the normal) that lie on one straight line.
+
+    Its step is the smallest gap between slices (capped at :data:`MAX_RESAMPLE_FACTOR` times the slice count), so
+    every slice has a grid slice within half a step; like dcm2niix's ``_Eq_`` output it lets a tool segment a
+    regular volume whose labels map back onto the real slices.
+
+    >>> grid = even_stack_grid([1, 0, 0, 0, 1, 0], [1, 1], [[0, 0, 0], [0, 0, 2], [0, 0, 6]], rows=2, cols=2)
+    >>> grid.shape, grid.point((3, 0, 0)).tolist()
+    ((4, 2, 2), [0.0, 0.0, 6.0])
+
+    Raises
+    ------
+    GeometryError
+        When the slices are not on one line (their in-plane offsets differ irregularly).
+    """
+    iop = np.asarray(orientation, dtype=np.float64)
+    ipp = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
+    span = ipp[-1] - ipp[0]
+    length = float(np.linalg.norm(span))
+    if len(ipp) < 2 or length < 1e-3:
+        raise GeometryError("an evenly resampled grid needs at least two distinct slice positions")
+    direction = span / length
+    along = (ipp - ipp[0]) @ direction
+    off_line = float(np.linalg.norm(ipp - ipp[0] - along[:, None] * direction, axis=1).max())
+    smallest_pixel = float(np.min(np.asarray(pixel_spacing, dtype=np.float64)))
+    if off_line > 0.1 * smallest_pixel:
+        raise GeometryError(f"slices are not on one straight line (up to {off_line:.3g} mm off it): they cannot be"
+                            " resampled onto one regular grid")
+    smallest_gap = float(np.diff(along).min())
+    count = min(round(length / smallest_gap) + 1, MAX_RESAMPLE_FACTOR * len(ipp))
+    grid = stack_grid(iop, pixel_spacing, [ipp[0], ipp[0] + span], rows=rows, cols=cols)
+    affine = grid.affine.copy()
+    affine[:3, 0] = span / (count - 1)
+    return Grid(affine, (count, rows, cols))
 
 
 def nifti_affine(header: Any) -> tuple[FloatArray, str]:
@@ -256,9 +307,13 @@ class Alignment:
     offset_voxels: float
     #: Number of source voxels that fall outside the label grid (filled with background).
     outside_voxels: int
+    #: Each source plane was placed on its own (unevenly spaced planes); ``transform`` is then that of the first.
+    per_plane: bool = False
 
     def describe(self) -> str:
         kind = "exact (permutation and flips)" if self.exact else "resampled (nearest neighbour)"
+        if self.per_plane:
+            kind = "resampled plane by plane (nearest neighbour; uneven slice spacing)"
         return (f"{kind}, grids off by up to {self.offset_voxels:.3g} label voxels,"
                 f" {self.outside_voxels} source voxels outside the label grid")
 
@@ -298,7 +353,7 @@ def plan_alignment(source: Grid, label: Grid, *, tolerance: float = GRID_TOLERAN
     low, high = corners.min(axis=0), corners.max(axis=0)
     limits = np.asarray(label.shape, dtype=np.float64) - 0.5
     if np.any(high < -0.5) or np.any(low > limits):
-        raise GeometryError(f"the NIfTI grid does not overlap the series (NIfTI {label.describe()};"
+        raise NoOverlapError(f"the NIfTI grid does not overlap the series (NIfTI {label.describe()};"
                             f" series {source.describe()}): it belongs to another series or study")
     permutation = _signed_permutation(transform[:3, :3], tolerance / max(source.shape))
     exact = permutation is not None and offset <= tolerance
@@ -363,6 +418,35 @@ def align_labels(labels: npt.NDArray[Any], source_shape: Sequence[int], alignmen
         picked = mapped[inside]
         out[s][inside] = labels[picked[:, 0], picked[:, 1], picked[:, 2]]
     return out
+
+
+def align_planes(labels: npt.NDArray[Any], label: Grid, planes: Sequence[Grid]
+                 ) -> tuple[npt.NDArray[Any], Alignment]:
+    """Put a label array onto planes that are not one regular grid (uneven spacing), each from its own position.
+
+    ``planes`` are single-plane grids; the result is (plane, row, col). Planes outside the label grid stay 0.
+
+    Raises
+    ------
+    NoOverlapError
+        When no plane overlaps the label grid.
+    """
+    rows, cols = planes[0].shape[1:]
+    out = np.zeros((len(planes), rows, cols), dtype=labels.dtype)
+    offset, outside, first = 0.0, 0, None
+    for s, plane in enumerate(planes):
+        try:
+            alignment = plan_alignment(plane, label)
+        except NoOverlapError:
+            outside += rows * cols
+            continue
+        out[s] = align_labels(labels, plane.shape, alignment)[0]
+        offset, outside = max(offset, alignment.offset_voxels), outside + alignment.outside_voxels
+        first = first if first is not None else alignment.transform
+    if first is None:
+        raise NoOverlapError(f"the NIfTI grid does not overlap any of the series' {len(planes)} planes"
+                             f" (NIfTI {label.describe()}; first plane {planes[0].describe()})")
+    return out, Alignment(transform=first, exact=False, offset_voxels=offset, outside_voxels=outside, per_plane=True)
 
 
 def _exact_ranges(shape: Sequence[int], transform: FloatArray, label_shape: Sequence[int]

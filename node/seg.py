@@ -10,7 +10,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -19,13 +20,14 @@ import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
 
 import node
 from node.errors import InputError, VerificationError
-from node.geometry import SegmentStats
+from node.geometry import FloatArray, SegmentStats
 from node.labels import AlgorithmInfo, SegmentSpec, segment_description
-from node.series import SourceSeries, functional_attribute, to_storage_order
+from node.series import SourceSeries, functional_attribute
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ def deterministic_uids(series: SourceSeries, digest: str, segments: Sequence[Seg
     return generate_uid(entropy_srcs=[*seed, "series"]), generate_uid(entropy_srcs=[*seed, "instance"])
 
 
-def _source_headers(series: SourceSeries) -> list[Dataset]:
+def _required_headers(series: SourceSeries) -> list[Dataset]:
     """Copies of the source headers with the Type 2 attributes highdicom reads present (empty where absent)."""
     headers = []
     for original in series.datasets:
@@ -93,14 +95,65 @@ def _source_headers(series: SourceSeries) -> list[Dataset]:
     return headers
 
 
+def _shared_geometry(header: Dataset, series: SourceSeries) -> Dataset:
+    """An Enhanced header whose shared functional groups hold the stack's pixel measures and orientation.
+
+    The standard lets a scanner put them per frame instead (many do); highdicom reads them from the shared
+    groups only. The per-frame items stay as they are, so frame positions are still the source's own.
+    """
+    first = series.frame_order[0] if series.frame_order else 0
+    per_frame = header.PerFrameFunctionalGroupsSequence[first]
+    old_shared = header.get("SharedFunctionalGroupsSequence")
+    shared = copy.copy(old_shared[0]) if old_shared else Dataset()
+    for group in ("PixelMeasuresSequence", "PlaneOrientationSequence"):
+        source = per_frame if per_frame.get(group) else shared
+        if source.get(group):
+            setattr(shared, group, copy.deepcopy(source[group].value))
+    shared.PlaneOrientationSequence[0].ImageOrientationPatient = [float(v) for v in series.orientation]
+    header.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    return header
+
+
+def source_images(series: SourceSeries) -> list[Dataset]:
+    """The source headers as highdicom must see them: one orientation for the stack, geometry in shared groups.
+
+    Planes of one acquisition whose orientation differs in the last digits were accepted as one stack; highdicom
+    demands equal values, so every copy carries the stack's orientation (the SEG's frames stay on the source
+    pixels: the positions are the source's own).
+    """
+    headers = _required_headers(series)
+    if series.is_multiframe:
+        return [_shared_geometry(headers[0], series)]
+    orientation = series.datasets[0].ImageOrientationPatient
+    for header in headers:
+        header.ImageOrientationPatient = orientation
+    return headers
+
+
+def _plane_geometry(series: SourceSeries) -> dict[str, Any]:
+    """Explicit plane positions for a stack of an Enhanced object: the SEG covers only that stack's frames."""
+    if not series.is_multiframe:
+        return {}
+    spacing = [float(series.grid.spacing[1]), float(series.grid.spacing[2])]
+    return {
+        "plane_positions": [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, [float(v) for v in p])
+                            for p in series.positions],
+        "plane_orientation": hd.PlaneOrientationSequence(hd.CoordinateSystemNames.PATIENT,
+                                                         [float(v) for v in series.orientation]),
+        "pixel_measures": hd.PixelMeasuresSequence(spacing, series.thickness),
+    }
+
+
 def build_seg(series: SourceSeries, aligned: npt.NDArray[Any], segments: Sequence[SegmentSpec],
               options: SegOptions, *, input_name: str = "") -> Dataset:
-    """Build the SEG; ``aligned`` is (slice, row, col) on ``series.grid`` holding the label values of ``segments``.
+    """Build the SEG; ``aligned`` is (plane, row, col) over ``series``' planes, holding the label values of
+    ``segments``.
 
     Segments are numbered 1..K in the order given; label values are remapped to those numbers.
     """
-    if aligned.shape != series.grid.shape:
-        raise ValueError(f"aligned array {aligned.shape} does not match series grid {series.grid.shape}")
+    expected_shape = (series.plane_count, *series.grid.shape[1:])
+    if aligned.shape != expected_shape:
+        raise ValueError(f"aligned array {aligned.shape} does not match the series' planes {expected_shape}")
     if not segments:
         raise ValueError("no segments to write")
     lut = np.zeros(int(max(s.label for s in segments)) + 1, dtype=np.uint8 if len(segments) < 256 else np.uint16)
@@ -114,27 +167,37 @@ def build_seg(series: SourceSeries, aligned: npt.NDArray[Any], segments: Sequenc
     series_number = options.series_number or (int(source_number) + 1000 if source_number not in (None, "") else 1000)
     descriptions = [segment_description(spec, number, options.algorithm)
                     for number, spec in enumerate(segments, start=1)]
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = _plane_geometry(series)
     if options.seg_type is SegType.FRACTIONAL:
         extra["fractional_type"] = hd.seg.SegmentationFractionalTypeValues.PROBABILITY
-    seg = hd.seg.Segmentation(
-        source_images=_source_headers(series),
-        pixel_array=to_storage_order(series, numbered),
-        segmentation_type=options.seg_type.highdicom,
-        segment_descriptions=descriptions,
-        series_instance_uid=series_uid,
-        series_number=min(series_number, 2**31 - 1),
-        sop_instance_uid=sop_uid,
-        instance_number=1,
-        manufacturer="segnode",
-        manufacturer_model_name="segnode",
-        software_versions=node.__version__,
-        device_serial_number="0",
-        series_description=options.series_description[:64],
-        content_label="SEGMENTATION",
-        content_creator_name=options.content_creator,
-        **extra,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            seg = hd.seg.Segmentation(
+                source_images=source_images(series),
+                pixel_array=numbered,
+                segmentation_type=options.seg_type.highdicom,
+                segment_descriptions=descriptions,
+                series_instance_uid=series_uid,
+                series_number=min(series_number, 2**31 - 1),
+                sop_instance_uid=sop_uid,
+                instance_number=1,
+                manufacturer="segnode",
+                manufacturer_model_name="segnode",
+                software_versions=node.__version__,
+                device_serial_number="0",
+                series_description=options.series_description[:64],
+                content_label="SEGMENTATION",
+                content_creator_name=options.content_creator,
+                **extra,
+            )
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            # highdicom validates the source headers it copies; what it refuses is a property of the input.
+            raise InputError(f"{series.describe()}: highdicom cannot build a SEG on it: {' '.join(str(exc).split())}"
+                             ) from exc
+    for warning in caught:
+        # Library warnings (e.g. a PatientName that is not PN-shaped) go to the log, never to the user's terminal.
+        log.debug("highdicom: %s", warning.message)
     return seg
 
 
@@ -186,12 +249,15 @@ def _packed_frame_sums(seg: Dataset) -> npt.NDArray[np.float64] | None:
     return sums
 
 
+def _segment_number(seg: Dataset, frame: int) -> int:
+    """The segment a frame belongs to; with one segment it sits in the shared functional groups, not per frame."""
+    return int(functional_attribute(seg, frame, "SegmentIdentificationSequence", "ReferencedSegmentNumber"))
+
+
 def _frame_sums(seg: Dataset) -> list[tuple[int, int, int, float, float]]:
     """(frame, segment number, count, row-index sum, column-index sum) for each frame and segment it holds."""
     if (packed := _packed_frame_sums(seg)) is not None:
-        groups = seg.PerFrameFunctionalGroupsSequence
-        return [(f, int(groups[f].SegmentIdentificationSequence[0].ReferencedSegmentNumber), int(n), r, c)
-                for f, (n, r, c) in enumerate(packed)]
+        return [(f, _segment_number(seg, f), int(n), r, c) for f, (n, r, c) in enumerate(packed)]
     labelmap = seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"
     threshold = (int(getattr(seg, "MaximumFractionalValue", 1)) + 1) // 2 if seg.SegmentationType == "FRACTIONAL" else 1
     row_index = np.arange(int(seg.Rows), dtype=np.float64)
@@ -201,31 +267,46 @@ def _frame_sums(seg: Dataset) -> list[tuple[int, int, int, float, float]]:
         if labelmap:
             parts = [(int(v), frame == v) for v in np.unique(frame) if v != 0]
         else:
-            number = int(seg.PerFrameFunctionalGroupsSequence[f].SegmentIdentificationSequence[0]
-                         .ReferencedSegmentNumber)
-            parts = [(number, frame >= threshold)]
+            parts = [(_segment_number(seg, f), frame >= threshold)]
         for number, mask in parts:
             result.append((f, number, int(np.count_nonzero(mask)), float(mask.sum(axis=1) @ row_index),
                            float(mask.sum(axis=0) @ col_index)))
     return result
 
 
-def seg_stats(seg: Dataset) -> dict[int, SegmentStats]:
-    """Voxel count and centroid (LPS mm) per segment number, from the SEG's own frames and positions."""
+@dataclass(frozen=True)
+class SegSegment:
+    """What the SEG holds of one segment, read back from its own frames: voxels, centroid and volume."""
+
+    stats: SegmentStats
+    volume_mm3: float
+
+
+def seg_stats(seg: Dataset, slab_of: Callable[[FloatArray], float]) -> dict[int, SegSegment]:
+    """Voxel count, centroid (LPS mm) and volume per segment number, from the SEG's own frames and positions.
+
+    ``slab_of(position)`` is the thickness (mm) of the source plane at a frame position: constant for a regular
+    stack, varying for unevenly spaced planes, which then weigh by the slab each one stands for.
+    """
     orientation = np.array([float(v) for v in functional_attribute(seg, 0, "PlaneOrientationSequence",
                                                                     "ImageOrientationPatient")])
     delta_row, delta_col = (float(v) for v in functional_attribute(seg, 0, "PixelMeasuresSequence", "PixelSpacing"))
     col_step, row_step = orientation[:3] * delta_col, orientation[3:] * delta_row
     counts: dict[int, int] = {}
-    sums: dict[int, npt.NDArray[np.float64]] = {}
+    volumes: dict[int, float] = {}
+    sums: dict[int, FloatArray] = {}
     for frame, number, n, row_sum, col_sum in _frame_sums(seg):
         if n == 0:
             continue
         position = np.array([float(v) for v in functional_attribute(seg, frame, "PlanePositionSequence",
                                                                      "ImagePositionPatient")])
+        weight = delta_row * delta_col * slab_of(position)
         counts[number] = counts.get(number, 0) + n
-        sums[number] = sums.get(number, np.zeros(3)) + n * position + row_sum * row_step + col_sum * col_step
-    return {number: SegmentStats(counts[number], sums[number] / counts[number]) for number in counts}
+        volumes[number] = volumes.get(number, 0.0) + n * weight
+        sums[number] = sums.get(number, np.zeros(3)) + weight * (n * position + row_sum * row_step
+                                                                 + col_sum * col_step)
+    return {number: SegSegment(SegmentStats(counts[number], sums[number] / volumes[number]), volumes[number])
+            for number in counts}
 
 
 @dataclass(frozen=True)
@@ -245,9 +326,12 @@ class Tolerance:
 
 
 def verify_seg(seg: Dataset, expected: Mapping[int, SegmentStats], segments: Sequence[SegmentSpec],
-               tolerance: Tolerance, *, input_voxel_mm3: float, seg_voxel_mm3: float) -> None:
-    """Raise :class:`VerificationError` unless every segment of ``seg`` matches the input's count and centroid."""
-    found = seg_stats(seg)
+               tolerance: Tolerance, *, input_voxel_mm3: float, slab_of: Callable[[FloatArray], float]) -> None:
+    """Raise :class:`VerificationError` unless every segment of ``seg`` matches the input's count and centroid.
+
+    ``slab_of`` as for :func:`seg_stats`.
+    """
+    found = seg_stats(seg, slab_of)
     problems = []
     for number, spec in enumerate(segments, start=1):
         want = expected.get(spec.label)
@@ -258,14 +342,14 @@ def verify_seg(seg: Dataset, expected: Mapping[int, SegmentStats], segments: Seq
         if got is None:
             problems.append(f"segment {number} '{spec.name}' is empty in the SEG but has {want.count} input voxels")
             continue
-        distance = float(np.linalg.norm(got.centroid - want.centroid))
-        want_mm3, got_mm3 = want.count * input_voxel_mm3, got.count * seg_voxel_mm3
+        distance = float(np.linalg.norm(got.stats.centroid - want.centroid))
+        want_mm3, got_mm3 = want.count * input_voxel_mm3, got.volume_mm3
         if tolerance.exact:
-            count_ok = got.count == want.count
+            count_ok = got.stats.count == want.count
         else:
             count_ok = abs(got_mm3 - want_mm3) <= tolerance.volume_fraction * want_mm3 + tolerance.volume_mm3
         if not count_ok or distance > tolerance.centroid_mm:
-            problems.append(f"segment {number} '{spec.name}': {got.count} voxels ({got_mm3:.1f} mm³) vs input"
+            problems.append(f"segment {number} '{spec.name}': {got.stats.count} voxels ({got_mm3:.1f} mm³) vs input"
                             f" {want.count} ({want_mm3:.1f} mm³), centroid {distance:.3g} mm away")
     extra = sorted(set(found) - set(range(1, len(segments) + 1)))
     if extra:

@@ -8,6 +8,7 @@ and the file system, so a crash anywhere leaves a state that start-up resumes. T
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 import signal
 import sqlite3
@@ -24,7 +25,7 @@ from node import db, jobs
 from node.config import Config
 from node.convert import build_seg_from_input, error_line, write_dataset_atomically
 from node.durable import remove_temp_files
-from node.errors import SegnodeError
+from node.errors import InputError, SegnodeError
 from node.export import export_series, exported_grid
 from node.labels import AlgorithmInfo
 from node.match import Candidate, match_item
@@ -32,7 +33,7 @@ from node.receive import StorageSCP
 from node.receivers import ReceiverPool
 from node.seg import SegOptions, SegType
 from node.send import Outcome, backoff_delay, send_files
-from node.series import read_header, series_from_headers
+from node.series import SourceSeries, choose_stack, read_header, stacks_from_headers
 from node.store import InstanceStore
 from node.watch import InboxItem, InboxWatcher, find_moved_item, move_item, restore_item
 
@@ -175,19 +176,35 @@ class Node:
             self._complete_series(conn, row)
         return len(due)
 
+    def _stored_stacks(self, conn: sqlite3.Connection, uid: str) -> list[SourceSeries]:
+        """Every stack of a stored series, read from its instance files' headers."""
+        paths = db.series_instances(conn, uid)
+        headers = [read_header(p) for p in paths]
+        readable = [(h, p) for h, p in zip(headers, paths, strict=True) if h is not None]
+        if len(readable) < len(paths):
+            log.warning("series %s: %d stored file(s) unreadable, ignored", uid, len(paths) - len(readable))
+        return stacks_from_headers([h for h, _ in readable], [p for _, p in readable])
+
     def _complete_series(self, conn: sqlite3.Connection, row: db.SeriesRow) -> None:
         uid = row.series_uid
+        exported = []
         try:
-            paths = db.series_instances(conn, uid)
-            headers = [read_header(p) for p in paths]
-            readable = [(h, p) for h, p in zip(headers, paths, strict=True) if h is not None]
-            if len(readable) < len(paths):
-                log.warning("series %s: %d stored file(s) unreadable, ignored", uid, len(paths) - len(readable))
-            series = series_from_headers([h for h, _ in readable], [p for _, p in readable])
+            stacks = self._stored_stacks(conn, uid)
+            for notice in stacks[0].notices:
+                log.info("series %s: %s", uid, notice)
             if not self.config.export.enabled:
                 db.mark_series(conn, uid, db.SeriesState.COMPLETE, if_revision=row.revision)
                 return
-            exported = export_series(series, self.paths.export, version=row.revision)
+            problems = []
+            for stack in stacks:
+                try:
+                    exported.append(export_series(stack, self.paths.export, version=row.revision))
+                except SegnodeError as exc:
+                    problems.append(f"{stack.stack.describe()}: {error_line(exc)}")
+            if not exported:
+                raise InputError("; ".join(problems))
+            for problem in problems:
+                log.warning("series %s: not exported: %s", uid, problem)
         except SegnodeError as exc:
             reason = f"series {uid}: {error_line(exc)}"
             log.warning("%s", reason)
@@ -196,7 +213,8 @@ class Node:
         marked = db.mark_series(conn, uid, db.SeriesState.EXPORTED, export_version=row.revision,
                                 if_revision=row.revision)
         if marked and self.config.export.command:
-            self._commands.submit(self._run_export_command, exported.nifti, exported.sidecar, uid)
+            for export in exported:
+                self._commands.submit(self._run_export_command, export.nifti, export.sidecar, uid)
 
     def _run_export_command(self, nifti: Path, sidecar: Path, series_uid: str) -> None:
         values = {"nifti": str(nifti), "sidecar": str(sidecar), "series_uid": series_uid,
@@ -230,12 +248,17 @@ class Node:
             self.handle_item(conn, item)
 
     def _candidates(self, conn: sqlite3.Connection) -> tuple[set[str], list[Candidate]]:
+        """Received series, and the exported stacks an item may match (read from their export sidecars)."""
         known = {row.series_uid for row in db.all_series(conn)}
         candidates = []
         for row in db.all_series(conn, db.SeriesState.EXPORTED):
-            grid = exported_grid(self.paths.export / f"{row.series_uid}.json")
-            if grid is not None:
-                candidates.append(Candidate(row.series_uid, grid))
+            main = self.paths.export / f"{row.series_uid}.json"
+            for sidecar in (main, *sorted(self.paths.export.glob(f"{row.series_uid}_stack*.json"))):
+                number = re.fullmatch(r"_stack([0-9]+)", sidecar.stem[len(row.series_uid):])
+                grid = exported_grid(sidecar) if sidecar.is_file() else None
+                if grid is not None and (sidecar == main or number):
+                    stack = int(number.group(1)) if number else 1
+                    candidates.append(Candidate(row.series_uid, grid, stack=stack))
         return known, candidates
 
     def handle_item(self, conn: sqlite3.Connection, item: InboxItem) -> None:
@@ -254,10 +277,8 @@ class Node:
             known, candidates = self._candidates(conn)
             match = match_item(item.path, item.sidecar, known, candidates)
             jobs.mark_matched(conn, job_id, match.series_uid)
-            paths = db.series_instances(conn, match.series_uid)
-            headers = [read_header(p) for p in paths]
-            series = series_from_headers([h for h in headers if h is not None],
-                                         [p for h, p in zip(headers, paths, strict=True) if h is not None])
+            series = choose_stack(self._stored_stacks(conn, match.series_uid), match.stack,
+                                  f"series {match.series_uid}")
             result = build_seg_from_input(series, item.path, default_labels=self.config.seg.labels,
                                           options=self.options)
             sop_uid = str(result.dataset.SOPInstanceUID)
@@ -272,7 +293,8 @@ class Node:
             return
         destinations = [d.name for d in self.config.destinations]
         jobs.mark_built(conn, job_id, seg_path, sop_uid, destinations)
-        summary = (f"SEG {sop_uid} built for series {match.series_uid} (matched by {match.how}):"
+        stack = f" {series.stack.describe()}" if series.stack.count > 1 else ""
+        summary = (f"SEG {sop_uid} built for series {match.series_uid}{stack} (matched by {match.how}):"
                    f" {len(result.segments)} segment(s), {result.alignment.describe()}")
         notes = "\n".join(result.notices)
         move_item(item, self.paths.processed, summary + (f"\n{notes}" if notes else ""))

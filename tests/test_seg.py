@@ -35,7 +35,7 @@ def verify_again(seg: Dataset, dicom: Path, nifti: Path) -> None:
     alignment = plan_alignment(series.grid, volume.grid)
     verify_seg(seg, input_stats(volume, alignment, series, volume.values), segment_specs(volume.values),
                tolerance_for(alignment, volume, series), input_voxel_mm3=volume.grid.voxel_volume,
-               seg_voxel_mm3=series.grid.voxel_volume)
+               slab_of=series.slab_at)
 
 
 # 32 columns: BINARY frames are read from packed bytes; 30 columns: frames straddle bytes and are unpacked.
@@ -49,11 +49,13 @@ def test_a_correct_seg_passes_and_its_stats_are_in_patient_space(tmp_path: Path,
     verify_again(seg, dicom, nifti)
     grid = syn.GridSpec.axial(rows=20, cols=cols, slices=6)
     truth = syn.Phantom.fitting(grid).truth(grid)
-    stats = seg_stats(seg)
+    stats = seg_stats(seg, load_series(dicom).slab_at)
+    voxel_mm3 = grid.row_spacing * grid.col_spacing * abs(grid.slice_step)
     for number, label in enumerate(sorted(v for v in np.unique(truth) if v), start=1):
         mask = truth == label
-        assert stats[number].count == int(mask.sum())
-        np.testing.assert_allclose(stats[number].centroid, syn.centroid_lps(mask, grid), atol=1e-6)
+        assert stats[number].stats.count == int(mask.sum())
+        assert stats[number].volume_mm3 == pytest.approx(int(mask.sum()) * voxel_mm3)
+        np.testing.assert_allclose(stats[number].stats.centroid, syn.centroid_lps(mask, grid), atol=1e-6)
 
 
 @pytest.mark.parametrize(("cols", "seg_type"), CASES, ids=lambda c: str(getattr(c, "value", c)))
