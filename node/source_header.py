@@ -1,0 +1,456 @@
+"""A source header made fit to be copied into a DICOM SEG, and a one-line notice for each change made to it.
+
+highdicom's ``Segmentation`` copies, element by element, the root attributes of the modules that the source's
+own IOD lists under the Patient and Study entities (Patient, Clinical Trial Subject, General Study, Patient
+Study, Clinical Trial Study) and of the Specimen module, from ``source_images[0]``. It also reads a few
+attributes itself: Specific Character Set, the Type 2 patient and study attributes, Frame of Reference, Lossy
+Image Compression and the equipment attributes of its Contributing Equipment item. Real headers carry values
+that make highdicom raise (an empty Specific Character Set, ``***`` as a date) or that it copies as they are
+into a SEG that validators reject (empty sequences, sequence items without their Type 1 content, overlong
+strings, values outside a closed set).
+
+:func:`clean_source_header` repairs exactly the attributes that reach the SEG and leaves every other one as
+it is: the geometry highdicom reads (positions, orientation, spacing, frames) is never touched, so a repair
+cannot move a segmentation. Private and retired attributes are dropped everywhere: a derived object has no
+use for them. Notices quote no values of patient attributes, so that they can be logged.
+
+The module tables (which attribute is Type 1, 2 or 3 where) are highdicom's own, from
+``highdicom._standard_utils``: they are the tables highdicom copies by, and highdicom is pinned to 0.28.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import math
+import re
+from functools import lru_cache
+from typing import Any
+
+from highdicom._standard_utils import (
+    AttributeTypeValues,
+    construct_module_tree,
+    get_iod_module_map,
+    get_sop_class_iod_map,
+)
+from highdicom.enum import SpecificCharacterSetValues
+from highdicom.valuerep import _check_specific_character_set
+from pydicom.datadict import dictionary_is_retired, dictionary_VR
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import UID
+from pydicom.valuerep import format_number_as_ds
+
+from node.errors import InputError
+
+#: UIDs a SEG needs to reference its source; without any of them there is no SEG to build.
+REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID")
+
+#: Type 2 attributes highdicom reads as attributes of the source (``src_img.PatientID``): they must exist.
+TYPE2_FROM_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                     "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+#: Attributes highdicom reads outside the copied modules, with the type they have where they land in the SEG:
+#: Frame of Reference, the Contributing Equipment item (which highdicom silently drops when one of them is
+#: invalid) and General Image.
+_ALSO_READ = {"PositionReferenceIndicator": "2", "Manufacturer": "2", "ManufacturerModelName": "3",
+              "SoftwareVersions": "3", "DeviceSerialNumber": "3", "InstitutionName": "3",
+              "InstitutionalDepartmentName": "3", "InstitutionAddress": "3", "StationName": "3",
+              "AcquisitionDateTime": "3", "AcquisitionDate": "3", "AcquisitionTime": "3",
+              "LossyImageCompression": "3", "LossyImageCompressionRatio": "3", "LossyImageCompressionMethod": "3"}
+
+#: Modules whose values are patient data: notices name these attributes but never quote their values.
+_PATIENT_MODULES = frozenset({"patient", "clinical-trial-subject", "patient-study"})
+
+#: Closed sets (DICOM enumerated values) of copied attributes; validators reject anything else.
+_ENUMERATED = {"PatientSex": ("M", "F", "O"), "PatientIdentityRemoved": ("YES", "NO"),
+               "QualityControlSubject": ("YES", "NO"), "PatientSexNeutered": ("ALTERED", "UNALTERED"),
+               "LossyImageCompression": ("00", "01")}
+
+#: Type 1C pairs of a module of which one must be present (the condition of each names the other).
+_ONE_OF_REQUIRED = {"clinical-trial-subject": ("ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID")}
+
+#: De-identification Method written when a de-identified source does not name one.
+_UNKNOWN_DEIDENTIFICATION = "unknown (not given by the source)"
+
+#: Maximum characters per value of the string VRs that have one (PN: per component group).
+_MAX_CHARS = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "PN": 64}
+
+_DATE = re.compile(r"\d{8}")
+_TIME = re.compile(r"([01]\d|2[0-3])([0-5]\d((60|[0-5]\d)(\.\d{1,6})?)?)?")
+_DATE_TIME = re.compile(r"\d{4}((0[1-9]|1[0-2])(([0-2]\d|3[01])(([01]\d|2[0-3])([0-5]\d((60|[0-5]\d)"
+                        r"(\.\d{1,6})?)?)?)?)?)?([+-][01]\d[0-5]\d)?")
+_AGE = re.compile(r"\d{3}[DWMY]")
+_CODE = re.compile(r"[A-Z0-9 _]*")
+_DECIMAL = re.compile(r"[+-]?(\d+|\d+\.\d*|\.\d+)([eE][+-]?\d+)?")
+_INTEGER = re.compile(r"[+-]?\d+")
+_UID = re.compile(r"(0|[1-9]\d*)(\.(0|[1-9]\d*))*")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f]")  # all but TAB and ESC
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")  # ST, LT, UT also keep LF, FF, CR
+
+#: A node of highdicom's module tree: ``{"type": AttributeTypeValues, "attributes": {keyword: node}}``.
+Schema = dict[str, Any]
+_OPTIONAL: Schema = {"type": AttributeTypeValues.OPTIONAL}
+
+
+def clean_source_header(header: Dataset, series_uid: str) -> tuple[Dataset, list[str]]:
+    """A copy of ``header`` that highdicom turns into a valid SEG, and one notice per change made to it.
+
+    The input is never changed. Raises :class:`~node.errors.InputError` when a UID the SEG must reference is
+    absent, empty or not a UID, or when highdicom does not know the source's SOP class (it could not copy
+    the patient and study modules). Notices are not deduplicated: every instance of a series repeats them.
+    """
+    cleaned = copy.deepcopy(header)
+    for keyword in REQUIRED_UIDS:
+        value = str(cleaned.get(keyword) or "").strip()
+        if not value:
+            raise InputError(f"source series {series_uid} lacks {keyword}; cannot reference it from a SEG")
+        if not UID(value).is_valid:
+            raise InputError(f"source series {series_uid}: {keyword} {value!r} is not a valid DICOM UID;"
+                             " cannot reference it from a SEG")
+    modules = _copied_modules(str(cleaned.SOPClassUID))
+    if modules is None:
+        raise InputError(f"source series {series_uid}: SOP class {cleaned.SOPClassUID} is not one highdicom"
+                         " knows; cannot build a SEG from it")
+    notices: list[str] = []
+    # This walk reads, and so decodes, every element under the source's own character set before it may change.
+    removed = _remove_private_and_retired(cleaned)
+    _complete_deidentification(cleaned, notices)
+    schema: dict[str, Schema] = {k: {"type": AttributeTypeValues(t)} for k, t in _ALSO_READ.items()}
+    patient: set[str] = set()
+    for key, _, tree in modules:
+        schema.update(tree["attributes"])
+        if key in _PATIENT_MODULES:
+            patient.update(tree["attributes"])
+    for keyword, node in schema.items():
+        if keyword in cleaned and keyword not in REQUIRED_UIDS:
+            _clean_element(cleaned, keyword, node, keyword, keyword in patient, notices)
+    _complete_modules(cleaned, modules, notices)
+    for keyword in TYPE2_FROM_SOURCE:
+        if keyword not in cleaned or cleaned[keyword].value is None:
+            setattr(cleaned, keyword, "")
+    _repair_character_set(cleaned, [cleaned[k] for k in schema if k in cleaned], notices)
+    if removed:
+        notices.append(f"source header: {' and '.join(sorted(removed))} attributes left out of the SEG")
+    return cleaned, notices
+
+
+@lru_cache(maxsize=32)
+def _copied_modules(sop_class_uid: str) -> tuple[tuple[str, str, Schema], ...] | None:
+    """(key, usage, tree) of each module highdicom copies from a source of this SOP class; None: unknown class."""
+    iod = get_sop_class_iod_map().get(sop_class_uid)
+    if iod is None:
+        return None
+    return tuple((m["key"], m["usage"], construct_module_tree(m["key"])) for m in get_iod_module_map()[iod]
+                 if m["ie"] in ("Patient", "Study") or m["key"] == "specimen")
+
+
+def _remove_private_and_retired(ds: Dataset) -> set[str]:
+    """Delete private and retired elements at every depth; which of the two kinds were found."""
+    found: set[str] = set()
+    for tag in list(ds.keys()):
+        kind = "private" if tag.is_private else "retired" if _is_retired(tag) else None
+        if kind is not None:
+            del ds[tag]
+            found.add(kind)
+        elif ds[tag].VR == "SQ":
+            for item in ds[tag].value:
+                found |= _remove_private_and_retired(item)
+    return found
+
+
+def _is_retired(tag: int) -> bool:
+    try:
+        return bool(dictionary_is_retired(tag))
+    except KeyError:  # not in the dictionary: only group lengths (gggg,0000), all retired, are public and unknown
+        return tag & 0xFFFF == 0
+
+
+def _type_of(node: Schema) -> str:
+    return str(node["type"].value)
+
+
+def _is_empty(ds: Dataset, keyword: str) -> bool:
+    """Absent, or present without a value (no text, no items)."""
+    if keyword not in ds:
+        return True
+    value = ds[keyword].value
+    if value is None:
+        return True
+    try:
+        return len(value) == 0
+    except TypeError:  # numbers
+        return False
+
+
+def _clean_element(ds: Dataset, keyword: str, node: Schema, where: str, private_value: bool,
+                   notices: list[str]) -> None:
+    """Repair one element of ``ds`` in place: valid values stay, repairable ones are fixed, others go.
+
+    An invalid value leaves a Type 2 attribute empty and removes any other one (a Type 1 attribute that goes
+    makes its item or module incomplete, which the callers handle).
+    """
+    element = ds[keyword]
+    if element.VR == "SQ":
+        _clean_sequence(ds, keyword, node, where, private_value, notices)
+        return
+    if _is_empty(ds, keyword):
+        if _type_of(node) in ("1", "1C"):  # these may be absent, never empty
+            del ds[keyword]
+            notices.append(f"source header: {where} is empty but may not be (Type {_type_of(node)});"
+                           " left out of the SEG")
+        return
+    if isinstance(element.value, bytes):
+        return
+    values = list(element.value) if isinstance(element.value, MultiValue) else [element.value]
+    repaired: list[Any] = []
+    for value in values:
+        fixed, reason = _check_value(element.VR, str(value))
+        if fixed is not None and keyword in _ENUMERATED and fixed not in _ENUMERATED[keyword]:
+            fixed, reason = None, f"is not one of {', '.join(_ENUMERATED[keyword])}"
+        quoted = _quoted(str(value), element.VR, private_value)
+        if fixed is None:
+            if _type_of(node) in ("2", "2C"):
+                ds[keyword] = DataElement(element.tag, element.VR, None)
+                notices.append(f"source header: {where}{quoted} {reason}; left empty in the SEG")
+            else:
+                del ds[keyword]
+                notices.append(f"source header: {where}{quoted} {reason}; left out of the SEG")
+            return
+        if reason:
+            new = _quoted(fixed, element.VR, private_value)
+            notices.append(f"source header: {where}{quoted} {reason}; "
+                           + (f"written{new} in the SEG" if new else "repaired in the SEG"))
+            repaired.append(fixed)
+        else:
+            repaired.append(value)
+    if any(r is not v for r, v in zip(repaired, values, strict=True)):
+        ds[keyword] = DataElement(element.tag, element.VR, repaired if len(repaired) > 1 else repaired[0])
+
+
+def _quoted(value: str, vr: str, private_value: bool) -> str:
+    """' 'value'' for a notice, or '' for patient data, person names and values too long to read in one line."""
+    return "" if private_value or vr == "PN" or len(value) > 32 else f" {value!r}"
+
+
+def _clean_sequence(ds: Dataset, keyword: str, node: Schema, where: str, private_value: bool,
+                    notices: list[str]) -> None:
+    """Clean each item; drop items left empty or without their Type 1 content, then the sequence if empty.
+
+    An empty sequence stays only where it is Type 2: anywhere else validators read it as a missing Type 1
+    item or as an empty Type 3 attribute with no meaning.
+    """
+    children: dict[str, Schema] = node.get("attributes", {})
+    items = ds[keyword].value
+    had_items = len(items) > 0
+    kept = []
+    for number, item in enumerate(items, start=1):
+        label = f"{where} item {number}"
+        for tag in list(item.keys()):
+            child = item[tag].keyword
+            if child:
+                _clean_element(item, child, children.get(child, _OPTIONAL), f"{label} {child}", private_value,
+                               notices)
+        missing = _missing_type1(item, children)
+        if len(item) == 0:
+            notices.append(f"source header: {label} is empty; item left out of the SEG")
+        elif missing:
+            notices.append(f"source header: {label} lacks {missing}; item left out of the SEG")
+        else:
+            kept.append(item)
+    if len(kept) < len(items):
+        ds[keyword].value = kept
+    if not kept and _type_of(node) not in ("2", "2C"):
+        del ds[keyword]
+        if not had_items:
+            notices.append(f"source header: {where} has no items; left out of the SEG")
+
+
+def _missing_type1(item: Dataset, children: dict[str, Schema]) -> str:
+    """The first Type 1 attribute an item lacks ('' when complete), the Code Sequence Macro's 1C rules included."""
+    for child, node in children.items():
+        if _type_of(node) == "1" and _is_empty(item, child):
+            return child
+    if "CodeMeaning" in children and _is_empty(item, "URNCodeValue"):  # a coded entry: a value and a scheme
+        if _is_empty(item, "CodeValue") and _is_empty(item, "LongCodeValue"):
+            return "CodeValue"
+        if _is_empty(item, "CodingSchemeDesignator"):
+            return "CodingSchemeDesignator"
+    return ""
+
+
+def _check_value(vr: str, value: str) -> tuple[str | None, str]:
+    """(value to write or None when unusable, why it changed or '' when it did not) for one string value."""
+    text = _TEXT_CONTROL.sub("", value) if vr in ("ST", "LT", "UT") else _CONTROL.sub("", value)
+    reason = "holds control characters" if text != value else ""
+    if vr == "DA":
+        if re.fullmatch(r"\d{4}\.\d{2}\.\d{2}", text):  # the ACR-NEMA form
+            text, reason = text.replace(".", ""), "is an old-style date"
+        if not _DATE.fullmatch(text) or not _is_calendar_date(text):
+            return None, "is not a DICOM date"
+    elif vr == "TM":
+        if re.fullmatch(r"\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?", text):  # the ACR-NEMA form
+            text, reason = text.replace(":", ""), "is an old-style time"
+        if not _TIME.fullmatch(text):
+            return None, "is not a DICOM time"
+    elif vr == "DT":
+        if not _DATE_TIME.fullmatch(text) or (len(text) >= 8 and not _is_calendar_date(text[:8])):
+            return None, "is not a DICOM date-time"
+    elif vr == "AS":
+        if not _AGE.fullmatch(text):
+            return None, "is not a DICOM age"
+    elif vr == "UI":
+        if len(text) > 64 or not _UID.fullmatch(text):
+            return None, "is not a valid UID"
+    elif vr == "DS":
+        text = text.strip()
+        if not _DECIMAL.fullmatch(text) or not math.isfinite(float(text)):
+            return None, "is not a decimal number"
+        if len(text) > 16:
+            text, reason = format_number_as_ds(float(text)), "has more than 16 characters"
+    elif vr == "IS":
+        text = text.strip()
+        if not _INTEGER.fullmatch(text) or not -(2**31) <= int(text) < 2**31:
+            return None, "is not a 32-bit integer"
+    elif vr == "CS":
+        if text.upper() != text and _CODE.fullmatch(text.upper()):
+            text, reason = text.upper(), "is not upper case"
+        if not _CODE.fullmatch(text):
+            return None, "holds characters a code string cannot"
+    if vr == "PN":
+        groups = text.split("=")
+        if len(groups) > 3 or any(g.count("^") > 4 for g in groups):
+            return None, "is not a person name (more than 3 groups or 5 components)"
+        if any(len(g) > _MAX_CHARS["PN"] for g in groups):
+            text, reason = "=".join(g[:_MAX_CHARS["PN"]] for g in groups), "has a group longer than 64 characters"
+    elif vr in _MAX_CHARS and len(text) > _MAX_CHARS[vr]:
+        text, reason = text[:_MAX_CHARS[vr]].rstrip(), f"is longer than {_MAX_CHARS[vr]} characters ({vr})"
+    return text, reason
+
+
+def _is_calendar_date(text: str) -> bool:
+    try:
+        datetime.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+    except ValueError:
+        return False
+    return True
+
+
+def _complete_modules(ds: Dataset, modules: tuple[tuple[str, str, Schema], ...], notices: list[str]) -> None:
+    """Make each copied module that is present whole: Type 2 attributes added empty, or the module left out.
+
+    Validators check a module once any of its attributes is there; an optional module present in part (one
+    clinical-trial attribute, say) makes the SEG invalid. Mandatory modules are always present.
+    """
+    mandatory = {k for _, usage, tree in modules if usage == "M" for k in tree["attributes"]}
+    for key, usage, tree in modules:
+        attributes: dict[str, Schema] = tree["attributes"]
+        present = [k for k in attributes if k in ds and k not in mandatory]
+        if usage != "M" and not present:
+            continue
+        missing = next((k for k, node in attributes.items() if _type_of(node) == "1" and _is_empty(ds, k)), None)
+        one_of = _ONE_OF_REQUIRED.get(key, ())
+        if missing is None and one_of and all(_is_empty(ds, k) for k in one_of):
+            missing = " or ".join(one_of)
+        if usage != "M" and missing is not None:
+            for keyword in present:
+                del ds[keyword]
+            name = " ".join(part.capitalize() for part in key.split("-"))
+            notices.append(f"source header: {name} module lacks {missing} (Type 1); its attributes are left out"
+                           " of the SEG")
+            continue
+        for keyword, node in attributes.items():
+            if _type_of(node) == "2" and keyword not in ds:
+                vr = dictionary_VR(keyword)
+                ds[keyword] = DataElement(keyword, vr, [] if vr == "SQ" else None)
+
+
+def _complete_deidentification(ds: Dataset, notices: list[str]) -> None:
+    """Say the method is unknown when a de-identified source does not say it (the SEG must, Type 1C).
+
+    Anonymisers often write Patient Identity Removed YES with an empty De-identification Method. Keeping the
+    flag and stating that the method is unknown is true; dropping the flag would hide that the data is
+    de-identified.
+    """
+    if (str(ds.get("PatientIdentityRemoved", "")).upper() == "YES" and _is_empty(ds, "DeidentificationMethod")
+            and _is_empty(ds, "DeidentificationMethodCodeSequence")):
+        ds.DeidentificationMethod = _UNKNOWN_DEIDENTIFICATION
+        notices.append("source header: PatientIdentityRemoved is YES but no DeidentificationMethod is given;"
+                       f" written {_UNKNOWN_DEIDENTIFICATION!r} in the SEG")
+
+
+def _repair_character_set(ds: Dataset, copied: list[DataElement], notices: list[str]) -> None:
+    """Make Specific Character Set one highdicom accepts and pydicom can encode the copied text with.
+
+    Empty means the default repertoire: the attribute goes. Spelling variants ('ISO-IR 100', 'ISO_IR100')
+    and a lone code-extension term are mapped to the defined term. Anything else goes too when all copied
+    text is ASCII, and becomes ISO_IR 192 (UTF-8, which encodes any text pydicom decoded) when it is not.
+    """
+    if "SpecificCharacterSet" not in ds:
+        return
+    raw = ds.SpecificCharacterSet or ""
+    terms = [str(t).strip() for t in (raw if isinstance(raw, MultiValue) else [raw])]
+    shown = "\\".join(terms)
+    if not any(terms):
+        del ds.SpecificCharacterSet
+        notices.append("source header: SpecificCharacterSet is empty; left out of the SEG (default repertoire)")
+        return
+    mapped = _mapped_character_set(terms)
+    if mapped == terms:
+        return
+    if mapped is None:
+        if all(_is_ascii(element) for element in copied):
+            del ds.SpecificCharacterSet
+            notices.append(f"source header: SpecificCharacterSet {shown!r} is not a character set highdicom"
+                           " accepts; left out of the SEG (the copied text is ASCII)")
+        else:
+            ds.SpecificCharacterSet = "ISO_IR 192"
+            notices.append(f"source header: SpecificCharacterSet {shown!r} is not a character set highdicom"
+                           " accepts; the SEG is written in 'ISO_IR 192' (UTF-8)")
+    elif not mapped:
+        del ds.SpecificCharacterSet
+        notices.append(f"source header: SpecificCharacterSet {shown!r} names the default repertoire;"
+                       " left out of the SEG")
+    else:
+        ds.SpecificCharacterSet = mapped if len(mapped) > 1 else mapped[0]
+        written = "\\".join(mapped)
+        notices.append(f"source header: SpecificCharacterSet {shown!r} is not a defined term;"
+                       f" written {written!r} in the SEG")
+
+
+@lru_cache(maxsize=1)
+def _defined_terms() -> dict[str, str]:
+    """Defined terms by their letters and digits only ('ISOIR100' -> 'ISO_IR 100'), plus plain 'UTF-8'."""
+    terms = {re.sub(r"[^A-Z0-9]", "", e.value): e.value for e in SpecificCharacterSetValues}
+    terms.update({"UTF8": "ISO_IR 192", "ISOIR6": "ISO_IR 6"})
+    return terms
+
+
+def _mapped_character_set(terms: list[str]) -> list[str] | None:
+    """The terms as highdicom accepts them ([] for the default repertoire), or None when there is no such thing."""
+    defined = _defined_terms()
+    mapped = [defined.get(re.sub(r"[^A-Z0-9]", "", t.upper())) for t in terms]
+    if len(mapped) > 1 and not terms[0]:
+        mapped[0] = "ISO 2022 IR 6"  # an empty first value of several is the default repertoire, extended
+    if any(m is None for m in mapped):
+        return None
+    result = [m for m in mapped if m is not None]
+    if len(result) == 1 and result[0].startswith("ISO 2022 IR "):  # a lone code extension extends nothing
+        result = [result[0].replace("ISO 2022 IR ", "ISO_IR ")]
+    if result == ["ISO_IR 6"]:
+        return []
+    try:
+        _check_specific_character_set(result if len(result) > 1 else result[0])
+    except ValueError:
+        return None
+    return result
+
+
+def _is_ascii(element: DataElement) -> bool:
+    """Whether no text in the element (and its items, at any depth) needs more than ASCII."""
+    if element.VR == "SQ":
+        return all(_is_ascii(child) for item in element.value for child in item)
+    values = element.value if isinstance(element.value, MultiValue) else [element.value]
+    return all(str(v).isascii() for v in values if isinstance(v, str) or element.VR == "PN")
+
