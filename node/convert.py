@@ -108,7 +108,7 @@ def build_seg_from_input(series: SourceSeries, label_path: Path, *, labels_file:
     options = options or SegOptions()
     volume = load_label_input(label_path)
     name = label_path.name
-    notices: list[str] = []
+    notices: list[str] = list(series.notices)
     input_values = volume.values
     if not input_values:
         raise LabelError(f"{name}: label map is empty (all voxels are 0); nothing to segment")
@@ -132,7 +132,8 @@ def build_seg_from_input(series: SourceSeries, label_path: Path, *, labels_file:
     tolerance = tolerance_for(alignment, volume, series)
     input_voxel_mm3 = volume.grid.voxel_volume
     del volume  # the input array is not needed while highdicom builds (peak memory)
-    dataset = build_seg(series, aligned, segments, options, input_name=name)
+    dataset, repairs = build_seg(series, aligned, segments, options, input_name=name)
+    notices.extend(repairs)
     del aligned
     verify_seg(dataset, expected, segments, tolerance, input_voxel_mm3=input_voxel_mm3, slab_of=series.slab_at)
     for notice in notices:

@@ -28,12 +28,9 @@ from node.errors import InputError, VerificationError
 from node.geometry import FloatArray, SegmentStats
 from node.labels import AlgorithmInfo, SegmentSpec, segment_description
 from node.series import SourceSeries, functional_attribute
+from node.source_header import clean_source_header
 
 log = logging.getLogger(__name__)
-
-#: Type 2 attributes highdicom copies from the source as they are; absent ones must exist (empty) first.
-TYPE2_FROM_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                     "StudyDate", "StudyTime", "ReferringPhysicianName")
 
 
 class SegType(str, Enum):
@@ -79,55 +76,49 @@ def deterministic_uids(series: SourceSeries, digest: str, segments: Sequence[Seg
     return generate_uid(entropy_srcs=[*seed, "series"]), generate_uid(entropy_srcs=[*seed, "instance"])
 
 
-def _required_headers(series: SourceSeries) -> list[Dataset]:
-    """Copies of the source headers with the Type 2 attributes highdicom reads present (empty where absent)."""
-    headers = []
-    for original in series.datasets:
-        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
-                        "FrameOfReferenceUID"):
-            if keyword not in original:
-                raise InputError(f"source series {series.series_uid} lacks {keyword}; cannot reference it from a SEG")
-        header = copy.copy(original)
-        for keyword in TYPE2_FROM_SOURCE:
-            if keyword not in header or header[keyword].value is None:
-                setattr(header, keyword, "")
-        headers.append(header)
-    return headers
-
-
 def _shared_geometry(header: Dataset, series: SourceSeries) -> Dataset:
     """An Enhanced header whose shared functional groups hold the stack's pixel measures and orientation.
 
     The standard lets a scanner put them per frame instead (many do); highdicom reads them from the shared
     groups only. The per-frame items stay as they are, so frame positions are still the source's own.
+    ``header`` is a private copy (:func:`clean_source_header`), changed in place.
     """
     first = series.frame_order[0] if series.frame_order else 0
     per_frame = header.PerFrameFunctionalGroupsSequence[first]
-    old_shared = header.get("SharedFunctionalGroupsSequence")
-    shared = copy.copy(old_shared[0]) if old_shared else Dataset()
+    if not header.get("SharedFunctionalGroupsSequence"):
+        header.SharedFunctionalGroupsSequence = DicomSequence([Dataset()])
+    shared = header.SharedFunctionalGroupsSequence[0]
     for group in ("PixelMeasuresSequence", "PlaneOrientationSequence"):
-        source = per_frame if per_frame.get(group) else shared
-        if source.get(group):
-            setattr(shared, group, copy.deepcopy(source[group].value))
-    shared.PlaneOrientationSequence[0].ImageOrientationPatient = [float(v) for v in series.orientation]
-    header.SharedFunctionalGroupsSequence = DicomSequence([shared])
+        if per_frame.get(group):
+            setattr(shared, group, copy.deepcopy(per_frame[group].value))
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [float(v) for v in series.orientation]
+    shared.PlaneOrientationSequence = DicomSequence([orientation])
     return header
 
 
-def source_images(series: SourceSeries) -> list[Dataset]:
-    """The source headers as highdicom must see them: one orientation for the stack, geometry in shared groups.
+def source_images(series: SourceSeries) -> tuple[list[Dataset], list[str]]:
+    """The source headers as highdicom must see them, and one notice per kind of repair made to them.
+
+    Their patient and study attributes are made valid for a SEG (:func:`clean_source_header`); the stack has one
+    orientation, and an Enhanced object's geometry is in its shared groups.
 
     Planes of one acquisition whose orientation differs in the last digits were accepted as one stack; highdicom
     demands equal values, so every copy carries the stack's orientation (the SEG's frames stay on the source
     pixels: the positions are the source's own).
     """
-    headers = _required_headers(series)
+    headers: list[Dataset] = []
+    notices: dict[str, None] = {}
+    for original in series.datasets:
+        header, repairs = clean_source_header(original, series.series_uid)
+        headers.append(header)
+        notices.update(dict.fromkeys(repairs))
     if series.is_multiframe:
-        return [_shared_geometry(headers[0], series)]
+        return [_shared_geometry(headers[0], series)], list(notices)
     orientation = series.datasets[0].ImageOrientationPatient
     for header in headers:
         header.ImageOrientationPatient = orientation
-    return headers
+    return headers, list(notices)
 
 
 def _plane_geometry(series: SourceSeries) -> dict[str, Any]:
@@ -145,9 +136,10 @@ def _plane_geometry(series: SourceSeries) -> dict[str, Any]:
 
 
 def build_seg(series: SourceSeries, aligned: npt.NDArray[Any], segments: Sequence[SegmentSpec],
-              options: SegOptions, *, input_name: str = "") -> Dataset:
-    """Build the SEG; ``aligned`` is (plane, row, col) over ``series``' planes, holding the label values of
-    ``segments``.
+              options: SegOptions, *, input_name: str = "") -> tuple[Dataset, list[str]]:
+    """Build the SEG, and say what was repaired in the source headers it copies.
+
+    ``aligned`` is (plane, row, col) over ``series``' planes, holding the label values of ``segments``.
 
     Segments are numbered 1..K in the order given; label values are remapped to those numbers.
     """
@@ -170,11 +162,12 @@ def build_seg(series: SourceSeries, aligned: npt.NDArray[Any], segments: Sequenc
     extra: dict[str, Any] = _plane_geometry(series)
     if options.seg_type is SegType.FRACTIONAL:
         extra["fractional_type"] = hd.seg.SegmentationFractionalTypeValues.PROBABILITY
+    sources, notices = source_images(series)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             seg = hd.seg.Segmentation(
-                source_images=source_images(series),
+                source_images=sources,
                 pixel_array=numbered,
                 segmentation_type=options.seg_type.highdicom,
                 segment_descriptions=descriptions,
@@ -198,7 +191,7 @@ def build_seg(series: SourceSeries, aligned: npt.NDArray[Any], segments: Sequenc
     for warning in caught:
         # Library warnings (e.g. a PatientName that is not PN-shaped) go to the log, never to the user's terminal.
         log.debug("highdicom: %s", warning.message)
-    return seg
+    return seg, notices
 
 
 # --- verification ------------------------------------------------------------------------------------------------

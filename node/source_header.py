@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import logging
 import math
 import re
 from functools import lru_cache
@@ -43,6 +44,8 @@ from pydicom.uid import UID
 from pydicom.valuerep import format_number_as_ds
 
 from node.errors import InputError
+
+log = logging.getLogger(__name__)
 
 #: UIDs a SEG needs to reference its source; without any of them there is no SEG to build.
 REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID")
@@ -132,7 +135,8 @@ def clean_source_header(header: Dataset, series_uid: str) -> tuple[Dataset, list
             setattr(cleaned, keyword, "")
     _repair_character_set(cleaned, [cleaned[k] for k in schema if k in cleaned], notices)
     if removed:
-        notices.append(f"source header: {' and '.join(sorted(removed))} attributes left out of the SEG")
+        # Every vendor writes private attributes: leaving them out is by design, not a repair to report.
+        log.debug("source header: %s attributes left out of the SEG", " and ".join(sorted(removed)))
     return cleaned, notices
 
 
