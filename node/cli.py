@@ -171,3 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, MemoryError) as exc:
         print(f"segnode {args.command}: {error_line(exc)}", file=sys.stderr)
         return 3
+    except Exception as exc:  # the one-line contract holds even for a bug; -v logs the traceback
+        log.debug("unexpected error", exc_info=True)
+        print(f"segnode {args.command}: unexpected error, please report it: {error_line(exc)}", file=sys.stderr)
+        return 4

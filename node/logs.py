@@ -16,9 +16,13 @@ def logging_config(level: str | int, *, process: str = "") -> dict[str, Any]:
         "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr", "formatter": "line"}},
         "root": {"level": level, "handlers": ["stderr"]},
         # pynetdicom and highdicom log every PDU or module copy at INFO; their warnings are what an operator needs.
-        "loggers": {"pynetdicom": {"level": "WARNING"}, "highdicom": {"level": "WARNING"}},
+        # Python warnings (pydicom on an odd header value, highdicom on a name that is not PN-shaped) are library
+        # chatter about input segnode already handles: debug detail, never extra lines on a user's terminal.
+        "loggers": {"pynetdicom": {"level": "WARNING"}, "highdicom": {"level": "WARNING"},
+                    "py.warnings": {"level": "DEBUG" if level in ("DEBUG", logging.DEBUG) else "ERROR"}},
     }
 
 
 def configure(level: str | int, *, process: str = "") -> None:
+    logging.captureWarnings(True)
     logging.config.dictConfig(logging_config(level, process=process))

@@ -15,7 +15,6 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from node.errors import GeometryError, InputError
 from node.geometry import (
@@ -154,8 +153,10 @@ def read_header(path: Path) -> Dataset | None:
     """The header of a DICOM file without pixel data, or None when the file is not DICOM."""
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
-        log.debug("%s: not read as DICOM (%s)", path, exc)
+    # pydicom's parser raises whatever a truncated or corrupt file makes it hit (struct.error, IndexError, ...):
+    # for any of them the answer is the same, the file is not usable DICOM, and the caller says which file it was.
+    except Exception as exc:
+        log.debug("%s: not read as DICOM (%s: %s)", path, type(exc).__name__, exc)
         return None
 
 

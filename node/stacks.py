@@ -134,6 +134,18 @@ def _groups(planes: Sequence[Plane], object_uids: Sequence[str]) -> list[tuple[d
     return result
 
 
+def _name_constant_traits(found: list[tuple[dict[str, str], list[Plane]]]) -> None:
+    """Add to each stack's key the traits that are constant within every stack but differ between them (the
+    echo time of one Enhanced object per echo, say), so a listing says what a stack is, not only where."""
+    if len(found) < 2:
+        return
+    for t, trait in enumerate(TRAITS):
+        values = [{p.traits[t] for p in group} for _, group in found]
+        if all(len(v) == 1 for v in values) and len(set.union(*values)) > 1:
+            for (key, _), value in zip(found, values, strict=True):
+                key.setdefault(trait, next(iter(value)) or "(none)")
+
+
 def split_stacks(planes: Sequence[Plane], object_uids: Sequence[str]
                  ) -> tuple[list[tuple[StackInfo, list[Plane]]], list[str]]:
     """The series' stacks (largest first, each with its planes) and one notice per group that had to be left out.
@@ -158,6 +170,7 @@ def split_stacks(planes: Sequence[Plane], object_uids: Sequence[str]
     if not found:
         raise GeometryError(notices[0].replace("; left out", ": the series holds several volumes that cannot be"
                                                " split; send each as its own series"))
+    _name_constant_traits(found)
     found.sort(key=lambda item: (-len(item[1]), [_natural(v) for v in item[0].values()],
                                  min(object_uids[p.instance] for p in item[1])))
     stacks = [(StackInfo(index=i, count=len(found), key=key), group)

@@ -12,7 +12,10 @@ from node.errors import GeometryError
 from node.geometry import (
     LPS_FROM_RAS,
     Grid,
+    NoOverlapError,
     align_labels,
+    align_planes,
+    even_stack_grid,
     label_stats,
     nifti_affine,
     nifti_grid,
@@ -218,3 +221,65 @@ def test_label_stats_centroid_in_mm_and_within_grid() -> None:
     assert inside[1].count == 1
     np.testing.assert_allclose(inside[1].centroid, grid.point((2, 4, 3)), atol=1e-9)
     assert inside[2].count == 0
+
+
+# -- unevenly spaced planes ------------------------------------------------------------------------------------------
+
+
+def uneven_positions(distances: list[float], shear: float = 0.0) -> np.ndarray:
+    """Plane positions at ``distances`` (mm) along the normal, each shifted by ``shear`` mm per mm along a row."""
+    normal = np.cross(COL_DIR, ROW_DIR)
+    return np.array([[-20.0, 10.0, 30.0] + d * normal + shear * d * ROW_DIR for d in distances])
+
+
+@pytest.mark.parametrize("shear", [0.0, 0.3])
+def test_even_grid_covers_uneven_planes_with_a_slice_near_each(shear: float) -> None:
+    positions = uneven_positions([0.0, 2.0, 3.0, 7.5, 9.0], shear)
+    grid = even_stack_grid(IOP, [DELTA_ROW, DELTA_COL], positions, rows=ROWS, cols=COLS)
+    slices = np.array([grid.point((k, 0, 0)) for k in range(grid.shape[0])])
+    np.testing.assert_allclose(slices[0], positions[0], atol=1e-9)
+    np.testing.assert_allclose(slices[-1], positions[-1], atol=1e-9)
+    step = float(np.linalg.norm(slices[1] - slices[0]))
+    assert abs((slices[1] - slices[0]) @ np.cross(COL_DIR, ROW_DIR)) <= 1.0 + 1e-9  # at most the smallest gap
+    for position in positions:
+        assert np.linalg.norm(slices - position, axis=1).min() <= step / 2 + 1e-9
+    # In-plane axes are the planes' own: pixel (r, c) of every slice is r·Δrow·row_dir + c·Δcol·col_dir away.
+    np.testing.assert_allclose(grid.point((0, 2, 3)) - grid.point((0, 0, 0)),
+                               2 * DELTA_ROW * ROW_DIR + 3 * DELTA_COL * COL_DIR, atol=1e-9)
+
+
+def test_even_grid_refuses_planes_off_one_line() -> None:
+    positions = uneven_positions([0.0, 2.0, 3.0])
+    positions[1] += 3 * COL_DIR
+    with pytest.raises(GeometryError, match="not on one straight line"):
+        even_stack_grid(IOP, [DELTA_ROW, DELTA_COL], positions, rows=ROWS, cols=COLS)
+
+
+def test_align_planes_samples_each_plane_at_its_own_position() -> None:
+    positions = uneven_positions([0.0, 2.5, 3.5, 9.0])
+    label = Grid(np.diag([1.0, 1.1, 1.2, 1.0]), (50, 40, 45))
+    label = Grid(label.affine + np.array([[0, 0, 0, -25.0], [0, 0, 0, -10.0], [0, 0, 0, 15.0], [0, 0, 0, 0]]),
+                 label.shape)
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, size=label.shape).astype(np.uint8)
+    planes = []
+    normal = np.cross(COL_DIR, ROW_DIR)
+    for position in positions:
+        affine = stack_grid(IOP, [DELTA_ROW, DELTA_COL], [position], rows=ROWS, cols=COLS).affine
+        affine[:3, 0] = normal
+        planes.append(Grid(affine, (1, ROWS, COLS)))
+    aligned, alignment = align_planes(labels, label, planes)
+    assert alignment.per_plane and not alignment.exact
+    expected = np.concatenate([nearest_label(labels, label, centres(p)) for p in planes])
+    np.testing.assert_array_equal(aligned, expected)
+
+
+def test_align_planes_refuses_when_no_plane_overlaps() -> None:
+    plane = stack_grid(IOP, [DELTA_ROW, DELTA_COL], [[500.0, 500.0, 500.0]], rows=ROWS, cols=COLS)
+    with pytest.raises(NoOverlapError, match="does not overlap any"):
+        align_planes(np.ones((4, 4, 4), np.uint8), Grid(np.eye(4), (4, 4, 4)), [plane])
+
+
+def test_a_single_plane_covers_its_thickness() -> None:
+    grid = stack_grid(IOP, [DELTA_ROW, DELTA_COL], [[1.0, 2.0, 3.0]], rows=ROWS, cols=COLS, thickness=5.0)
+    assert grid.voxel_volume == pytest.approx(DELTA_ROW * DELTA_COL * 5.0)
