@@ -254,11 +254,6 @@ def stacks_from_headers(headers: Sequence[Dataset], paths: Sequence[Path]) -> li
     return [_source(info, group, pairs, tuple(notices)) for info, group in stacks]
 
 
-def series_from_headers(headers: Sequence[Dataset], paths: Sequence[Path]) -> SourceSeries:
-    """The only stack of one series (InputError listing the stacks when there are several)."""
-    return choose_stack(stacks_from_headers(headers, paths), None, "source")
-
-
 def _source(info: StackInfo, planes: list[Plane], pairs: Sequence[tuple[Dataset, Path]],
             notices: tuple[str, ...]) -> SourceSeries:
     unsorted = np.array([p.position for p in planes])
