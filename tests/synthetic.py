@@ -46,6 +46,7 @@ Vec3 = tuple[float, float, float]
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 LABEL_MAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
 
@@ -223,6 +224,65 @@ class GridSpec:
 
     def voxel_volume(self) -> float:
         return self.row_spacing * self.col_spacing * abs(self.slice_step)
+
+    def planes(self) -> tuple[PlaneSpec, ...]:
+        """The slices as planes, in slice-index order, each ``|slice_step|`` thick."""
+        return tuple(PlaneSpec(rows=self.rows, cols=self.cols, row_spacing=self.row_spacing,
+                               col_spacing=self.col_spacing, col_dir=self.col_dir, row_dir=self.row_dir,
+                               position=vec3(self.position(k)), thickness=abs(self.slice_step))
+                     for k in range(self.slices))
+
+
+@dataclass(frozen=True)
+class PlaneSpec:
+    """One DICOM image plane in LPS: the centre of its first pixel and how its rows and columns run.
+
+    Planes of one stack need not form a :class:`GridSpec`: they may be unevenly spaced, sheared (gantry tilt) or
+    carry orientations that differ in the last digits, as scanners write them. So the direction vectors need only
+    be unit and orthogonal within 1e-3 (they are written to the header as given).
+    """
+
+    rows: int
+    cols: int
+    row_spacing: float
+    col_spacing: float
+    col_dir: Vec3
+    row_dir: Vec3
+    position: Vec3
+    #: SliceThickness to write (None: left out).
+    thickness: float | None = None
+
+    def __post_init__(self) -> None:
+        if min(self.rows, self.cols) < 1 or self.row_spacing <= 0 or self.col_spacing <= 0:
+            raise ValueError(f"plane needs rows, columns and positive spacings, got {self}")
+        col, row = np.asarray(self.col_dir), np.asarray(self.row_dir)
+        if abs(np.linalg.norm(col) - 1) > 1e-3 or abs(np.linalg.norm(row) - 1) > 1e-3 or abs(col @ row) > 1e-3:
+            raise ValueError("col_dir and row_dir must be (nearly) orthonormal")
+
+    def replace(self, **changes: Any) -> PlaneSpec:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def normal(self) -> FloatArray:
+        """Unit normal ``col_dir × row_dir``."""
+        normal = np.cross(np.asarray(self.col_dir), np.asarray(self.row_dir))
+        return np.asarray(normal / np.linalg.norm(normal), dtype=np.float64)
+
+    @property
+    def image_orientation(self) -> list[float]:
+        return [*self.col_dir, *self.row_dir]
+
+    @property
+    def pixel_spacing(self) -> list[float]:
+        """PixelSpacing: [Δrow, Δcol]."""
+        return [self.row_spacing, self.col_spacing]
+
+    def centres_lps(self) -> FloatArray:
+        """(rows, cols, 3) pixel centres ``position + c·Δcol·col_dir + r·Δrow·row_dir`` in LPS mm."""
+        r, c = np.meshgrid(np.arange(self.rows, dtype=np.float64), np.arange(self.cols, dtype=np.float64),
+                           indexing="ij")
+        return np.asarray(np.asarray(self.position) + c[..., None] * self.col_spacing * np.asarray(self.col_dir)
+                          + r[..., None] * self.row_spacing * np.asarray(self.row_dir), dtype=np.float64)
 
 
 # -- phantom ------------------------------------------------------------------------------------------------------
@@ -905,24 +965,49 @@ def _frame_segment(seg: Dataset, frame: int) -> int:
     return int(number)
 
 
-def seg_labels_on_source(seg_path: Path, grid: GridSpec,
-                         mapping: Mapping[int, int] | Mapping[str, int] | None = None) -> IntArray:
-    """(slices, rows, cols) label values that a SEG puts on the source grid, from the SEG alone.
+def seg_frames_on_planes(seg: Dataset, planes: Sequence[PlaneSpec]) -> list[int]:
+    """For each SEG frame, the index of the plane it lies on (position within :data:`POSITION_TOLERANCE_MM`,
+    orientation within 1e-4, equal pixel spacing and matrix); AssertionError naming the frame otherwise."""
+    if "PerFrameFunctionalGroupsSequence" not in seg:
+        raise AssertionError("SEG has no PerFrameFunctionalGroupsSequence (TILED_FULL?): positions unknown")
+    if (int(seg.Rows), int(seg.Columns)) != (planes[0].rows, planes[0].cols):
+        raise AssertionError(f"SEG matrix {seg.Rows}x{seg.Columns} differs from source {planes[0].rows}x"
+                             f"{planes[0].cols}")
+    positions = np.array([p.position for p in planes], dtype=np.float64)
+    found = []
+    for frame in range(int(seg.NumberOfFrames)):
+        orientation = _functional(seg, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
+        spacing = _functional(seg, frame, "PixelMeasuresSequence", "PixelSpacing")
+        position = _functional(seg, frame, "PlanePositionSequence", "ImagePositionPatient")
+        if orientation is None or spacing is None or position is None:
+            raise AssertionError(f"SEG frame {frame + 1} lacks orientation, pixel spacing or position")
+        distance = np.linalg.norm(positions - np.asarray(position, dtype=np.float64), axis=1)
+        k = int(np.argmin(distance))
+        if distance[k] > POSITION_TOLERANCE_MM:
+            raise AssertionError(f"SEG frame {frame + 1} at {list(position)} is on no source plane (nearest plane"
+                                 f" {k} at {positions[k].tolist()}, {distance[k]:.4g} mm away)")
+        if np.abs(np.asarray(orientation, dtype=np.float64) - planes[k].image_orientation).max() > 1e-4:
+            raise AssertionError(f"SEG frame {frame + 1} orientation {list(orientation)} differs from its plane's"
+                                 f" {planes[k].image_orientation}")
+        if np.abs(np.asarray(spacing, dtype=np.float64) - planes[k].pixel_spacing).max() > 1e-4:
+            raise AssertionError(f"SEG frame {frame + 1} pixel spacing {list(spacing)} differs from its plane's"
+                                 f" {planes[k].pixel_spacing}")
+        found.append(k)
+    return found
 
-    Frames are placed by their own PlanePositionSequence; orientation and pixel spacing must equal the
-    source's. BINARY, FRACTIONAL (thresholded at half the maximum) and LABELMAP SEGs are read.
-    ``mapping`` turns segment numbers (int keys) or SegmentLabel/SegmentDescription (str keys) into label
-    values; by default the segment number is the label. Overlapping segments fail loudly.
-    """
+
+def _seg_labels(seg_path: Path, place: Any, shape: tuple[int, int, int],
+                mapping: Mapping[int, int] | Mapping[str, int] | None) -> IntArray:
+    """Label values a SEG puts on ``shape`` (slices, rows, cols); ``place(ds)`` gives each frame's slice."""
     ds = pydicom.dcmread(seg_path)
     if ds.SOPClassUID not in (SEGMENTATION_STORAGE, LABEL_MAP_SEGMENTATION_STORAGE):
         raise AssertionError(f"{seg_path.name}: SOP class {ds.SOPClassUID} is not a Segmentation")
     to_label = _segment_label_map(ds, mapping)
-    slices = seg_frames_on_source(ds, grid)
+    slices = place(ds)
     pixels = ds.pixel_array
     if int(ds.NumberOfFrames) == 1:
         pixels = pixels[np.newaxis]
-    result = np.zeros(grid.shape, dtype=np.int64)
+    result = np.zeros(shape, dtype=np.int64)
     labelmap = ds.SOPClassUID == LABEL_MAP_SEGMENTATION_STORAGE or ds.SegmentationType == "LABELMAP"
     for frame, k in enumerate(slices):
         if labelmap:
@@ -946,6 +1031,26 @@ def seg_labels_on_source(seg_path: Path, grid: GridSpec,
                                  f" {int(clash.sum())} pixels")
         result[k][where] = plane[where]
     return result
+
+
+def seg_labels_on_source(seg_path: Path, grid: GridSpec,
+                         mapping: Mapping[int, int] | Mapping[str, int] | None = None) -> IntArray:
+    """(slices, rows, cols) label values that a SEG puts on the source grid, from the SEG alone.
+
+    Frames are placed by their own PlanePositionSequence; orientation and pixel spacing must equal the
+    source's. BINARY, FRACTIONAL (thresholded at half the maximum) and LABELMAP SEGs are read.
+    ``mapping`` turns segment numbers (int keys) or SegmentLabel/SegmentDescription (str keys) into label
+    values; by default the segment number is the label. Overlapping segments fail loudly.
+    """
+    return _seg_labels(seg_path, lambda ds: seg_frames_on_source(ds, grid), grid.shape, mapping)
+
+
+def seg_labels_on_planes(seg_path: Path, planes: Sequence[PlaneSpec],
+                         mapping: Mapping[int, int] | Mapping[str, int] | None = None) -> IntArray:
+    """(planes, rows, cols) label values a SEG puts on source planes that need not form a grid (uneven spacing,
+    tilt, jitter); as :func:`seg_labels_on_source`, each frame placed by its own position."""
+    shape = (len(planes), planes[0].rows, planes[0].cols)
+    return _seg_labels(seg_path, lambda ds: seg_frames_on_planes(ds, planes), shape, mapping)
 
 
 def seg_frame_sources(seg_path: Path) -> list[tuple[str, int | None]]:
