@@ -191,7 +191,24 @@ def build_seg(series: SourceSeries, aligned: npt.NDArray[Any], segments: Sequenc
     for warning in caught:
         # Library warnings (e.g. a PatientName that is not PN-shaped) go to the log, never to the user's terminal.
         log.debug("highdicom: %s", warning.message)
+    if series.is_multiframe:
+        _reference_stack_frames(seg, series)
     return seg, notices
+
+
+def _reference_stack_frames(seg: Dataset, series: SourceSeries) -> None:
+    """Keep, of each frame's source references, those to frames of the stack it was built on.
+
+    highdicom finds a SEG frame's sources by position, so in an Enhanced object that holds several volumes at
+    the same positions (temporal positions, echoes) it also names the other volumes' frames there.
+    """
+    frames = {f + 1 for f in series.frame_order or ()}
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        for derivation in item.get("DerivationImageSequence") or []:
+            sources = derivation.get("SourceImageSequence") or []
+            kept = [s for s in sources if int(s.get("ReferencedFrameNumber") or 0) in frames]
+            if kept and len(kept) < len(sources):
+                derivation.SourceImageSequence = DicomSequence(kept)
 
 
 # --- verification ------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import numpy as np
 import pydicom
 import pytest
 import synthetic as syn
+import synthetic_layouts as lay
 from dcmtk import free_port, storescu, wait_for_echo
 from nodes import dicom_destination, folder_destination, run_node_process, start_node, wait_for, write_config
 from orthanc import OrthancServer, orthanc_binary
@@ -306,8 +307,42 @@ def test_series_with_two_stacks_is_refused_with_a_reason(tmp_path: Path, running
         return row if row is not None and row.state is db.SeriesState.FAILED else None
 
     row = wait_for("the series to be refused", refused)
-    assert isinstance(row, db.SeriesRow) and row.reason is not None and "occur twice" in row.reason
+    assert isinstance(row, db.SeriesRow) and row.reason is not None and "nothing in their headers" in row.reason
     assert not (tmp_path / "node" / "data" / "export" / f"{first.series_uid}.nii.gz").exists()
+
+
+def test_a_series_of_two_echoes_is_exported_and_segmented_per_stack(tmp_path: Path, running: list[Node]) -> None:
+    grid = syn.GridSpec.oblique(rows=16, cols=20, slices=6, row_spacing=1.1, col_spacing=0.8, slice_step=2.0)
+    layout = lay.write_layout(tmp_path / "dicom", lay.echo_stacks(grid), modality="MR")
+    port = free_port()
+    running.append(start_node(write_config(tmp_path / "node", port, folder_destination())))
+    data = tmp_path / "node" / "data"
+    assert storescu(port, list(layout.paths), called_ae="SEGNODE").ok
+    uid = layout.series_uid
+    second = data / "export" / f"{uid}_stack2.json"
+    wait_for("both stacks' exports", lambda: second.exists() and (data / "export" / f"{uid}.json").exists())
+    sidecars = [json.loads((data / "export" / f"{stem}.json").read_text()) for stem in (uid, f"{uid}_stack2")]
+    assert [s["stack"]["index"] for s in sidecars] == [1, 2]
+    assert [s["stack"]["key"]["EchoNumbers"] for s in sidecars] == ["1", "2"]
+    # Each export holds its own echo's instances, and the geometry of the shared positions (mm).
+    for sidecar, echo in zip(sidecars, ("echo1", "echo2"), strict=True):
+        assert sidecar["stack"]["sop_instance_uids"] == sorted(u for u, _ in layout.stack(echo).sources)
+        np.testing.assert_allclose(np.asarray(sidecar["affine_ras"]), syn.export_grid_affine(grid), atol=1e-4)
+    # By name: the second stack's export stem builds a SEG on the second echo's instances only.
+    export_image = nib.load(data / "export" / f"{uid}_stack2.nii.gz")
+    drop_into_inbox(data / "inbox", f"{uid}_stack2.nii.gz", label_map_on(export_image, layout.phantom, grid),
+                    labels=layout.phantom.names)
+    outgoing = data / "outgoing"
+    wait_for("the SEG", lambda: outgoing.exists() and any(outgoing.iterdir()))
+    (seg_path,) = list(outgoing.iterdir())
+    assert_seg_matches_truth(seg_path.read_bytes(), layout.series_info("echo2"), layout.phantom, tmp_path)
+    referenced = {uid for uid, _ in syn.seg_frame_sources(seg_path)}
+    assert referenced <= {u for u, _ in layout.stack("echo2").sources}
+    # By geometry alone the item fits both echoes: refused, naming both exports.
+    drop_into_inbox(data / "inbox", "tool_output.nii.gz", label_map_on(export_image, layout.phantom, grid))
+    reason = wait_for("the ambiguous item to fail", lambda: next(
+        (p.read_text() for p in (data / "failed").rglob("reason.txt")), None))
+    assert isinstance(reason, str) and "ambiguous" in reason and f"{uid}_stack2" in reason and "internal" not in reason
 
 
 def test_retry_puts_a_failed_input_back_once_its_series_has_arrived(tmp_path: Path, series: syn.SeriesInfo,
