@@ -15,7 +15,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from node.durable import atomic_write
-from node.errors import GeometryError, LabelError, SegnodeError
+from node.errors import GeometryError, LabelError, SegnodeError, VerificationError
 from node.geometry import (
     GRID_TOLERANCE_VOXELS,
     Alignment,
@@ -135,7 +135,14 @@ def build_seg_from_input(series: SourceSeries, label_path: Path, *, labels_file:
     dataset, repairs = build_seg(series, aligned, segments, options, input_name=name)
     notices.extend(repairs)
     del aligned
-    verify_seg(dataset, expected, segments, tolerance, input_voxel_mm3=input_voxel_mm3, slab_of=series.slab_at)
+    try:
+        verify_seg(dataset, expected, segments, tolerance, input_voxel_mm3=input_voxel_mm3, slab_of=series.slab_at)
+    except VerificationError as exc:
+        if not alignment.per_plane:
+            raise
+        raise VerificationError(f"{name}: {exc}; the series' planes are unevenly spaced and labels between them"
+                                " have no plane to go on (a structure that lies mostly in a gap cannot be shown)"
+                                ) from exc
     for notice in notices:
         log.info("%s", notice)
     return ConvertResult(dataset=dataset, alignment=alignment, segments=segments, notices=notices)

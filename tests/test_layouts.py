@@ -375,3 +375,19 @@ def test_one_segment_mask_folder(tmp_path: Path, segnode_convert: syn.ConvertRun
     check_identity(seg, info, info.stack("volume"))
     if seg_type == "binary" and HAVE_DCIODVFY:
         assert syn.run_dciodvfy(seg) == []
+
+
+def test_a_structure_in_the_gap_of_a_missing_slice_is_refused_saying_so(tmp_path: Path,
+                                                                       segnode_convert: syn.ConvertRunner) -> None:
+    """Most of a small structure lies where the slice is missing: no plane can show it, and the refusal says why."""
+    grid = syn.GridSpec.oblique(rows=16, cols=20, slices=6, row_spacing=0.9, col_spacing=1.3, slice_step=2.5)
+    phantom = syn.Phantom.fitting(grid)
+    spec = lay.missing_slice_stack(grid.replace(slices=8))
+    info = lay.write_layout(tmp_path / "dicom", [spec], phantom=phantom)
+    affine, shape = lay.even_grid_over(spec, 2.5)
+    labels = syn.labels_on_nifti_grid((affine, shape), phantom).astype(np.uint8)
+    nifti = syn.save_nifti(labels, affine, tmp_path / "even.nii.gz")
+    result = convert(segnode_convert, info.folder, nifti, tmp_path / "seg.dcm")
+    assert result.code != 0 and not (tmp_path / "seg.dcm").exists()
+    line = one_line(result.stderr)
+    assert "self-verification" in line and "unevenly spaced" in line and "no plane to go on" in line
