@@ -220,11 +220,11 @@ def _header_planes(path: Path, ds: Dataset) -> list[Plane]:
     if not all(k in ds for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows")):
         return []
     orient = _floats(ds.ImageOrientationPatient)
-    key = tuple((k, str(ds.get(k, ""))) for k in _SINGLE_FRAME_KEYS)
+    single_key: tuple[tuple[str, str], ...] = tuple((k, str(ds.get(k, ""))) for k in _SINGLE_FRAME_KEYS)
     position = _vec(_floats(ds.ImagePositionPatient))
     return [Plane(sop_uid=str(ds.SOPInstanceUID), frame=None, path=path, position=position,
                   col_dir=_vec(orient[:3]), row_dir=_vec(orient[3:]), row_spacing=float(ds.PixelSpacing[0]),
-                  col_spacing=float(ds.PixelSpacing[1]), rows=int(ds.Rows), cols=int(ds.Columns), key=key,
+                  col_spacing=float(ds.PixelSpacing[1]), rows=int(ds.Rows), cols=int(ds.Columns), key=single_key,
                   image_type=image_type)]
 
 

@@ -11,6 +11,7 @@ Without the corpus every test here is skipped with a reason naming the missing f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -231,6 +232,26 @@ def test_headers_agree_with_cases_json(corpus: Corpus, case: rd.Case) -> None:
         assert "MOSAIC" in source.planes[0].image_type
     else:
         assert len(stacks) > 1, "a several-stacks case splits into one stack by our own reading"
+
+
+@needs_dcm2niix
+@pytest.mark.parametrize("case", case_params(("mr_ge_ffs_vol1",)))
+def test_checks_catch_a_seg_one_voxel_off(corpus: Corpus, case: rd.Case, segnode_convert: syn.ConvertRunner,
+                                          tmp_path: Path) -> None:
+    """The SEG checks are not vacuous: a right SEG held against a label map shifted by one voxel, or against the
+    wrong source stack positions, fails them."""
+    (reference,) = corpus.dcm2niix(case).files
+    (stack,) = corpus.stacks(case)
+    truth = rd.ground_truth(stack, labels=2)
+    labels = rd.write_label_map(reference, truth, tmp_path / "labels.nii.gz")
+    seg = tmp_path / "seg.dcm"
+    assert segnode_convert("--dicom", str(corpus.folder(case)), "--nifti", str(labels), "--out", str(seg)).code == 0
+    label_map = rd.LabelMap.load(labels)
+    assert not rd.check_seg(seg, stack, label_map, truth).problems
+    shifted = rd.LabelMap(labels, np.roll(label_map.data, 1, axis=0), label_map.affine_ras)
+    assert rd.check_seg(seg, stack, shifted, truth).problems
+    moved = [dataclasses.replace(p, position=(p.position[0], p.position[1], p.position[2] + 0.01)) for p in stack]
+    assert any("mm from its source plane" in line for line in rd.check_seg(seg, moved, label_map, truth).problems)
 
 
 # -- segnode convert on the grids of the converters -----------------------------------------------------------------
@@ -457,8 +478,7 @@ def test_node_end_to_end(corpus: Corpus, case: rd.Case, tmp_path: Path, running:
         labels = rd.write_label_map(nifti, truth, tmp_path / "labels" / nifti.name)
         before = set(outgoing_segs(data / "outgoing"))
         drop_into_inbox(data / "inbox", nifti.name, labels)
-        wait_for(f"the SEG of {nifti.name}", lambda known=before: set(outgoing_segs(data / "outgoing")) - known
-                 or failed_reasons(data), timeout=NODE_WAIT_S)
+        wait_for(f"the SEG of {nifti.name}", new_seg_or_failure(data, before), timeout=NODE_WAIT_S)
         reasons = failed_reasons(data)
         assert not reasons, f"{nifti.name} failed in the node: {reasons}"
         (seg,) = set(outgoing_segs(data / "outgoing")) - before
@@ -474,6 +494,12 @@ def test_node_end_to_end(corpus: Corpus, case: rd.Case, tmp_path: Path, running:
     if len(distinct) != len(stacks_seen):
         outcomes.failures.append("two exports gave SEGs over the same stack")
     outcomes.assert_all()
+
+
+def new_seg_or_failure(data: Path, before: set[Path]) -> Callable[[], object]:
+    def arrived() -> object:
+        return (set(outgoing_segs(data / "outgoing")) - before) or failed_reasons(data)
+    return arrived
 
 
 def failed_reasons(data: Path) -> list[str]:
