@@ -274,8 +274,9 @@ def nifti_affine(header: Any) -> tuple[FloatArray, str]:
         if qform is not None and int(qform_code) > 0:
             disagreement = float(np.abs(np.asarray(sform) - np.asarray(qform)).max())
             if disagreement > 1e-3:
-                log.warning("sform and qform disagree by up to %.3g mm; using the sform as the standard says",
-                            disagreement)
+                # Info, not a warning: dcm2niix writes such pairs for every tilted CT (a qform cannot shear).
+                log.info("sform and qform disagree by up to %.3g mm; using the sform as the standard says",
+                         disagreement)
         return np.asarray(sform, dtype=np.float64), "sform"
     if qform is not None and int(qform_code) > 0:
         return np.asarray(qform, dtype=np.float64), "qform"
@@ -359,7 +360,11 @@ def plan_alignment(source: Grid, label: Grid, *, tolerance: float = GRID_TOLERAN
     exact = permutation is not None and offset <= tolerance
     if not exact:
         angle = _axis_angle_to_permutation(source, label)
-        if angle > 1.0 and label.voxel_volume < 0.5 * source.voxel_volume:
+        # A single plane has no depth of its own to compare (its slab is a bookkeeping choice): it samples at the
+        # label's finest spacing, so only a label finer in the plane counts as losing detail.
+        source_volume = (source.voxel_volume if source.shape[0] > 1
+                         else source.voxel_volume / source.spacing[0] * float(label.spacing.min()))
+        if angle > 1.0 and label.voxel_volume < 0.5 * source_volume:
             raise GeometryError(
                 f"the NIfTI grid is rotated {angle:.1f}° against the series and finer than it, so a resample would"
                 f" lose detail (NIfTI {label.describe()}; series {source.describe()}); export the label map on the"

@@ -86,8 +86,10 @@ def storescu(port: int, files: Sequence[Path], *, called_ae: str = "ANY-SCP", ca
              host: str = HOST, extra_args: Sequence[str] = ("-R",), timeout: float = TOOL_TIMEOUT_S) -> ToolResult:
     """C-STORE ``files`` to ``host:port`` in one association, with debug output (so :meth:`ToolResult.statuses` works).
 
-    The default ``-R`` proposes exactly each file's SOP class and transfer syntax, so compressed files are sent
-    compressed. storescu exits non-zero when it could not associate; a refused instance shows in the statuses.
+    The default ``-R`` proposes each file's SOP class with the uncompressed transfer syntaxes only: a compressed
+    file then fails (storescu cannot decompress JPEG); pass :func:`storescu_config` as ``extra_args`` to send
+    files in their own transfer syntax. storescu exits non-zero when it could not associate; a refused instance
+    shows in the statuses.
     """
     seconds = str(max(1, int(timeout)))
     return run_tool(["storescu", "-d", "-aet", calling_ae, "-aec", called_ae, "-to", seconds, "-ta", seconds,
