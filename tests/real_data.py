@@ -23,10 +23,10 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import highdicom as hd
 import nibabel
@@ -189,6 +189,28 @@ def _group_value(groups: Sequence[Dataset], group: str, attribute: str) -> Any:
     return None
 
 
+class _Frame(NamedTuple):
+    """One frame of a multi-frame object: its per-frame item, the groups that apply to it (that item, then the
+    shared one) and its geometry from them (None where neither holds it)."""
+
+    frame_index: int
+    per_frame: Dataset
+    groups: list[Dataset]
+    position: Any
+    orientation: Any
+    spacing: Any
+
+
+def _frames(ds: Dataset) -> Iterator[_Frame]:
+    shared = list(ds.get("SharedFunctionalGroupsSequence", []))
+    for index, per_frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        groups = [per_frame, *shared]
+        yield _Frame(index, per_frame, groups,
+                     position=_group_value(groups, "PlanePositionSequence", "ImagePositionPatient"),
+                     orientation=_group_value(groups, "PlaneOrientationSequence", "ImageOrientationPatient"),
+                     spacing=_group_value(groups, "PixelMeasuresSequence", "PixelSpacing"))
+
+
 _SINGLE_FRAME_KEYS = ("ImageType", "EchoNumbers", "TemporalPositionIdentifier", "DiffusionBValue",
                       "DiffusionGradientOrientation", "StackID", "AcquisitionNumber")
 
@@ -196,13 +218,8 @@ _SINGLE_FRAME_KEYS = ("ImageType", "EchoNumbers", "TemporalPositionIdentifier", 
 def _header_planes(path: Path, ds: Dataset) -> list[Plane]:
     image_type = "\\".join(str(v) for v in ds.get("ImageType", []))
     if "PerFrameFunctionalGroupsSequence" in ds:
-        shared = list(ds.get("SharedFunctionalGroupsSequence", []))
         planes = []
-        for index, per_frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
-            groups = [per_frame, *shared]
-            position = _group_value(groups, "PlanePositionSequence", "ImagePositionPatient")
-            orientation = _group_value(groups, "PlaneOrientationSequence", "ImageOrientationPatient")
-            spacing = _group_value(groups, "PixelMeasuresSequence", "PixelSpacing")
+        for index, _, groups, position, orientation, spacing in _frames(ds):
             if position is None or orientation is None or spacing is None:
                 continue
             key = (("object", str(ds.SOPInstanceUID)),
@@ -309,25 +326,31 @@ def slice_steps(stack: Sequence[Plane]) -> FloatArray:
 
 
 @dataclass(frozen=True)
-class Ellipsoid:
+class _Oriented:
+    """A solid around ``centre`` whose own axes are the rows of ``axes`` (LPS mm)."""
+
     centre: tuple[float, float, float]
     axes: tuple[tuple[float, float, float], ...]
-    radii: tuple[float, float, float]
 
-    def contains(self, points: FloatArray) -> npt.NDArray[np.bool_]:
-        local = (points - np.asarray(self.centre)) @ np.asarray(self.axes).T
-        return np.asarray(((local / np.asarray(self.radii)) ** 2).sum(axis=-1) <= 1.0)
+    def local(self, points: FloatArray) -> FloatArray:
+        """``points`` in the solid's own coordinates (mm along each of its axes from its centre)."""
+        return np.asarray((points - np.asarray(self.centre)) @ np.asarray(self.axes).T, dtype=np.float64)
 
 
 @dataclass(frozen=True)
-class Box:
-    centre: tuple[float, float, float]
-    axes: tuple[tuple[float, float, float], ...]
+class Ellipsoid(_Oriented):
+    radii: tuple[float, float, float]
+
+    def contains(self, points: FloatArray) -> npt.NDArray[np.bool_]:
+        return np.asarray(((self.local(points) / np.asarray(self.radii)) ** 2).sum(axis=-1) <= 1.0)
+
+
+@dataclass(frozen=True)
+class Box(_Oriented):
     half: tuple[float, float, float]
 
     def contains(self, points: FloatArray) -> npt.NDArray[np.bool_]:
-        local = (points - np.asarray(self.centre)) @ np.asarray(self.axes).T
-        return np.asarray((np.abs(local) <= np.asarray(self.half)).all(axis=-1))
+        return np.asarray((np.abs(self.local(points)) <= np.asarray(self.half)).all(axis=-1))
 
 
 @dataclass(frozen=True)
@@ -574,13 +597,8 @@ def read_seg_frames(path: Path) -> tuple[Dataset, list[SegFrame]]:
     if int(ds.NumberOfFrames) == 1 and pixels.ndim == 2:
         pixels = pixels[np.newaxis]
     threshold = int(ds.MaximumFractionalValue) / 2 if ds.SegmentationType == "FRACTIONAL" else 0
-    shared = list(ds.get("SharedFunctionalGroupsSequence", []))
     frames = []
-    for index, per_frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        groups = [per_frame, *shared]
-        position = _group_value(groups, "PlanePositionSequence", "ImagePositionPatient")
-        orientation = _group_value(groups, "PlaneOrientationSequence", "ImageOrientationPatient")
-        spacing = _group_value(groups, "PixelMeasuresSequence", "PixelSpacing")
+    for index, per_frame, groups, position, orientation, spacing in _frames(ds):
         segment = _group_value(groups, "SegmentIdentificationSequence", "ReferencedSegmentNumber")
         if position is None or orientation is None or spacing is None or segment is None:
             raise AssertionError(f"{path.name}: frame {index + 1} lacks position, orientation, spacing or segment")

@@ -21,7 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
@@ -32,6 +32,7 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ nib: Any = nibabel
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 Vec3 = tuple[float, float, float]
+Modality = Literal["CT", "MR"]
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -83,8 +85,27 @@ def vec3(array: npt.ArrayLike) -> Vec3:
     return (float(a[0]), float(a[1]), float(a[2]))
 
 
+class _InPlaneAxes:
+    """ImageOrientationPatient and PixelSpacing of a grid or plane, from its direction vectors and spacings."""
+
+    row_spacing: float
+    col_spacing: float
+    col_dir: Vec3
+    row_dir: Vec3
+
+    @property
+    def image_orientation(self) -> list[float]:
+        """ImageOrientationPatient: column direction first, then row direction."""
+        return [*self.col_dir, *self.row_dir]
+
+    @property
+    def pixel_spacing(self) -> list[float]:
+        """PixelSpacing: [Δrow, Δcol], the reverse of the IOP vectors' order."""
+        return [self.row_spacing, self.col_spacing]
+
+
 @dataclass(frozen=True)
-class GridSpec:
+class GridSpec(_InPlaneAxes):
     """A regular stack of DICOM slices in LPS.
 
     ``slice_step`` may be negative: then slice 0 is the one furthest along the normal (e.g. superior first).
@@ -171,16 +192,6 @@ class GridSpec:
     def normal(self) -> FloatArray:
         return np.cross(np.asarray(self.col_dir), np.asarray(self.row_dir))
 
-    @property
-    def image_orientation(self) -> list[float]:
-        """ImageOrientationPatient: column direction first, then row direction."""
-        return [*self.col_dir, *self.row_dir]
-
-    @property
-    def pixel_spacing(self) -> list[float]:
-        """PixelSpacing: [Δrow, Δcol], the reverse of the IOP vectors' order."""
-        return [self.row_spacing, self.col_spacing]
-
     def position(self, k: int | float) -> FloatArray:
         """ImagePositionPatient of slice ``k`` (centre of its first pixel)."""
         return np.asarray(self.origin) + k * self.slice_step * self.normal
@@ -225,16 +236,19 @@ class GridSpec:
     def voxel_volume(self) -> float:
         return self.row_spacing * self.col_spacing * abs(self.slice_step)
 
+    def plane(self, k: int) -> PlaneSpec:
+        """Slice ``k`` as a plane, ``|slice_step|`` thick."""
+        return PlaneSpec(rows=self.rows, cols=self.cols, row_spacing=self.row_spacing, col_spacing=self.col_spacing,
+                         col_dir=self.col_dir, row_dir=self.row_dir, position=vec3(self.position(k)),
+                         thickness=abs(self.slice_step))
+
     def planes(self) -> tuple[PlaneSpec, ...]:
         """The slices as planes, in slice-index order, each ``|slice_step|`` thick."""
-        return tuple(PlaneSpec(rows=self.rows, cols=self.cols, row_spacing=self.row_spacing,
-                               col_spacing=self.col_spacing, col_dir=self.col_dir, row_dir=self.row_dir,
-                               position=vec3(self.position(k)), thickness=abs(self.slice_step))
-                     for k in range(self.slices))
+        return tuple(self.plane(k) for k in range(self.slices))
 
 
 @dataclass(frozen=True)
-class PlaneSpec:
+class PlaneSpec(_InPlaneAxes):
     """One DICOM image plane in LPS: the centre of its first pixel and how its rows and columns run.
 
     Planes of one stack need not form a :class:`GridSpec`: they may be unevenly spaced, sheared (gantry tilt) or
@@ -267,15 +281,6 @@ class PlaneSpec:
         """Unit normal ``col_dir × row_dir``."""
         normal = np.cross(np.asarray(self.col_dir), np.asarray(self.row_dir))
         return np.asarray(normal / np.linalg.norm(normal), dtype=np.float64)
-
-    @property
-    def image_orientation(self) -> list[float]:
-        return [*self.col_dir, *self.row_dir]
-
-    @property
-    def pixel_spacing(self) -> list[float]:
-        """PixelSpacing: [Δrow, Δcol]."""
-        return [self.row_spacing, self.col_spacing]
 
     def centres_lps(self) -> FloatArray:
         """(rows, cols, 3) pixel centres ``position + c·Δcol·col_dir + r·Δrow·row_dir`` in LPS mm."""
@@ -471,21 +476,47 @@ def _ds(value: float) -> str:
     raise ValueError(f"cannot format {value} as DS")
 
 
-def _single_frame(grid: GridSpec, k: int, image: npt.NDArray[np.uint16], base: Dataset, *, instance_number: int,
-                  sop_uid: str, modality: str) -> Dataset:
+def _set(ds: Dataset, attributes: Mapping[str, Any]) -> None:
+    for keyword, value in attributes.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, list(value) if isinstance(value, tuple) else value)
+
+
+def _item(**attributes: Any) -> Dataset:
+    item = Dataset()
+    _set(item, attributes)
+    return item
+
+
+def _seq(*items: Dataset) -> DicomSequence:
+    return DicomSequence(list(items))
+
+
+def _classic_image(plane: PlaneSpec, pixels: npt.NDArray[np.uint16], base: Dataset, *, sop_uid: str,
+                   instance_number: int, modality: Modality, attributes: Mapping[str, Any] | None = None,
+                   slice_location: float | None = None) -> Dataset:
+    """One single-frame CT/MR image of ``plane``; ``attributes`` go over the default header (None deletes one).
+
+    SliceLocation is ``slice_location``, by default the position along the plane's normal."""
     ds = copy.deepcopy(base)
     ds.SOPInstanceUID = sop_uid
     ds.InstanceNumber = instance_number
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL" if modality == "CT" else "OTHER"]
     ds.BodyPartExamined = "ABDOMEN"
     ds.AcquisitionNumber = 1
-    ds.ImagePositionPatient = [_ds(v) for v in grid.position(k)]
-    ds.ImageOrientationPatient = [_ds(v) for v in grid.image_orientation]
-    ds.PixelSpacing = [_ds(v) for v in grid.pixel_spacing]
-    ds.SliceThickness = _ds(abs(grid.slice_step))
-    ds.SliceLocation = _ds(float(grid.position(k) @ grid.normal))
-    ds.Rows = grid.rows
-    ds.Columns = grid.cols
+    ds.ImagePositionPatient = [_ds(v) for v in plane.position]
+    ds.ImageOrientationPatient = [_ds(v) for v in plane.image_orientation]
+    ds.PixelSpacing = [_ds(v) for v in plane.pixel_spacing]
+    if plane.thickness is not None:
+        ds.SliceThickness = _ds(plane.thickness)
+    if slice_location is None:
+        slice_location = float(np.asarray(plane.position) @ plane.normal)
+    ds.SliceLocation = _ds(slice_location)
+    ds.Rows = plane.rows
+    ds.Columns = plane.cols
     if modality == "CT":
         ds.RescaleIntercept = "-1024"
         ds.RescaleSlope = "1"
@@ -501,18 +532,45 @@ def _single_frame(grid: GridSpec, k: int, image: npt.NDArray[np.uint16], base: D
         ds.MagneticFieldStrength = "1.5"
         ds.ImagingFrequency = "63.9"
         ds.ImagedNucleus = "1H"
-    ds.PixelData = image.tobytes()
+    _set(ds, attributes or {})
+    ds.PixelData = pixels.tobytes()
     ds.file_meta = _file_meta(ds)
     return ds
 
 
-def _enhanced_ct(grid: GridSpec, image: npt.NDArray[np.uint16], base: Dataset, *, storage_order: Sequence[int],
-                 sop_uid: str) -> Dataset:
-    """One Enhanced CT Image with frames stored in ``storage_order`` (a list of slice indices)."""
-    ds = copy.deepcopy(base)
-    ds.SOPInstanceUID = sop_uid
+# -- Enhanced CT/MR objects (here and in :mod:`synthetic_layouts`) ------------------------------------------------
+
+
+def _plane_groups(plane: PlaneSpec) -> dict[str, DicomSequence]:
+    """PixelMeasuresSequence and PlaneOrientationSequence of ``plane`` (shared or per-frame functional groups)."""
+    measures = _item(PixelSpacing=[_ds(v) for v in plane.pixel_spacing])
+    if plane.thickness is not None:
+        measures.SliceThickness = _ds(plane.thickness)
+    return {"PixelMeasuresSequence": _seq(measures),
+            "PlaneOrientationSequence": _seq(_item(ImageOrientationPatient=[_ds(v) for v in plane.image_orientation]))}
+
+
+def _image_type(modality: Modality) -> list[str]:
+    """Enhanced ImageType/FrameType: CT as DERIVED (so the acquisition macros are not required), MR as ORIGINAL."""
+    return ["DERIVED" if modality == "CT" else "ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+
+
+def _frame_type(modality: Modality) -> Dataset:
+    frame_type = _item(FrameType=_image_type(modality), PixelPresentation="MONOCHROME",
+                       VolumetricProperties="VOLUME", VolumeBasedCalculationTechnique="NONE")
+    if modality == "MR":
+        frame_type.ComplexImageComponent = "MAGNITUDE"
+        frame_type.AcquisitionContrast = "T1"
+    return frame_type
+
+
+def _enhanced_header(ds: Dataset, modality: Modality, frames: int, plane: PlaneSpec) -> None:
+    """The Enhanced CT/MR image module attributes that do not vary per frame.
+
+    Enhanced CT objects pass dciodvfy; Enhanced MR ones carry what readers of geometry and stacks look at, not
+    every MR macro the IOD requires (coils, averages, FOV geometry...)."""
     ds.InstanceNumber = 1
-    ds.ImageType = ["DERIVED", "PRIMARY", "VOLUME", "NONE"]
+    ds.ImageType = _image_type(modality)
     ds.AcquisitionNumber = 1
     ds.AcquisitionDateTime = "20240102101500"
     ds.AcquisitionDuration = 1.0
@@ -530,82 +588,104 @@ def _enhanced_ct(grid: GridSpec, image: npt.NDArray[np.uint16], base: Dataset, *
     ds.SoftwareVersions = "1"
     ds.BitsStored = 12
     ds.HighBit = 11
-    ds.Rows = grid.rows
-    ds.Columns = grid.cols
-    ds.NumberOfFrames = grid.slices
+    ds.Rows = plane.rows
+    ds.Columns = plane.cols
+    ds.NumberOfFrames = frames
+    if modality == "MR":
+        ds.ComplexImageComponent = "MAGNITUDE"
+        ds.AcquisitionContrast = "T1"
+        ds.ResonantNucleus = "1H"
+        ds.KSpaceFiltering = "NONE"
+        ds.MagneticFieldStrength = 1.5
+        ds.ApplicableSafetyStandardAgency = "IEC"
+        ds.ImagingFrequency = 63.9
+        ds.PulseSequenceName = "SYN_SE"
+        ds.MRAcquisitionType = "2D"
+        ds.EchoPulseSequence = "SPIN"
+        ds.MultipleSpinEcho = "NO"
+        ds.MultiPlanarExcitation = "NO"
+        ds.PhaseContrast = "NO"
+        ds.TimeOfFlightContrast = "NO"
+        ds.SteadyStatePulseSequence = "NONE"
+        ds.EchoPlanarPulseSequence = "NO"
+        ds.SaturationRecovery = "NO"
+        ds.SpectrallySelectedSuppression = "NONE"
+        ds.OversamplingPhase = "NONE"
+        ds.GeometryOfKSpaceTraversal = "RECTILINEAR"
+        ds.RectilinearPhaseEncodeReordering = "LINEAR"
+        ds.SegmentedKSpaceTraversal = "SINGLE"
+        ds.CoverageOfKSpace = "FULL"
+        ds.NumberOfKSpaceTrajectories = 1
 
-    dimension_uid = generate_uid()
-    organization = Dataset()
-    organization.DimensionOrganizationUID = dimension_uid
-    ds.DimensionOrganizationSequence = DicomSequence([organization])
-    ds.DimensionOrganizationType = "3D"
-    stack_dim = Dataset()
-    stack_dim.DimensionOrganizationUID = dimension_uid
-    stack_dim.DimensionIndexPointer = pydicom.tag.Tag("StackID")
-    stack_dim.FunctionalGroupPointer = pydicom.tag.Tag("FrameContentSequence")
-    position_dim = Dataset()
-    position_dim.DimensionOrganizationUID = dimension_uid
-    position_dim.DimensionIndexPointer = pydicom.tag.Tag("InStackPositionNumber")
-    position_dim.FunctionalGroupPointer = pydicom.tag.Tag("FrameContentSequence")
-    ds.DimensionIndexSequence = DicomSequence([stack_dim, position_dim])
 
+def _shared_groups(modality: Modality) -> Dataset:
+    """The shared functional groups item without the plane groups (:func:`_plane_groups`)."""
     shared = Dataset()
-    measures = Dataset()
-    measures.PixelSpacing = [_ds(v) for v in grid.pixel_spacing]
-    measures.SliceThickness = _ds(abs(grid.slice_step))
-    shared.PixelMeasuresSequence = DicomSequence([measures])
-    orientation = Dataset()
-    orientation.ImageOrientationPatient = [_ds(v) for v in grid.image_orientation]
-    shared.PlaneOrientationSequence = DicomSequence([orientation])
-    transformation = Dataset()
-    transformation.RescaleIntercept = "-1024"
-    transformation.RescaleSlope = "1"
-    transformation.RescaleType = "HU"
-    shared.PixelValueTransformationSequence = DicomSequence([transformation])
-    frame_type = Dataset()
-    frame_type.FrameType = ["DERIVED", "PRIMARY", "VOLUME", "NONE"]
-    frame_type.PixelPresentation = "MONOCHROME"
-    frame_type.VolumetricProperties = "VOLUME"
-    frame_type.VolumeBasedCalculationTechnique = "NONE"
-    shared.CTImageFrameTypeSequence = DicomSequence([frame_type])
-    anatomy = Dataset()
-    region = Dataset()
-    region.CodeValue = "818981001"
-    region.CodingSchemeDesignator = "SCT"
-    region.CodeMeaning = "Abdomen"
-    anatomy.AnatomicRegionSequence = DicomSequence([region])
-    anatomy.FrameLaterality = "U"
-    shared.FrameAnatomySequence = DicomSequence([anatomy])
-    irradiation = Dataset()
-    irradiation.IrradiationEventUID = generate_uid()
-    shared.IrradiationEventIdentificationSequence = DicomSequence([irradiation])
-    acquisition_type = Dataset()
-    acquisition_type.AcquisitionType = "SEQUENCED"
-    acquisition_type.ConstantVolumeFlag = "NO"
-    acquisition_type.FluoroscopyFlag = "NO"
-    shared.CTAcquisitionTypeSequence = DicomSequence([acquisition_type])
-    voi = Dataset()
-    voi.WindowCenter = "40"
-    voi.WindowWidth = "400"
-    shared.FrameVOILUTSequence = DicomSequence([voi])
-    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    region = _item(CodeValue="818981001", CodingSchemeDesignator="SCT", CodeMeaning="Abdomen")
+    shared.FrameAnatomySequence = _seq(_item(AnatomicRegionSequence=_seq(region), FrameLaterality="U"))
+    shared.FrameVOILUTSequence = _seq(_item(WindowCenter="40", WindowWidth="400"))
+    if modality == "CT":
+        shared.PixelValueTransformationSequence = _seq(_item(RescaleIntercept="-1024", RescaleSlope="1",
+                                                             RescaleType="HU"))
+        shared.CTImageFrameTypeSequence = _seq(_frame_type("CT"))
+        shared.IrradiationEventIdentificationSequence = _seq(_item(IrradiationEventUID=generate_uid()))
+        shared.CTAcquisitionTypeSequence = _seq(_item(AcquisitionType="SEQUENCED", ConstantVolumeFlag="NO",
+                                                      FluoroscopyFlag="NO"))
+    else:
+        shared.MRImageFrameTypeSequence = _seq(_frame_type("MR"))
+        shared.MRTimingAndRelatedParametersSequence = _seq(_item(RepetitionTime=500.0, FlipAngle=90.0,
+                                                                 EchoTrainLength=1, GradientOutputType="NONE",
+                                                                 RFEchoTrainLength=1, GradientEchoTrainLength=0))
+    return shared
 
-    per_frame = []
-    for k in storage_order:
-        group = Dataset()
-        content = Dataset()
-        content.FrameAcquisitionDateTime = "20240102101500"
-        content.FrameReferenceDateTime = "20240102101500"
-        content.FrameAcquisitionDuration = 1.0
-        content.StackID = "1"
-        content.InStackPositionNumber = k + 1
-        content.DimensionIndexValues = [1, k + 1]
-        group.FrameContentSequence = DicomSequence([content])
-        position = Dataset()
-        position.ImagePositionPatient = [_ds(v) for v in grid.position(k)]
-        group.PlanePositionSequence = DicomSequence([position])
-        per_frame.append(group)
-    ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
+
+def _dimensions(ds: Dataset, *, temporal: bool, echoes: bool) -> None:
+    """Dimensions StackID, InStackPositionNumber (then TemporalPositionIndex, EffectiveEchoTime when asked)."""
+    uid = generate_uid()
+    ds.DimensionOrganizationSequence = _seq(_item(DimensionOrganizationUID=uid))
+    ds.DimensionOrganizationType = "3D" if not (temporal or echoes) else "3D_TEMPORAL"
+    pointers = [("StackID", "FrameContentSequence"), ("InStackPositionNumber", "FrameContentSequence")]
+    if temporal:
+        pointers.append(("TemporalPositionIndex", "FrameContentSequence"))
+    if echoes:
+        pointers.append(("EffectiveEchoTime", "MREchoSequence"))
+    ds.DimensionIndexSequence = _seq(*(_item(DimensionOrganizationUID=uid, DimensionIndexPointer=Tag(index),
+                                             FunctionalGroupPointer=Tag(group)) for index, group in pointers))
+
+
+def _enhanced_object(base: Dataset, *, sop_uid: str, modality: Modality, frames: int, first: PlaneSpec,
+                     temporal: bool = False, echoes: bool = False, shared_geometry: bool = True) -> Dataset:
+    """A copy of ``base`` as an Enhanced CT/MR object of ``frames`` frames like ``first``: header, dimensions and
+    shared functional groups (with ``first``'s plane groups if ``shared_geometry``); the caller adds the rest."""
+    ds = copy.deepcopy(base)
+    ds.SOPInstanceUID = sop_uid
+    _enhanced_header(ds, modality, frames, first)
+    _dimensions(ds, temporal=temporal, echoes=echoes)
+    shared = _shared_groups(modality)
+    if shared_geometry:
+        for keyword, value in _plane_groups(first).items():
+            setattr(shared, keyword, value)
+    ds.SharedFunctionalGroupsSequence = _seq(shared)
+    return ds
+
+
+def _frame_group(plane: PlaneSpec, *, stack_id: str, in_stack_position: int, index: Sequence[int],
+                 temporal_position: int | None = None) -> Dataset:
+    """A per-frame functional groups item: FrameContentSequence (``index``: DimensionIndexValues) and
+    PlanePositionSequence of ``plane``."""
+    content = _item(FrameAcquisitionDateTime="20240102101500", FrameReferenceDateTime="20240102101500",
+                    FrameAcquisitionDuration=1.0, StackID=stack_id, InStackPositionNumber=in_stack_position,
+                    TemporalPositionIndex=temporal_position, DimensionIndexValues=list(index))
+    return _item(FrameContentSequence=_seq(content),
+                 PlanePositionSequence=_seq(_item(ImagePositionPatient=[_ds(v) for v in plane.position])))
+
+
+def _enhanced_ct(grid: GridSpec, image: npt.NDArray[np.uint16], base: Dataset, *, storage_order: Sequence[int],
+                 sop_uid: str) -> Dataset:
+    """One Enhanced CT Image with frames stored in ``storage_order`` (a list of slice indices)."""
+    ds = _enhanced_object(base, sop_uid=sop_uid, modality="CT", frames=grid.slices, first=grid.plane(0))
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence([
+        _frame_group(grid.plane(k), stack_id="1", in_stack_position=k + 1, index=[1, k + 1]) for k in storage_order])
     ds.PixelData = np.ascontiguousarray(image[list(storage_order)]).tobytes()
     ds.file_meta = _file_meta(ds)
     return ds
@@ -613,7 +693,7 @@ def _enhanced_ct(grid: GridSpec, image: npt.NDArray[np.uint16], base: Dataset, *
 
 def write_series(grid: GridSpec, folder: Path, *, enhanced: bool = False,
                  instance_numbers: Literal["ascending", "reversed", "shuffled"] = "ascending",
-                 shuffle_file_names: bool = False, subfolders: int = 0, modality: Literal["CT", "MR"] = "CT",
+                 shuffle_file_names: bool = False, subfolders: int = 0, modality: Modality = "CT",
                  omit_type2: bool = False, uids: Mapping[str, str] | None = None, seed: int = 0,
                  phantom: Phantom | None = None) -> SeriesInfo:
     """Write ``grid`` as a DICOM series into ``folder`` (created if missing).
@@ -673,7 +753,8 @@ def write_series(grid: GridSpec, folder: Path, *, enhanced: bool = False,
     for k in range(grid.slices):
         sop_uid = generate_uid()
         number = instance_of_slice[k]
-        ds = _single_frame(grid, k, image[k], base, instance_number=number, sop_uid=sop_uid, modality=modality)
+        ds = _classic_image(grid.plane(k), image[k], base, instance_number=number, sop_uid=sop_uid,
+                            modality=modality, slice_location=float(grid.position(k) @ grid.normal))
         path = target(f"IM_{number:04d}")
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -935,25 +1016,37 @@ def _slice_of_position(grid: GridSpec, position: FloatArray, frame: int) -> int:
     return k
 
 
-def seg_frames_on_source(seg: Dataset, grid: GridSpec) -> list[int]:
-    """For each SEG frame, the source slice index it lies on (from the SEG's own positions and orientation)."""
+def _seg_frame_geometry(seg: Dataset, rows: int, cols: int) -> Iterator[tuple[int, Any, Any, Any]]:
+    """(frame, orientation, pixel spacing, position) of every SEG frame, after checking its matrix is
+    ``rows`` x ``cols``; AssertionError naming the frame where one of the three is missing."""
     if "PerFrameFunctionalGroupsSequence" not in seg:
         raise AssertionError("SEG has no PerFrameFunctionalGroupsSequence (TILED_FULL?): positions unknown")
-    if (int(seg.Rows), int(seg.Columns)) != (grid.rows, grid.cols):
-        raise AssertionError(f"SEG matrix {seg.Rows}x{seg.Columns} differs from source {grid.rows}x{grid.cols}")
-    slices = []
+    if (int(seg.Rows), int(seg.Columns)) != (rows, cols):
+        raise AssertionError(f"SEG matrix {seg.Rows}x{seg.Columns} differs from source {rows}x{cols}")
     for frame in range(int(seg.NumberOfFrames)):
         orientation = _functional(seg, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
         spacing = _functional(seg, frame, "PixelMeasuresSequence", "PixelSpacing")
         position = _functional(seg, frame, "PlanePositionSequence", "ImagePositionPatient")
         if orientation is None or spacing is None or position is None:
             raise AssertionError(f"SEG frame {frame + 1} lacks orientation, pixel spacing or position")
-        if np.abs(np.asarray(orientation, dtype=np.float64) - grid.image_orientation).max() > 1e-4:
-            raise AssertionError(f"SEG frame {frame + 1} orientation {list(orientation)} differs from source"
-                                 f" {grid.image_orientation}")
-        if np.abs(np.asarray(spacing, dtype=np.float64) - grid.pixel_spacing).max() > 1e-4:
-            raise AssertionError(f"SEG frame {frame + 1} pixel spacing {list(spacing)} differs from source"
-                                 f" {grid.pixel_spacing}")
+        yield frame, orientation, spacing, position
+
+
+def _check_in_plane(frame: int, orientation: Any, spacing: Any, expected: _InPlaneAxes, whose: str) -> None:
+    """A SEG frame's orientation and pixel spacing equal ``expected``'s within 1e-4 (``whose``: for the message)."""
+    if np.abs(np.asarray(orientation, dtype=np.float64) - expected.image_orientation).max() > 1e-4:
+        raise AssertionError(f"SEG frame {frame + 1} orientation {list(orientation)} differs from {whose}"
+                             f" {expected.image_orientation}")
+    if np.abs(np.asarray(spacing, dtype=np.float64) - expected.pixel_spacing).max() > 1e-4:
+        raise AssertionError(f"SEG frame {frame + 1} pixel spacing {list(spacing)} differs from {whose}"
+                             f" {expected.pixel_spacing}")
+
+
+def seg_frames_on_source(seg: Dataset, grid: GridSpec) -> list[int]:
+    """For each SEG frame, the source slice index it lies on (from the SEG's own positions and orientation)."""
+    slices = []
+    for frame, orientation, spacing, position in _seg_frame_geometry(seg, grid.rows, grid.cols):
+        _check_in_plane(frame, orientation, spacing, grid, "source")
         slices.append(_slice_of_position(grid, np.asarray(position, dtype=np.float64), frame))
     return slices
 
@@ -968,30 +1061,15 @@ def _frame_segment(seg: Dataset, frame: int) -> int:
 def seg_frames_on_planes(seg: Dataset, planes: Sequence[PlaneSpec]) -> list[int]:
     """For each SEG frame, the index of the plane it lies on (position within :data:`POSITION_TOLERANCE_MM`,
     orientation within 1e-4, equal pixel spacing and matrix); AssertionError naming the frame otherwise."""
-    if "PerFrameFunctionalGroupsSequence" not in seg:
-        raise AssertionError("SEG has no PerFrameFunctionalGroupsSequence (TILED_FULL?): positions unknown")
-    if (int(seg.Rows), int(seg.Columns)) != (planes[0].rows, planes[0].cols):
-        raise AssertionError(f"SEG matrix {seg.Rows}x{seg.Columns} differs from source {planes[0].rows}x"
-                             f"{planes[0].cols}")
     positions = np.array([p.position for p in planes], dtype=np.float64)
     found = []
-    for frame in range(int(seg.NumberOfFrames)):
-        orientation = _functional(seg, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
-        spacing = _functional(seg, frame, "PixelMeasuresSequence", "PixelSpacing")
-        position = _functional(seg, frame, "PlanePositionSequence", "ImagePositionPatient")
-        if orientation is None or spacing is None or position is None:
-            raise AssertionError(f"SEG frame {frame + 1} lacks orientation, pixel spacing or position")
+    for frame, orientation, spacing, position in _seg_frame_geometry(seg, planes[0].rows, planes[0].cols):
         distance = np.linalg.norm(positions - np.asarray(position, dtype=np.float64), axis=1)
         k = int(np.argmin(distance))
         if distance[k] > POSITION_TOLERANCE_MM:
             raise AssertionError(f"SEG frame {frame + 1} at {list(position)} is on no source plane (nearest plane"
                                  f" {k} at {positions[k].tolist()}, {distance[k]:.4g} mm away)")
-        if np.abs(np.asarray(orientation, dtype=np.float64) - planes[k].image_orientation).max() > 1e-4:
-            raise AssertionError(f"SEG frame {frame + 1} orientation {list(orientation)} differs from its plane's"
-                                 f" {planes[k].image_orientation}")
-        if np.abs(np.asarray(spacing, dtype=np.float64) - planes[k].pixel_spacing).max() > 1e-4:
-            raise AssertionError(f"SEG frame {frame + 1} pixel spacing {list(spacing)} differs from its plane's"
-                                 f" {planes[k].pixel_spacing}")
+        _check_in_plane(frame, orientation, spacing, planes[k], "its plane's")
         found.append(k)
     return found
 

@@ -14,7 +14,6 @@ statement and never against the node's own code. Like :mod:`synthetic`, nothing 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,15 +38,21 @@ from synthetic import (
     Phantom,
     PlaneSpec,
     SeriesInfo,
+    _classic_image,
     _common_dataset,
     _ds,
+    _enhanced_object,
     _file_meta,
+    _frame_group,
+    _item,
     _order,
+    _plane_groups,
     _rotation,
+    _seq,
     vec3,
 )
+from synthetic import Modality as Modality  # re-exported: callers write lay.Modality
 
-Modality = Literal["CT", "MR"]
 FrameOrder = Literal["ascending", "reversed", "shuffled"]
 
 #: Siemens' private creator of the CSA header block and its "number of images in mosaic" element.
@@ -200,172 +205,6 @@ def plane_pixels(plane: PlaneSpec, phantom: Phantom) -> npt.NDArray[np.uint16]:
     return np.asarray(np.clip(np.rint(1064.0 + 60.0 * labels + 5.0 * ramp), 0, 4095), dtype=np.uint16)
 
 
-def _set(ds: Dataset, attributes: Mapping[str, Any]) -> None:
-    for keyword, value in attributes.items():
-        if value is None:
-            if keyword in ds:
-                delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, list(value) if isinstance(value, tuple) else value)
-
-
-def _classic_image(plane: PlaneSpec, pixels: npt.NDArray[np.uint16], base: Dataset, *, sop_uid: str,
-                   instance_number: int, modality: Modality, attributes: Mapping[str, Any]) -> Dataset:
-    ds = copy.deepcopy(base)
-    ds.SOPInstanceUID = sop_uid
-    ds.InstanceNumber = instance_number
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL" if modality == "CT" else "OTHER"]
-    ds.BodyPartExamined = "ABDOMEN"
-    ds.AcquisitionNumber = 1
-    ds.ImagePositionPatient = [_ds(v) for v in plane.position]
-    ds.ImageOrientationPatient = [_ds(v) for v in plane.image_orientation]
-    ds.PixelSpacing = [_ds(v) for v in plane.pixel_spacing]
-    if plane.thickness is not None:
-        ds.SliceThickness = _ds(plane.thickness)
-    ds.SliceLocation = _ds(float(np.asarray(plane.position) @ plane.normal))
-    ds.Rows = plane.rows
-    ds.Columns = plane.cols
-    if modality == "CT":
-        ds.RescaleIntercept = "-1024"
-        ds.RescaleSlope = "1"
-        ds.KVP = "120"
-    else:
-        ds.ScanningSequence = "SE"
-        ds.SequenceVariant = "NONE"
-        ds.ScanOptions = ""
-        ds.MRAcquisitionType = "2D"
-        ds.RepetitionTime = "500"
-        ds.EchoTime = "15"
-        ds.EchoTrainLength = 1
-        ds.MagneticFieldStrength = "1.5"
-        ds.ImagingFrequency = "63.9"
-        ds.ImagedNucleus = "1H"
-    _set(ds, attributes)
-    ds.PixelData = pixels.tobytes()
-    ds.file_meta = _file_meta(ds)
-    return ds
-
-
-def _item(**attributes: Any) -> Dataset:
-    item = Dataset()
-    _set(item, attributes)
-    return item
-
-
-def _seq(*items: Dataset) -> DicomSequence:
-    return DicomSequence(list(items))
-
-
-def _plane_groups(plane: PlaneSpec) -> dict[str, DicomSequence]:
-    measures = _item(PixelSpacing=[_ds(v) for v in plane.pixel_spacing])
-    if plane.thickness is not None:
-        measures.SliceThickness = _ds(plane.thickness)
-    return {"PixelMeasuresSequence": _seq(measures),
-            "PlaneOrientationSequence": _seq(_item(ImageOrientationPatient=[_ds(v) for v in plane.image_orientation]))}
-
-
-def _image_type(modality: Modality) -> list[str]:
-    """Enhanced ImageType/FrameType: CT as DERIVED (so the acquisition macros are not required, as in
-    :mod:`synthetic`), MR as ORIGINAL."""
-    return ["DERIVED" if modality == "CT" else "ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
-
-
-def _frame_type(modality: Modality) -> Dataset:
-    frame_type = _item(FrameType=_image_type(modality), PixelPresentation="MONOCHROME",
-                       VolumetricProperties="VOLUME", VolumeBasedCalculationTechnique="NONE")
-    if modality == "MR":
-        frame_type.ComplexImageComponent = "MAGNITUDE"
-        frame_type.AcquisitionContrast = "T1"
-    return frame_type
-
-
-def _enhanced_header(ds: Dataset, modality: Modality, frames: int, plane: PlaneSpec) -> None:
-    """The Enhanced CT/MR image module attributes that do not vary per frame.
-
-    Enhanced CT objects pass dciodvfy; Enhanced MR ones carry what readers of geometry and stacks look at, not
-    every MR macro the IOD requires (coils, averages, FOV geometry...)."""
-    ds.InstanceNumber = 1
-    ds.ImageType = _image_type(modality)
-    ds.AcquisitionNumber = 1
-    ds.AcquisitionDateTime = "20240102101500"
-    ds.AcquisitionDuration = 1.0
-    ds.AcquisitionContextSequence = DicomSequence([])
-    ds.ContentQualification = "RESEARCH"
-    ds.PixelPresentation = "MONOCHROME"
-    ds.VolumetricProperties = "VOLUME"
-    ds.VolumeBasedCalculationTechnique = "NONE"
-    ds.BurnedInAnnotation = "NO"
-    ds.RecognizableVisualFeatures = "NO"
-    ds.LossyImageCompression = "00"
-    ds.PresentationLUTShape = "IDENTITY"
-    ds.ManufacturerModelName = "Synthetic"
-    ds.DeviceSerialNumber = "0001"
-    ds.SoftwareVersions = "1"
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.Rows = plane.rows
-    ds.Columns = plane.cols
-    ds.NumberOfFrames = frames
-    if modality == "MR":
-        ds.ComplexImageComponent = "MAGNITUDE"
-        ds.AcquisitionContrast = "T1"
-        ds.ResonantNucleus = "1H"
-        ds.KSpaceFiltering = "NONE"
-        ds.MagneticFieldStrength = 1.5
-        ds.ApplicableSafetyStandardAgency = "IEC"
-        ds.ImagingFrequency = 63.9
-        ds.PulseSequenceName = "SYN_SE"
-        ds.MRAcquisitionType = "2D"
-        ds.EchoPulseSequence = "SPIN"
-        ds.MultipleSpinEcho = "NO"
-        ds.MultiPlanarExcitation = "NO"
-        ds.PhaseContrast = "NO"
-        ds.TimeOfFlightContrast = "NO"
-        ds.SteadyStatePulseSequence = "NONE"
-        ds.EchoPlanarPulseSequence = "NO"
-        ds.SaturationRecovery = "NO"
-        ds.SpectrallySelectedSuppression = "NONE"
-        ds.OversamplingPhase = "NONE"
-        ds.GeometryOfKSpaceTraversal = "RECTILINEAR"
-        ds.RectilinearPhaseEncodeReordering = "LINEAR"
-        ds.SegmentedKSpaceTraversal = "SINGLE"
-        ds.CoverageOfKSpace = "FULL"
-        ds.NumberOfKSpaceTrajectories = 1
-
-
-def _shared_groups(modality: Modality) -> Dataset:
-    shared = Dataset()
-    region = _item(CodeValue="818981001", CodingSchemeDesignator="SCT", CodeMeaning="Abdomen")
-    shared.FrameAnatomySequence = _seq(_item(AnatomicRegionSequence=_seq(region), FrameLaterality="U"))
-    shared.FrameVOILUTSequence = _seq(_item(WindowCenter="40", WindowWidth="400"))
-    if modality == "CT":
-        shared.PixelValueTransformationSequence = _seq(_item(RescaleIntercept="-1024", RescaleSlope="1",
-                                                             RescaleType="HU"))
-        shared.CTImageFrameTypeSequence = _seq(_frame_type("CT"))
-        shared.IrradiationEventIdentificationSequence = _seq(_item(IrradiationEventUID=generate_uid()))
-        shared.CTAcquisitionTypeSequence = _seq(_item(AcquisitionType="SEQUENCED", ConstantVolumeFlag="NO",
-                                                      FluoroscopyFlag="NO"))
-    else:
-        shared.MRImageFrameTypeSequence = _seq(_frame_type("MR"))
-        shared.MRTimingAndRelatedParametersSequence = _seq(_item(RepetitionTime=500.0, FlipAngle=90.0,
-                                                                 EchoTrainLength=1, GradientOutputType="NONE",
-                                                                 RFEchoTrainLength=1, GradientEchoTrainLength=0))
-    return shared
-
-
-def _dimensions(ds: Dataset, *, temporal: bool, echoes: bool) -> None:
-    uid = generate_uid()
-    ds.DimensionOrganizationSequence = _seq(_item(DimensionOrganizationUID=uid))
-    ds.DimensionOrganizationType = "3D" if not (temporal or echoes) else "3D_TEMPORAL"
-    pointers = [("StackID", "FrameContentSequence"), ("InStackPositionNumber", "FrameContentSequence")]
-    if temporal:
-        pointers.append(("TemporalPositionIndex", "FrameContentSequence"))
-    if echoes:
-        pointers.append(("EffectiveEchoTime", "MREchoSequence"))
-    ds.DimensionIndexSequence = _seq(*(_item(DimensionOrganizationUID=uid, DimensionIndexPointer=Tag(index),
-                                             FunctionalGroupPointer=Tag(group)) for index, group in pointers))
-
-
 def _enhanced_image(spec: EnhancedSpec, phantom: Phantom, base: Dataset, *, sop_uid: str, modality: Modality,
                     rng: np.random.Generator) -> tuple[Dataset, dict[tuple[int, int], int]]:
     """One Enhanced object; also (stack number in ``spec.stacks``, plane index) → 1-based frame number."""
@@ -382,17 +221,10 @@ def _enhanced_image(spec: EnhancedSpec, phantom: Phantom, base: Dataset, *, sop_
     if echo_times and modality != "MR":
         raise ValueError("echo times are written into Enhanced MR objects only")
     stack_ids = sorted({s.stack_id for s in spec.stacks})
-    ds = copy.deepcopy(base)
-    ds.SOPInstanceUID = sop_uid
-    _enhanced_header(ds, modality, len(frames), first)
-    _dimensions(ds, temporal=temporal, echoes=len(echo_times) > 1)
-    shared = _shared_groups(modality)
-    if spec.geometry == "shared":
-        for keyword, value in _plane_groups(first).items():
-            setattr(shared, keyword, value)
+    ds = _enhanced_object(base, sop_uid=sop_uid, modality=modality, frames=len(frames), first=first,
+                          temporal=temporal, echoes=len(echo_times) > 1, shared_geometry=spec.geometry == "shared")
     if len(echo_times) == 1:
-        shared.MREchoSequence = _seq(_item(EffectiveEchoTime=echo_times[0]))
-    ds.SharedFunctionalGroupsSequence = _seq(shared)
+        ds.SharedFunctionalGroupsSequence[0].MREchoSequence = _seq(_item(EffectiveEchoTime=echo_times[0]))
 
     order = _order(len(frames), spec.frame_order, rng)  # frames[order[i]] is stored as frame i + 1
     per_frame, pixels = [], []
@@ -401,17 +233,14 @@ def _enhanced_image(spec: EnhancedSpec, phantom: Phantom, base: Dataset, *, sop_
         s, k = frames[which]
         stack, plane = spec.stacks[s], spec.stacks[s].planes[k]
         frame_number[(s, k)] = i + 1
-        content = _item(FrameAcquisitionDateTime="20240102101500", FrameReferenceDateTime="20240102101500",
-                        FrameAcquisitionDuration=1.0, StackID=stack.stack_id, InStackPositionNumber=k + 1)
         index = [stack_ids.index(stack.stack_id) + 1, k + 1]
-        if temporal:
-            content.TemporalPositionIndex = stack.temporal_position or 1
-            index.append(stack.temporal_position or 1)
+        temporal_position = (stack.temporal_position or 1) if temporal else None
+        if temporal_position is not None:
+            index.append(temporal_position)
         if len(echo_times) > 1:
             index.append(echo_times.index(stack.echo_time) + 1 if stack.echo_time is not None else 1)
-        content.DimensionIndexValues = index
-        group = _item(FrameContentSequence=_seq(content),
-                      PlanePositionSequence=_seq(_item(ImagePositionPatient=[_ds(v) for v in plane.position])))
+        group = _frame_group(plane, stack_id=stack.stack_id, in_stack_position=k + 1, index=index,
+                             temporal_position=temporal_position)
         if spec.geometry == "per_frame":
             for keyword, value in _plane_groups(plane).items():
                 setattr(group, keyword, value)

@@ -93,6 +93,24 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
+def check_each_stack_then_ambiguous(run: syn.ConvertRunner, tmp_path: Path, info: lay.LayoutInfo) -> Path:
+    """Stacks sharing one grid: each --stack N gives a SEG exact on one stack and the N cover every stack once;
+    without --stack, convert fails in one line that names --stack and every stack. The label map is returned."""
+    nifti = label_map(tmp_path, GRID, info.phantom)
+    seen = []
+    for n in range(1, len(info.stacks) + 1):
+        seg = convert_ok(run, info.folder, nifti, tmp_path / f"seg{n}.dcm", "--stack", str(n))
+        name = stack_of_seg(seg, info)
+        check_exact_on_stack(seg, info, name)
+        seen.append(name)
+    assert sorted(seen) == sorted(s.name for s in info.stacks)
+    result = convert(run, info.folder, nifti, tmp_path / "ambiguous.dcm")
+    assert result.code != 0
+    line = one_line(result.stderr)
+    assert "--stack" in line and all(f"stack {n}" in line for n in range(1, len(info.stacks) + 1))
+    return nifti
+
+
 # -- Enhanced objects ---------------------------------------------------------------------------------------------
 
 
@@ -127,19 +145,8 @@ def test_enhanced_several_volumes_each_stack_exact(tmp_path: Path, segnode_conve
                                                    layout: dict[str, Any]) -> None:
     """Frames at repeated positions: each --stack N gives a SEG whose every frame names a frame of one volume."""
     info = lay.write_enhanced(GRID, tmp_path / "dicom", **layout)
-    nifti = label_map(tmp_path, GRID, info.phantom)
-    seen = []
-    for n in range(1, len(info.stacks) + 1):
-        seg = convert_ok(segnode_convert, info.folder, nifti, tmp_path / f"seg{n}.dcm", "--stack", str(n))
-        name = stack_of_seg(seg, info)
-        check_exact_on_stack(seg, info, name)
-        seen.append(name)
-    assert sorted(seen) == sorted(s.name for s in info.stacks)
     # Without --stack the volumes are ambiguous: they share one grid.
-    result = convert(segnode_convert, info.folder, nifti, tmp_path / "ambiguous.dcm")
-    assert result.code != 0
-    line = one_line(result.stderr)
-    assert "--stack" in line and all(f"stack {n}" in line for n in range(1, len(info.stacks) + 1))
+    check_each_stack_then_ambiguous(segnode_convert, tmp_path, info)
     assert not (tmp_path / "ambiguous.dcm").exists()
 
 
@@ -163,18 +170,7 @@ AMBIGUOUS: list[Any] = [
 def test_stacks_at_the_same_positions(tmp_path: Path, segnode_convert: syn.ConvertRunner,
                                       build: Callable[[Path], lay.LayoutInfo]) -> None:
     info = build(tmp_path / "dicom")
-    nifti = label_map(tmp_path, GRID, info.phantom)
-    seen = []
-    for n in range(1, len(info.stacks) + 1):
-        seg = convert_ok(segnode_convert, info.folder, nifti, tmp_path / f"seg{n}.dcm", "--stack", str(n))
-        name = stack_of_seg(seg, info)
-        check_exact_on_stack(seg, info, name)
-        seen.append(name)
-    assert sorted(seen) == sorted(s.name for s in info.stacks)
-    result = convert(segnode_convert, info.folder, nifti, tmp_path / "ambiguous.dcm")
-    assert result.code != 0
-    line = one_line(result.stderr)
-    assert "--stack" in line and all(f"stack {n}" in line for n in range(1, len(info.stacks) + 1))
+    nifti = check_each_stack_then_ambiguous(segnode_convert, tmp_path, info)
     result = convert(segnode_convert, info.folder, nifti, tmp_path / "none.dcm", "--stack",
                      str(len(info.stacks) + 1))
     assert result.code != 0

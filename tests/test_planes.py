@@ -190,36 +190,43 @@ CLASSIC_DAMAGE = [
 ]
 
 
-@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
-@pytest.mark.parametrize("damage", CLASSIC_DAMAGE)
-def test_bad_classic_geometry_is_one_line_naming_the_instance(tmp_path: Path,
-                                                               damage: Callable[[Dataset], None]) -> None:
-    info = lay.write_layout(tmp_path / "dicom", [lay.StackSpec.of_grid("volume", GRID.replace(slices=2))])
-    ds = header(info.paths[0])
+def damaged_geometry_message(path: Path, damage: Callable[[Dataset], None]) -> str:
+    """The GeometryError message planes_of gives for the header at ``path`` after ``damage``: checked to be one
+    line naming the instance."""
+    ds = header(path)
     damage(ds)
     with pytest.raises(GeometryError) as caught:
         planes_of(ds, 0)
     message = str(caught.value)
     assert "\n" not in message
     assert str(ds.SOPInstanceUID) in message
+    return message
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
+@pytest.mark.parametrize("damage", CLASSIC_DAMAGE)
+def test_bad_classic_geometry_is_one_line_naming_the_instance(tmp_path: Path,
+                                                               damage: Callable[[Dataset], None]) -> None:
+    info = lay.write_layout(tmp_path / "dicom", [lay.StackSpec.of_grid("volume", GRID.replace(slices=2))])
+    damaged_geometry_message(info.paths[0], damage)
+
+
+def _drop_in(group: Callable[[Dataset], Dataset], *path: str) -> Callable[[Dataset], None]:
+    """Delete ``path[-1]`` from the functional groups item ``group(ds)``, down the sequences ``path[:-1]``."""
+    def damage(ds: Dataset) -> None:
+        node = group(ds)
+        for keyword in path[:-1]:
+            node = node[keyword].value[0]
+        delattr(node, path[-1])
+    return damage
 
 
 def _frame(index: int, *path: str) -> Callable[[Dataset], None]:
-    def damage(ds: Dataset) -> None:
-        node = ds.PerFrameFunctionalGroupsSequence[index]
-        for keyword in path[:-1]:
-            node = node[keyword].value[0]
-        delattr(node, path[-1])
-    return damage
+    return _drop_in(lambda ds: ds.PerFrameFunctionalGroupsSequence[index], *path)
 
 
 def _shared(*path: str) -> Callable[[Dataset], None]:
-    def damage(ds: Dataset) -> None:
-        node = ds.SharedFunctionalGroupsSequence[0]
-        for keyword in path[:-1]:
-            node = node[keyword].value[0]
-        delattr(node, path[-1])
-    return damage
+    return _drop_in(lambda ds: ds.SharedFunctionalGroupsSequence[0], *path)
 
 
 ENHANCED_DAMAGE = [
@@ -237,13 +244,7 @@ def test_bad_enhanced_geometry_is_one_line_naming_the_instance(tmp_path: Path, g
                                                                 frame: int | None) -> None:
     info = lay.write_enhanced(GRID, tmp_path / "dicom", modality="MR", geometry=geometry,  # type: ignore[arg-type]
                               frame_order="ascending")
-    ds = header(info.paths[0])
-    damage(ds)
-    with pytest.raises(GeometryError) as caught:
-        planes_of(ds, 0)
-    message = str(caught.value)
-    assert "\n" not in message
-    assert str(ds.SOPInstanceUID) in message
+    message = damaged_geometry_message(info.paths[0], damage)
     if frame is not None:
         assert f"frame {frame}" in message
 
