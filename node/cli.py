@@ -7,6 +7,7 @@ import logging
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,15 @@ def configure_logging(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args)
+    with warnings.catch_warnings():
+        if not args.verbose:
+            # Library warnings (pydicom on odd values, numpy on absurd positions) are about input segnode handles
+            # and reports in its own words: they are never extra lines on the user's terminal.
+            warnings.simplefilter("ignore")
+        return _handle(args)
+
+
+def _handle(args: argparse.Namespace) -> int:
     try:
         return int(args.handler(args))
     except SegnodeError as exc:

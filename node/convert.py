@@ -138,11 +138,9 @@ def build_seg_from_input(series: SourceSeries, label_path: Path, *, labels_file:
     try:
         verify_seg(dataset, expected, segments, tolerance, input_voxel_mm3=input_voxel_mm3, slab_of=series.slab_at)
     except VerificationError as exc:
-        if not alignment.per_plane:
-            raise
-        raise VerificationError(f"{name}: {exc}; the series' planes are unevenly spaced and labels between them"
-                                " have no plane to go on (a structure that lies mostly in a gap cannot be shown)"
-                                ) from exc
+        why = ("; the series' planes are unevenly spaced and labels between them have no plane to go on (a"
+               " structure that lies mostly in a gap cannot be shown)") if alignment.per_plane else ""
+        raise VerificationError(f"{name} on {series.describe()}: {exc}{why}") from exc
     for notice in notices:
         log.info("%s", notice)
     return ConvertResult(dataset=dataset, alignment=alignment, segments=segments, notices=notices)

@@ -23,6 +23,7 @@ from pydicom.pixels.processing import apply_rescale
 from node.durable import atomic_write, atomic_write_json
 from node.errors import GeometryError, InputError
 from node.geometry import LPS_FROM_RAS, Grid, normal_of
+from node.planes import integer_value
 from node.series import SourceSeries, functional_attribute
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def export_series(series: SourceSeries, folder: Path, *, version: int = 1) -> Ex
         "FrameOfReferenceUID": str(getattr(first, "FrameOfReferenceUID", "")),
         "Modality": str(getattr(first, "Modality", "")),
         "SeriesDescription": str(getattr(first, "SeriesDescription", "")),
-        "SeriesNumber": int(first.SeriesNumber) if getattr(first, "SeriesNumber", None) not in (None, "") else None,
+        "SeriesNumber": integer_value(first.get("SeriesNumber")),
         "shape": list(data.shape),
         "spacing_mm": [round(float(s), 6) for s in np.linalg.norm(affine[:3, :3], axis=0)],
         "affine_ras": np.asarray(affine).round(6).tolist(),

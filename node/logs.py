@@ -9,6 +9,7 @@ from typing import Any
 def logging_config(level: str | int, *, process: str = "") -> dict[str, Any]:
     """A dictConfig for the root logger at ``level``; ``process`` (e.g. ``receiver-2``) tags a helper's lines."""
     tag = f"[{process}] " if process else ""
+    chatter = "DEBUG" if level in ("DEBUG", logging.DEBUG) else "ERROR"
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -18,8 +19,9 @@ def logging_config(level: str | int, *, process: str = "") -> dict[str, Any]:
         # pynetdicom and highdicom log every PDU or module copy at INFO; their warnings are what an operator needs.
         # Python warnings (pydicom on an odd header value, highdicom on a name that is not PN-shaped) are library
         # chatter about input segnode already handles: debug detail, never extra lines on a user's terminal.
+        # pydicom logs the same complaints as it warns them, so it is quieted the same way.
         "loggers": {"pynetdicom": {"level": "WARNING"}, "highdicom": {"level": "WARNING"},
-                    "py.warnings": {"level": "DEBUG" if level in ("DEBUG", logging.DEBUG) else "ERROR"}},
+                    "py.warnings": {"level": chatter}, "pydicom": {"level": chatter}},
     }
 
 

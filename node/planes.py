@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
+from pydicom.uid import UID
 
 from node.errors import GeometryError
 from node.geometry import FloatArray
@@ -94,12 +96,24 @@ def _size(header: Dataset, keyword: str, where: str) -> int:
     return size
 
 
-def _count(value: Any, default: int = 0) -> int:
-    """A count attribute (IS) as an int; ``default`` when absent, empty or not a number."""
+def integer_value(value: Any) -> int | None:
+    """A header's single integer value (IS, US, ...), or None when absent, empty, multi-valued or not a number.
+
+    >>> integer_value("12"), integer_value(["1", "2"]), integer_value("x")
+    (12, None, None)
+    """
+    if not isinstance(value, int | float | str) or not str(value).strip():
+        return None
     try:
-        return int(value) if value not in (None, "") else default
+        return int(value)
     except (TypeError, ValueError):
-        return default
+        return None
+
+
+def _count(value: Any, default: int = 0) -> int:
+    """A count attribute as an int; ``default`` when it is not one usable integer."""
+    number = integer_value(value)
+    return default if number is None else number
 
 
 def _thickness(value: Any) -> float | None:
@@ -243,3 +257,27 @@ def planes_of(header: Dataset, instance: int) -> list[Plane]:
         raise GeometryError(f"{_where(header, None)} has {header.NumberOfFrames} frames but no per-frame"
                             " functional groups: segnode cannot place its frames in the patient")
     return [_classic_plane(header, instance)]
+
+
+def check_pixel_data_size(header: Dataset, path: Path) -> None:
+    """Refuse an uncompressed instance whose Rows, Columns and frames ask for more pixel data than its file holds.
+
+    Without this an absurd header (65535 rows) makes every later step allocate volumes of that size.
+    """
+    meta = getattr(header, "file_meta", None)
+    syntax = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    if syntax is None or not isinstance(syntax, UID) or syntax.is_compressed:
+        return
+    where = _where(header, None)
+    rows, cols = _size(header, "Rows", where), _size(header, "Columns", where)
+    bits = _count(header.get("BitsAllocated"), default=8)
+    samples = _count(header.get("SamplesPerPixel"), default=1)
+    frames = max(1, _count(header.get("NumberOfFrames"), default=1))
+    needed = rows * cols * frames * samples * max(bits, 1) // 8
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return
+    if size < needed:
+        raise GeometryError(f"{where}: {rows}x{cols} pixels x {frames} frame(s) need {needed} bytes of pixel data,"
+                            f" but the file holds {size}: its header does not describe its pixels")

@@ -7,7 +7,6 @@ patient space never leaves this module.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import warnings
@@ -22,11 +21,13 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import generate_uid
+from pydicom.valuerep import DSfloat
 
 import node
 from node.errors import InputError, VerificationError
 from node.geometry import FloatArray, SegmentStats
 from node.labels import AlgorithmInfo, SegmentSpec, segment_description
+from node.planes import integer_value
 from node.series import SourceSeries, functional_attribute
 from node.source_header import clean_source_header
 
@@ -60,6 +61,16 @@ class SegOptions:
         object.__setattr__(self, "seg_type", SegType(self.seg_type))
 
 
+def _pixel_measures(series: SourceSeries) -> Dataset:
+    """The stack's Pixel Measures as the SEG states them: spacing from the planes, thickness only if the source
+    gives one usable value (else the slab each plane stands for); never the source's item as it is, whose
+    values highdicom would copy and index unchecked."""
+    measures = Dataset()
+    measures.PixelSpacing = [DSfloat(v, auto_format=True) for v in series.pixel_spacing]
+    measures.SliceThickness = DSfloat(float(series.thickness or series.slabs()[0]), auto_format=True)
+    return measures
+
+
 def label_digest(aligned: npt.NDArray[Any]) -> str:
     """Content hash of an aligned label array; part of the seed of the SEG's deterministic UIDs."""
     return hashlib.sha256(np.ascontiguousarray(aligned).data).hexdigest()
@@ -80,20 +91,20 @@ def _shared_geometry(header: Dataset, series: SourceSeries) -> Dataset:
     """An Enhanced header whose shared functional groups hold the stack's pixel measures and orientation.
 
     The standard lets a scanner put them per frame instead (many do); highdicom reads them from the shared
-    groups only. The per-frame items stay as they are, so frame positions are still the source's own.
+    groups only, and a group may not be in both. Frame positions stay the source's own.
     ``header`` is a private copy (:func:`clean_source_header`), changed in place.
     """
-    first = series.frame_order[0] if series.frame_order else 0
-    per_frame = header.PerFrameFunctionalGroupsSequence[first]
+    for item in header.PerFrameFunctionalGroupsSequence:
+        for group in ("PixelMeasuresSequence", "PlaneOrientationSequence"):
+            if group in item:
+                del item[group]
     if not header.get("SharedFunctionalGroupsSequence"):
         header.SharedFunctionalGroupsSequence = DicomSequence([Dataset()])
     shared = header.SharedFunctionalGroupsSequence[0]
-    for group in ("PixelMeasuresSequence", "PlaneOrientationSequence"):
-        if per_frame.get(group):
-            setattr(shared, group, copy.deepcopy(per_frame[group].value))
     orientation = Dataset()
     orientation.ImageOrientationPatient = [float(v) for v in series.orientation]
     shared.PlaneOrientationSequence = DicomSequence([orientation])
+    shared.PixelMeasuresSequence = DicomSequence([_pixel_measures(series)])
     return header
 
 
@@ -116,8 +127,14 @@ def source_images(series: SourceSeries) -> tuple[list[Dataset], list[str]]:
     if series.is_multiframe:
         return [_shared_geometry(headers[0], series)], list(notices)
     orientation = series.datasets[0].ImageOrientationPatient
+    measures = _pixel_measures(series)
     for header in headers:
         header.ImageOrientationPatient = orientation
+        # highdicom builds the SEG's Pixel Measures from these three of the first image, unchecked.
+        header.PixelSpacing = measures.PixelSpacing
+        header.SliceThickness = measures.SliceThickness
+        if "SpacingBetweenSlices" in header:
+            del header.SpacingBetweenSlices
     return headers, list(notices)
 
 
@@ -125,13 +142,13 @@ def _plane_geometry(series: SourceSeries) -> dict[str, Any]:
     """Explicit plane positions for a stack of an Enhanced object: the SEG covers only that stack's frames."""
     if not series.is_multiframe:
         return {}
-    spacing = [float(series.grid.spacing[1]), float(series.grid.spacing[2])]
+    spacing = list(series.pixel_spacing)
     return {
         "plane_positions": [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, [float(v) for v in p])
                             for p in series.positions],
         "plane_orientation": hd.PlaneOrientationSequence(hd.CoordinateSystemNames.PATIENT,
                                                          [float(v) for v in series.orientation]),
-        "pixel_measures": hd.PixelMeasuresSequence(spacing, series.thickness),
+        "pixel_measures": hd.PixelMeasuresSequence(spacing, float(series.thickness or series.slabs()[0])),
     }
 
 
@@ -155,8 +172,8 @@ def build_seg(series: SourceSeries, aligned: npt.NDArray[Any], segments: Sequenc
         raise ValueError("aligned array holds label values that no segment describes")
     numbered = lut[aligned]
     series_uid, sop_uid = deterministic_uids(series, label_digest(aligned), segments, options, input_name)
-    source_number = getattr(series.datasets[0], "SeriesNumber", None)
-    series_number = options.series_number or (int(source_number) + 1000 if source_number not in (None, "") else 1000)
+    source_number = integer_value(series.datasets[0].get("SeriesNumber"))
+    series_number = options.series_number or (source_number + 1000 if source_number is not None else 1000)
     descriptions = [segment_description(spec, number, options.algorithm)
                     for number, spec in enumerate(segments, start=1)]
     extra: dict[str, Any] = _plane_geometry(series)

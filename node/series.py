@@ -27,7 +27,7 @@ from node.geometry import (
     slice_order,
     stack_grid,
 )
-from node.planes import Plane, has_planes, planes_of
+from node.planes import Plane, check_pixel_data_size, has_planes, planes_of
 from node.stacks import StackInfo, split_stacks
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class SourceSeries:
     positions: FloatArray
     #: The stack's one ImageOrientationPatient (planes whose values differ in the last digits share it).
     orientation: FloatArray
+    #: DICOM PixelSpacing of the planes, as the source states it: [between rows, between columns].
+    pixel_spacing: tuple[float, float]
     frame_order: tuple[int, ...] | None = None
     regular: bool = True
     #: The plane's SliceThickness (mm), if the source gives one.
@@ -241,9 +243,16 @@ def stacks_from_headers(headers: Sequence[Dataset], paths: Sequence[Path]) -> li
     pairs = [(h, p) for h, p in zip(headers, paths, strict=True) if has_planes(h)]
     if not pairs:
         raise GeometryError("no instance carries a position (ImagePositionPatient): not an image series")
+    image_classes = {str(h.get("SOPClassUID", "")) for h, _ in pairs}
+    for header in headers:
+        if not has_planes(header) and str(header.get("SOPClassUID", "")) in image_classes:
+            raise GeometryError(f"instance {header.get('SOPInstanceUID', '?')} has no ImagePositionPatient, unlike"
+                                f" the series' other images of its class: it cannot be placed in the patient")
     notices: list[str] = []
     if skipped := len(headers) - len(pairs):
         notices.append(f"{skipped} instance(s) without an image position (not images) left out")
+    for header, path in pairs:
+        check_pixel_data_size(header, path)
     planes = [plane for i, (header, _) in enumerate(pairs) for plane in planes_of(header, i)]
     uids = [str(h.get("SOPInstanceUID", "")) for h, _ in pairs]
     stacks, left_out = split_stacks(planes, uids)
@@ -281,6 +290,7 @@ def _source(info: StackInfo, planes: list[Plane], pairs: Sequence[tuple[Dataset,
         grid=grid,
         positions=positions,
         orientation=orientation,
+        pixel_spacing=first.spacing,
         frame_order=tuple(int(p.frame) for p in planes if p.frame is not None) if multiframe else None,
         regular=regular,
         thickness=thickness,

@@ -210,6 +210,11 @@ class Node:
             log.warning("%s", reason)
             db.mark_series(conn, uid, db.SeriesState.FAILED, reason=reason, if_revision=row.revision)
             return
+        except Exception as exc:  # one bad series must not stop the stage; the reason is kept with the series
+            log.exception("series %s: unexpected error", uid)
+            db.mark_series(conn, uid, db.SeriesState.FAILED, reason=f"series {uid}: unexpected error:"
+                           f" {error_line(exc)}", if_revision=row.revision)
+            return
         marked = db.mark_series(conn, uid, db.SeriesState.EXPORTED, export_version=row.revision,
                                 if_revision=row.revision)
         if marked and self.config.export.command:
@@ -289,7 +294,7 @@ class Node:
             return
         except Exception as exc:  # one bad input must not stop the node; the reason is kept with the input
             log.exception("%s: unexpected error", item.path.name)
-            self._fail_item(conn, job_id, item, f"internal error: {error_line(exc)}")
+            self._fail_item(conn, job_id, item, f"unexpected error: {error_line(exc)}")
             return
         destinations = [d.name for d in self.config.destinations]
         jobs.mark_built(conn, job_id, seg_path, sop_uid, destinations)

@@ -36,7 +36,7 @@ from highdicom._standard_utils import (
 )
 from highdicom.enum import SpecificCharacterSetValues
 from highdicom.valuerep import _check_specific_character_set
-from pydicom.datadict import dictionary_is_retired, dictionary_VR
+from pydicom.datadict import dictionary_is_retired, dictionary_VM, dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -89,8 +89,8 @@ _CODE = re.compile(r"[A-Z0-9 _]*")
 _DECIMAL = re.compile(r"[+-]?(\d+|\d+\.\d*|\.\d+)([eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
 _UID = re.compile(r"(0|[1-9]\d*)(\.(0|[1-9]\d*))*")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f]")  # all but TAB and ESC
-_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")  # ST, LT, UT also keep LF, FF, CR
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f-\x9f]")  # all but TAB and ESC, C1 too
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f-\x9f]")  # ST, LT, UT also keep LF, FF, CR
 
 #: A node of highdicom's module tree: ``{"type": AttributeTypeValues, "attributes": {keyword: node}}``.
 Schema = dict[str, Any]
@@ -112,6 +112,11 @@ def clean_source_header(header: Dataset, series_uid: str) -> tuple[Dataset, list
         if not UID(value).is_valid:
             raise InputError(f"source series {series_uid}: {keyword} {value!r} is not a valid DICOM UID;"
                              " cannot reference it from a SEG")
+    sop_class = UID(str(cleaned.SOPClassUID).strip())
+    if not sop_class.name.endswith("Image Storage"):
+        # A SEG segments images: its frames reference image planes (an RT Structure Set has none).
+        raise InputError(f"source series {series_uid}: SOP class {sop_class} ({sop_class.name}) is not an image;"
+                         " a SEG can only be built on images")
     modules = _copied_modules(str(cleaned.SOPClassUID))
     if modules is None:
         raise InputError(f"source series {series_uid}: SOP class {cleaned.SOPClassUID} is not one highdicom"
@@ -208,6 +213,12 @@ def _clean_element(ds: Dataset, keyword: str, node: Schema, where: str, private_
     if isinstance(element.value, bytes):
         return
     values = list(element.value) if isinstance(element.value, MultiValue) else [element.value]
+    if len(values) > 1 and dictionary_VM(element.tag) == "1":
+        # A backslash in a single-valued text splits it; the SEG may carry one value only.
+        notices.append(f"source header: {where} has {len(values)} values where one is allowed; the first is kept")
+        values = values[:1]
+        ds[keyword] = DataElement(element.tag, element.VR, values[0])
+        element = ds[keyword]
     repaired: list[Any] = []
     for value in values:
         fixed, reason = _check_value(element.VR, str(value))
@@ -391,14 +402,21 @@ def _repair_character_set(ds: Dataset, copied: list[DataElement], notices: list[
     and a lone code-extension term are mapped to the defined term. Anything else goes too when all copied
     text is ASCII, and becomes ISO_IR 192 (UTF-8, which encodes any text pydicom decoded) when it is not.
     """
-    if "SpecificCharacterSet" not in ds:
-        return
-    raw = ds.SpecificCharacterSet or ""
+    present = "SpecificCharacterSet" in ds
+    raw = ds.get("SpecificCharacterSet") or ""
     terms = [str(t).strip() for t in (raw if isinstance(raw, MultiValue) else [raw])]
     shown = "\\".join(terms)
     if not any(terms):
-        del ds.SpecificCharacterSet
-        notices.append("source header: SpecificCharacterSet is empty; left out of the SEG (default repertoire)")
+        if present:
+            del ds.SpecificCharacterSet
+        if not all(_is_ascii(element) for element in copied):
+            # Text outside the default repertoire and no character set to read it by: write what pydicom decoded
+            # in UTF-8, which holds any of it, rather than bytes no reader can interpret.
+            ds.SpecificCharacterSet = "ISO_IR 192"
+            notices.append("source header: text outside the default repertoire without a SpecificCharacterSet;"
+                           " the SEG is written in 'ISO_IR 192' (UTF-8)")
+        elif present:
+            notices.append("source header: SpecificCharacterSet is empty; left out of the SEG (default repertoire)")
         return
     mapped = _mapped_character_set(terms)
     if mapped == terms:

@@ -933,7 +933,9 @@ def run_dciodvfy(path: Path, *, timeout: float = TOOL_TIMEOUT_S) -> list[str]:
     exe = shutil.which("dciodvfy")
     if exe is None:
         raise FileNotFoundError("dciodvfy is not installed")
-    result = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=timeout, check=False)
+    # dciodvfy echoes attribute values as they are: a value in another character set is not UTF-8.
+    result = subprocess.run([exe, str(path)], capture_output=True, text=True, errors="replace", timeout=timeout,
+                            check=False)
     lines = (result.stdout + result.stderr).splitlines()
     # Errors inside an element are printed after its tag: "(0x0028,0x0010) ... - Error - ...".
     errors = [line for line in lines if line.startswith("Error") or " - Error - " in line]
