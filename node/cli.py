@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import node
-from node import db, jobs, logs
+from node import logs
 from node.config import Config, DicomDestination, load_config
 from node.convert import build_seg_from_input, error_line, write_dataset_atomically
+from node.convert.labels import AlgorithmInfo
+from node.convert.seg import SegOptions, SegType
+from node.convert.series import choose_stack, find_stacks
 from node.errors import ConfigError, SegnodeError
-from node.labels import AlgorithmInfo
-from node.match import pick_stack
-from node.seg import SegOptions, SegType
-from node.series import choose_stack, find_stacks
+from node.pipeline.match import pick_stack
+from node.state import jobs
+from node.state import sqlite as db
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from node.service import Node  # the service pulls in the network stack; convert does not need it
+    from node.service.node import Node  # the service pulls in the network stack; convert does not need it
 
     config = load_config(args.config)
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else config.node.log_level)
@@ -132,7 +134,7 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _retry(args: argparse.Namespace) -> int:
-    from node.service import Node
+    from node.service.node import Node
 
     config = load_config(args.config)
     _open_database(config).close()
@@ -141,7 +143,7 @@ def _retry(args: argparse.Namespace) -> int:
 
 
 def _echo(args: argparse.Namespace) -> int:
-    from node.send import echo  # pynetdicom is not needed by the other commands
+    from node.destinations.dimse import echo  # pynetdicom is not needed by the other commands
 
     config = load_config(args.config)
     chosen = [config.destination(args.destination)] if args.destination else list(config.destinations)

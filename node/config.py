@@ -23,7 +23,7 @@ from node.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: SEG types the builder knows (values of ``node.seg.SegType``; kept as strings so loading a config stays light).
+#: SEG types the builder knows (values of ``node.convert.seg.SegType``; strings, so loading a config stays light).
 SEG_TYPES = ("binary", "labelmap", "fractional")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: Placeholders an export command may use; anything else in braces is a typo.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import synthetic as syn
 
-from node import db
+from node.state import sqlite as db
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def segnode_convert(capsys: pytest.CaptureFixture[str]) -> syn.ConvertRunner:
 
 @pytest.fixture
 def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    """A fresh state database (node.db schema) for one test."""
+    """A fresh state database (node.state.sqlite schema) for one test."""
     connection = db.connect(tmp_path / "state.sqlite3")
     try:
         yield connection

@@ -11,7 +11,7 @@ from pathlib import Path
 from orthanc import OrthancServer
 
 from node.config import load_config
-from node.service import Node
+from node.service.node import Node
 
 WAIT_S = 60.0
 

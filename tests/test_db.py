@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from node import db
-from node.db import SeriesState
 from node.errors import InputError
+from node.state import sqlite as db
+from node.state.sqlite import SeriesState
 
 STUDY = "1.2.826.0.1.3680043.8.498.9"
 S1 = "1.2.826.0.1.3680043.8.498.1"

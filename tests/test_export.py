@@ -12,9 +12,9 @@ import pytest
 import synthetic as syn
 from pydicom.encaps import encapsulate
 
+from node.convert.series import load_series
 from node.errors import InputError
-from node.export import export_series
-from node.series import load_series
+from node.pipeline.export import export_series
 
 
 def test_export_voxels_sit_on_the_dicom_pixels_in_mm(tmp_path: Path) -> None:

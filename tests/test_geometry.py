@@ -8,8 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from node.errors import GeometryError
-from node.geometry import (
+from node.convert.geometry import (
     LPS_FROM_RAS,
     Grid,
     NoOverlapError,
@@ -23,6 +22,7 @@ from node.geometry import (
     slice_order,
     stack_grid,
 )
+from node.errors import GeometryError
 
 # A non-square matrix with non-square pixels and an oblique orientation catches row/column swaps.
 COL_DIR = np.array([0.8660254, 0.5, 0.0])

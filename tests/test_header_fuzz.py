@@ -341,8 +341,8 @@ def _trim_enhanced(path: Path, keep: int) -> None:
 
 
 def _real_source(name: str, work: Path) -> Source:
-    from node.export import export_series
-    from node.series import load_series
+    from node.convert.series import load_series
+    from node.pipeline.export import export_series
 
     archive = REAL_DICOM / f"{name}.tar.xz"
     if not archive.is_file():
@@ -768,7 +768,7 @@ def test_node_fails_mutated_series_with_a_reason_and_keeps_serving(tmp_path: Pat
     from dcmtk import free_port, storescu
     from nodes import folder_destination, start_node, wait_for, write_config
 
-    from node import db
+    from node.state import sqlite as db
 
     port = free_port()
     node = start_node(write_config(tmp_path / "node", port, folder_destination(), quiet=0.5, receive_processes=1))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from node import jobs
 from node.errors import InputError
-from node.jobs import JobState, JobStateError, SendState
+from node.state import jobs
+from node.state.jobs import JobState, JobStateError, SendState
 
 SERIES = "1.2.826.0.1.3680043.8.498.1"
 SEG_UID = "1.2.826.0.1.3680043.8.498.77"

@@ -18,8 +18,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 import node
-from node.errors import InputError, LabelError
-from node.labels import (
+from node.convert.labels import (
     GENERIC_CATEGORY,
     GENERIC_TYPE,
     LEFT,
@@ -37,6 +36,7 @@ from node.labels import (
     segment_description,
     segment_specs,
 )
+from node.errors import InputError, LabelError
 
 #: TotalSegmentator v2 ``total`` task, label values 1..117 in order (totalsegmentator/map_to_binary.py).
 TOTALSEG_TOTAL = [

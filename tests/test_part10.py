@@ -24,8 +24,8 @@ from pydicom.uid import (
 )
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
-from node import part10
-from node.part10 import HeaderError, file_meta, read_identity_uids
+from node.dicom import part10
+from node.dicom.part10 import HeaderError, file_meta, read_identity_uids
 
 STUDY = "1.2.826.0.1.3680043.8.498.11"
 SERIES = "1.2.826.0.1.3680043.8.498.222"  # odd length: padded with a NUL

@@ -1,4 +1,4 @@
-"""node.planes on the layouts scanners write: Enhanced objects with geometry in the shared or per-frame groups,
+"""node.convert.planes on the layouts scanners write: Enhanced objects with geometry in the shared or per-frame groups,
 the traits that tell stacks apart, mosaics, and headers whose geometry cannot be read.
 
 Every expectation comes from what tests/synthetic_layouts.py wrote (positions, frame numbers, attribute values).
@@ -18,9 +18,9 @@ import synthetic_layouts as lay
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
+from node.convert.planes import TRAITS, Plane, is_mosaic, is_multiframe, planes_of
+from node.convert.series import find_stacks
 from node.errors import GeometryError
-from node.planes import TRAITS, Plane, is_mosaic, is_multiframe, planes_of
-from node.series import find_stacks
 
 GRID = syn.GridSpec.oblique(rows=16, cols=20, slices=6, row_spacing=0.9, col_spacing=1.3, slice_step=2.5)
 

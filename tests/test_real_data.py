@@ -301,10 +301,12 @@ def test_convert_on_dicom2nifti_grid(corpus: Corpus, case: rd.Case, segnode_conv
 
 def node_stack_api() -> tuple[Any, Any, Any]:
     """The engine's stack API as the contract names it; the test fails (not skips) when it is not there."""
-    from node import export, series
+    from node.convert import series
+    from node.pipeline import export
 
-    missing = [name for name, module in (("node.series.find_stacks", series), ("node.series.load_series", series),
-                                         ("node.export.export_series", export))
+    missing = [name for name, module in (("node.convert.series.find_stacks", series),
+                                         ("node.convert.series.load_series", series),
+                                         ("node.pipeline.export.export_series", export))
                if not hasattr(module, name.rsplit(".", 1)[1])]
     assert not missing, f"the stack API of the contract is missing: {missing}"
     return series.find_stacks, series.load_series, export.export_series

@@ -28,10 +28,8 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 
-from node import db
 from node.config import load_config
-from node.errors import InputError
-from node.receive import (
+from node.dicom.scp import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_OUT_OF_RESOURCES,
     STATUS_PROCESSING_FAILURE,
@@ -42,7 +40,9 @@ from node.receive import (
     read_identity,
     store_status,
 )
-from node.store import InstanceStore, InvalidUIDError, StorageFullError
+from node.errors import InputError
+from node.state import sqlite as db
+from node.state.instances import InstanceStore, InvalidUIDError, StorageFullError
 
 AE_TITLE = "SEGNODE"
 HOST = "127.0.0.1"

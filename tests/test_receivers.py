@@ -20,9 +20,9 @@ import synthetic as syn
 from dcmtk import HOST, dcmtk_env, echoscu, free_port, wait_for_echo
 from nodes import folder_destination, run_node_process, start_node, wait_for, write_config
 
-from node import db
-from node.receive import open_listener
-from node.service import Node
+from node.dicom.scp import open_listener
+from node.service.node import Node
+from node.state import sqlite as db
 
 pytestmark = pytest.mark.skipif(shutil.which("storescu") is None,
                                 reason="DCMTK not installed (scripts/test.sh installs it)")

@@ -10,12 +10,12 @@ import synthetic as syn
 from pydicom.dataset import Dataset
 
 from node.convert import build_seg_from_input, input_stats, tolerance_for
+from node.convert.geometry import plan_alignment
+from node.convert.label_input import load_label_input
+from node.convert.labels import segment_specs
+from node.convert.seg import SegOptions, SegType, seg_stats, verify_seg
+from node.convert.series import load_series
 from node.errors import VerificationError
-from node.geometry import plan_alignment
-from node.labelmap import load_label_input
-from node.labels import segment_specs
-from node.seg import SegOptions, SegType, seg_stats, verify_seg
-from node.series import load_series
 
 
 def built(tmp_path: Path, cols: int, seg_type: SegType) -> tuple[Dataset, Path, Path]:

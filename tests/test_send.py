@@ -23,10 +23,10 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import split_dataset
 
-from node import send
 from node.config import DicomDestination, FolderDestination
+from node.destinations import dimse as send
+from node.destinations.dimse import Outcome, backoff_delay, echo, send_files, send_to_folder
 from node.errors import ConfigError
-from node.send import Outcome, backoff_delay, echo, send_files, send_to_folder
 
 TIMEOUT = 10.0
 requires_orthanc = pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc is not installed (orthanc)")

@@ -26,7 +26,7 @@ from dcmtk import free_port, storescu, wait_for_echo
 from nodes import dicom_destination, folder_destination, run_node_process, start_node, wait_for, write_config
 from orthanc import OrthancServer, orthanc_binary
 
-from node.service import Node
+from node.service.node import Node
 
 pytestmark = [
     pytest.mark.slow,
@@ -145,7 +145,7 @@ def test_pacs_down_then_up_gets_its_seg(tmp_path: Path, series: syn.SeriesInfo, 
         node = running[0]
 
         def retrying() -> bool:
-            from node import jobs
+            from node.state import jobs
             with node._connect() as conn:
                 rows = jobs.list_jobs(conn)
             sends = rows[0].sends if rows else ()  # the job exists a moment before its sends do
@@ -299,7 +299,7 @@ def test_series_with_two_stacks_is_refused_with_a_reason(tmp_path: Path, running
     port = free_port()
     running.append(start_node(write_config(tmp_path / "node", port, folder_destination())))
     assert storescu(port, [*first.paths, *second.paths], called_ae="SEGNODE").ok
-    from node import db
+    from node.state import sqlite as db
 
     def refused() -> db.SeriesRow | None:
         with running[0]._connect() as conn:
@@ -358,7 +358,7 @@ def test_retry_puts_a_failed_input_back_once_its_series_has_arrived(tmp_path: Pa
     # The segmentation arrives before its series: nothing to match yet.
     drop_into_inbox(data / "inbox", "early.nii.gz", lambda p: p.write_bytes(_gzip(labels)), phantom.names)
     wait_for("the early item to fail", lambda: list((data / "failed").iterdir()))
-    from node import jobs
+    from node.state import jobs
 
     with node._connect() as conn:
         (job,) = jobs.list_jobs(conn)

@@ -26,8 +26,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 
+from node.convert.source_header import REQUIRED_UIDS, TYPE2_FROM_SOURCE, clean_source_header
 from node.errors import InputError
-from node.source_header import REQUIRED_UIDS, TYPE2_FROM_SOURCE, clean_source_header
 
 REAL_DICOM = Path(os.environ.get("SEGNODE_REAL_DICOM", Path(__file__).resolve().parents[2] / "shared" / "real-dicom"))
 # The tests set invalid values on purpose; pydicom warns when they are assigned.

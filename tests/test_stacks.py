@@ -1,4 +1,5 @@
-"""node.stacks and node.series.find_stacks on series that hold several volumes, or one volume in an awkward layout.
+"""node.convert.stacks and node.convert.series.find_stacks on series that hold several volumes, or one volume in an
+awkward layout.
 
 Which SOP instance and frame belongs to which stack is checked against what tests/synthetic_layouts.py wrote; the
 node's stack numbering is checked against its documented rule (largest first), not against its own code.
@@ -16,8 +17,8 @@ import pytest
 import synthetic as syn
 import synthetic_layouts as lay
 
+from node.convert.series import SourceSeries, find_stacks
 from node.errors import GeometryError
-from node.series import SourceSeries, find_stacks
 
 GRID = syn.GridSpec.oblique(rows=16, cols=20, slices=6, row_spacing=0.9, col_spacing=1.3, slice_step=2.5)
 SAGITTAL = syn.GridSpec.sagittal(rows=16, cols=20, slices=8, row_spacing=1.1, col_spacing=0.8, slice_step=3.0)

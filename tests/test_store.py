@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from node.errors import InputError, TransientError
-from node.store import InstanceStore, InvalidUIDError, StorageFullError, check_uid
+from node.state.instances import InstanceStore, InvalidUIDError, StorageFullError, check_uid
 
 SERIES = "1.2.826.0.1.3680043.8.498.1"
 SOP = "1.2.826.0.1.3680043.8.498.1.1"

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-import node.watch as watch
+import node.pipeline.inbox as watch
 from node.errors import ConfigError, InputError
-from node.watch import REASON_FILE, InboxItem, InboxWatcher, ItemKind, move_item
+from node.pipeline.inbox import REASON_FILE, InboxItem, InboxWatcher, ItemKind, move_item
 
 SETTLE = 10.0
 # Generous bound for real observers: only reached when an event never arrives, which is the failure.
@@ -154,7 +154,7 @@ def test_lone_sidecar_and_unknown_files_are_left_alone_and_reported_once(
         watcher: InboxWatcher, inbox: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
     lone = write(inbox / "orphan.json", b"{}")
     notes = write(inbox / "notes.txt", b"hello")
-    with caplog.at_level(logging.WARNING, logger="node.watch"):
+    with caplog.at_level(logging.WARNING, logger="node.pipeline.inbox"):
         assert settle(watcher, clock) == []
         clock.advance(SETTLE)
         assert watcher.ready_items() == []
@@ -314,7 +314,7 @@ class _NoInotify:
 def test_inotify_failure_falls_back_to_polling(
         inbox: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(watch, "Observer", _NoInotify)
-    with caplog.at_level(logging.WARNING, logger="node.watch"), \
+    with caplog.at_level(logging.WARNING, logger="node.pipeline.inbox"), \
             InboxWatcher(inbox, settle_seconds=0.5) as w:
         assert w.polling
         assert wait_returns_early(w, inbox / "ct.nii.gz")

@@ -3,7 +3,7 @@
 pynetdicom serves each association on Python threads, so one process receives at most one CPU's worth however
 many peers send at once (the GIL). With ``[node] receive_processes`` above 1 the node opens the listening
 socket itself and starts that many receiver processes that all accept from it. Each runs a
-:class:`~node.receive.StorageSCP` with its own database connection (SQLite in WAL mode serialises their short
+:class:`~node.dicom.scp.StorageSCP` with its own database connection (SQLite in WAL mode serialises their short
 writes); the node's other stages stay in the main process and, as with the in-process receiver, see received
 instances only through the database and the store.
 
@@ -32,7 +32,7 @@ from typing import Any
 
 from node import logs
 from node.config import Config
-from node.receive import ABORT_WAIT_SECONDS, StorageSCP, open_listener
+from node.dicom.scp import ABORT_WAIT_SECONDS, StorageSCP, open_listener
 
 log = logging.getLogger(__name__)
 

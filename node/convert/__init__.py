@@ -14,9 +14,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from node.durable import atomic_write
-from node.errors import GeometryError, LabelError, SegnodeError, VerificationError
-from node.geometry import (
+from node.convert.geometry import (
     GRID_TOLERANCE_VOXELS,
     Alignment,
     Grid,
@@ -27,10 +25,12 @@ from node.geometry import (
     label_stats,
     plan_alignment,
 )
-from node.labelmap import LabelVolume, load_label_input, nifti_stem, present_values
-from node.labels import LabelEntry, SegmentSpec, names_from_nifti_header, read_label_table, segment_specs
-from node.seg import SegOptions, Tolerance, build_seg, verify_seg
-from node.series import SourceSeries
+from node.convert.label_input import LabelVolume, load_label_input, nifti_stem, present_values
+from node.convert.labels import LabelEntry, SegmentSpec, names_from_nifti_header, read_label_table, segment_specs
+from node.convert.seg import SegOptions, Tolerance, build_seg, verify_seg
+from node.convert.series import SourceSeries
+from node.durable import atomic_write
+from node.errors import GeometryError, LabelError, SegnodeError, VerificationError
 
 log = logging.getLogger(__name__)
 

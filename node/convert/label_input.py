@@ -17,8 +17,8 @@ import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 
+from node.convert.geometry import GRID_TOLERANCE_VOXELS, Grid, nifti_affine, nifti_grid
 from node.errors import GeometryError, InputError, LabelError
-from node.geometry import GRID_TOLERANCE_VOXELS, Grid, nifti_affine, nifti_grid
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
+from node.convert.geometry import FloatArray
 from node.errors import GeometryError
-from node.geometry import FloatArray
 
 #: Attributes that tell stacks of one series apart, in the order they are tried when positions repeat.
 TRAITS = ("ImageType", "EchoNumbers", "EffectiveEchoTime", "TemporalPositionIdentifier", "TemporalPositionIndex",

@@ -1,9 +1,9 @@
 """The C-STORE / C-ECHO listener (pynetdicom SCP), running in background threads.
 
 Each association runs in its own pynetdicom thread. A C-STORE is answered with success only after the instance
-is durable on disk (:class:`~node.store.InstanceStore`) and its index row committed (:func:`node.db.record_instance`);
-nothing else happens on the association thread: pixel data is never decoded, the only parsing is of the header
-up to the series and study UIDs.
+is durable on disk (:class:`~node.state.instances.InstanceStore`) and its index row committed
+(:func:`node.state.sqlite.record_instance`); nothing else happens on the association thread: pixel data is never
+decoded, the only parsing is of the header up to the series and study UIDs.
 
 Failures become DICOM statuses in exactly one place, :func:`store_status`: a full disk (or a locked/full
 database) is ``0xA700`` Out of Resources, so the sender retries later; an instance that cannot be parsed or lacks
@@ -54,11 +54,11 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node import db
 from node.config import Config
+from node.dicom.part10 import file_meta, read_identity_uids
 from node.errors import InputError, TransientError
-from node.part10 import file_meta, read_identity_uids
-from node.store import InstanceStore, check_uid
+from node.state import sqlite as db
+from node.state.instances import InstanceStore, check_uid
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def store_status(what: str) -> Iterator[StoreOutcome]:
 def read_identity(dataset: bytes | memoryview, transfer_syntax: str, sop_uid: str) -> tuple[str, str]:
     """The (SeriesInstanceUID, StudyInstanceUID) of a received data set (encoded, without file meta).
 
-    Only the header up to group 0020 is walked (:func:`node.part10.read_identity_uids`); pixel data is neither
+    Only the header up to group 0020 is walked (:func:`node.dicom.part10.read_identity_uids`); pixel data is neither
     read nor decoded.
     """
     try:
@@ -253,7 +253,7 @@ class StorageSCP:
     store
         Where instance files go.
     database
-        The state database (see :func:`node.db.connect`); the SCP opens its own connection to it.
+        The state database (see :func:`node.state.sqlite.connect`); the SCP opens its own connection to it.
     ae_title, bind, port, max_associations
         As ``[node]`` in the config; ``port=0`` lets the OS pick one (read it back from :attr:`port`).
     listener
@@ -263,7 +263,7 @@ class StorageSCP:
         Called on the association's thread after an association that stored instances is released or
         aborted (exceptions it raises are logged, not propagated).
     hint_completion
-        On release, call :func:`node.db.hint_series_complete` for the association's ``finished_series``, so
+        On release, call :func:`node.state.sqlite.hint_series_complete` for the association's ``finished_series``, so
         they complete after a short grace instead of the full quiet period.
     clock
         Time source for ``received_at`` (POSIX seconds).

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from node.db import transaction
 from node.errors import InputError, SegnodeError
+from node.state.sqlite import transaction
 
 log = logging.getLogger(__name__)
 

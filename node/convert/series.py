@@ -16,8 +16,7 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 
-from node.errors import GeometryError, InputError
-from node.geometry import (
+from node.convert.geometry import (
     FloatArray,
     Grid,
     UnevenSpacingError,
@@ -27,8 +26,9 @@ from node.geometry import (
     slice_order,
     stack_grid,
 )
-from node.planes import Plane, check_pixel_data_size, has_planes, planes_of
-from node.stacks import StackInfo, split_stacks
+from node.convert.planes import Plane, check_pixel_data_size, has_planes, planes_of
+from node.convert.stacks import StackInfo, split_stacks
+from node.errors import GeometryError, InputError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 One database file holds everything (instances, series, jobs, sends); :func:`connect` creates or migrates it with
 ``PRAGMA user_version``. Every state change is one transaction (:func:`transaction`), so a crash leaves either the
-state before or the state after. Jobs and sends are in :mod:`node.jobs`; this module owns the schema for both.
+state before or the state after. Jobs and sends are in :mod:`node.state.jobs`; this module owns the schema for both.
 
 A series moves ``receiving -> complete -> exported`` (or ``failed``); a new instance re-opens it (``receiving``
 again, its ``revision`` bumped), so a late instance produces a new export. Times are POSIX seconds (floats) given

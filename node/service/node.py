@@ -2,7 +2,7 @@
 
 Each stage is a loop on its own thread with its own SQLite connection; the stages talk only through the database
 and the file system, so a crash anywhere leaves a state that start-up resumes. The C-STORE association threads
-(node.receive) only write files and index rows.
+(node.dicom.scp) only write files and index rows.
 """
 
 from __future__ import annotations
@@ -21,21 +21,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 
-from node import db, jobs
 from node.config import Config
 from node.convert import build_seg_from_input, error_line, write_dataset_atomically
+from node.convert.labels import AlgorithmInfo
+from node.convert.seg import SegOptions, SegType
+from node.convert.series import SourceSeries, choose_stack, read_header, stacks_from_headers
+from node.destinations.dimse import Outcome, backoff_delay, send_files
+from node.dicom.receivers import ReceiverPool
+from node.dicom.scp import StorageSCP
 from node.durable import remove_temp_files
 from node.errors import InputError, SegnodeError
-from node.export import export_series, exported_grid
-from node.labels import AlgorithmInfo
-from node.match import Candidate, match_item
-from node.receive import StorageSCP
-from node.receivers import ReceiverPool
-from node.seg import SegOptions, SegType
-from node.send import Outcome, backoff_delay, send_files
-from node.series import SourceSeries, choose_stack, read_header, stacks_from_headers
-from node.store import InstanceStore
-from node.watch import InboxItem, InboxWatcher, find_moved_item, move_item, restore_item
+from node.pipeline.export import export_series, exported_grid
+from node.pipeline.inbox import InboxItem, InboxWatcher, find_moved_item, move_item, restore_item
+from node.pipeline.match import Candidate, match_item
+from node.state import jobs
+from node.state import sqlite as db
+from node.state.instances import InstanceStore
 
 log = logging.getLogger(__name__)
 

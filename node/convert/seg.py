@@ -24,12 +24,12 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import DSfloat
 
 import node
+from node.convert.geometry import FloatArray, SegmentStats
+from node.convert.labels import AlgorithmInfo, SegmentSpec, segment_description
+from node.convert.planes import integer_value
+from node.convert.series import SourceSeries, functional_attribute
+from node.convert.source_header import clean_source_header
 from node.errors import InputError, VerificationError
-from node.geometry import FloatArray, SegmentStats
-from node.labels import AlgorithmInfo, SegmentSpec, segment_description
-from node.planes import integer_value
-from node.series import SourceSeries, functional_attribute
-from node.source_header import clean_source_header
 
 log = logging.getLogger(__name__)
 

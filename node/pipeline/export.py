@@ -20,11 +20,11 @@ import numpy.typing as npt
 import pydicom
 from pydicom.pixels.processing import apply_rescale
 
+from node.convert.geometry import LPS_FROM_RAS, Grid, normal_of
+from node.convert.planes import integer_value
+from node.convert.series import SourceSeries, functional_attribute
 from node.durable import atomic_write, atomic_write_json
 from node.errors import GeometryError, InputError
-from node.geometry import LPS_FROM_RAS, Grid, normal_of
-from node.planes import integer_value
-from node.series import SourceSeries, functional_attribute
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A series may hold several volumes: echoes, magnitude and phase, dynamics, diffusion directions, the three planes
 of a localiser, one Enhanced object per echo. Planes are first grouped by what no volume can mix (the multi-frame
 object they belong to, orientation, matrix, pixel spacing). A group in which positions repeat is split further by
-the first attribute of :data:`node.planes.TRAITS` that differs within it, and so on until no position repeats.
+the first attribute of :data:`node.convert.planes.TRAITS` that differs within it, and so on until no position repeats.
 An attribute is used only when positions repeat, so a series with 21 AcquisitionNumbers but one volume stays one
 stack. Stack 1 is the largest one: the main stack, exported under the series' own name.
 """
@@ -19,9 +19,9 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from node.convert.geometry import ORIENTATION_TOLERANCE, FloatArray, normal_of
+from node.convert.planes import TRAITS, Plane
 from node.errors import GeometryError
-from node.geometry import ORIENTATION_TOLERANCE, FloatArray, normal_of
-from node.planes import TRAITS, Plane
 
 log = logging.getLogger(__name__)
 

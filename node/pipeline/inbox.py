@@ -30,9 +30,9 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from node.convert.label_input import is_nifti, nifti_stem
 from node.durable import atomic_write_bytes, fsync_folder, fsync_path
 from node.errors import ConfigError, InputError
-from node.labelmap import is_nifti, nifti_stem
 
 log = logging.getLogger(__name__)
 

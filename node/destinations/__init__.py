@@ -1,0 +1,1 @@
+"""Where SEGs go: one module per kind of destination."""

@@ -1,0 +1,1 @@
+"""DICOM networking: listening socket, Storage SCP, receiver processes, Part 10 framing."""

@@ -1,0 +1,1 @@
+"""The node's stages in flow order."""

@@ -1,0 +1,1 @@
+"""The node's durable state: the only package that knows SQL."""
