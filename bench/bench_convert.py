@@ -196,11 +196,12 @@ def _code_json(code: Any) -> dict[str, str]:
 
 
 def segment_attributes(names: Sequence[str]) -> list[dict[str, Any]]:
-    """dcmqi segmentAttributes entries: the codes and colours segnode itself would use (node.convert.labels), so both
-    SEGs describe the same segments; a generic "Anatomical Structure" code when node.convert.labels is unavailable."""
+    """dcmqi segmentAttributes entries: the codes and colours segnode itself would use (node.convert.anatomy), so both
+    SEGs describe the same segments; a generic "Anatomical Structure" code when node.convert.anatomy is unavailable."""
     common = {"SegmentAlgorithmType": "AUTOMATIC", "SegmentAlgorithmName": "TotalSegmentator"}
     try:
-        from node.convert.labels import LabelEntry, segment_specs
+        from node.convert.anatomy import segment_specs
+        from node.convert.label_tables import LabelEntry
     except ImportError:
         return [{"labelID": n, "SegmentLabel": name[:64], "SegmentDescription": name[:64], **common,
                  "SegmentedPropertyCategoryCodeSequence": ANATOMICAL_STRUCTURE,

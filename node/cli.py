@@ -16,8 +16,7 @@ import node
 from node import logs
 from node.config import Config, DicomDestination, load_config
 from node.convert import build_seg_from_input, error_line, write_dataset_atomically
-from node.convert.labels import AlgorithmInfo
-from node.convert.seg import SegOptions, SegType
+from node.convert.seg import AlgorithmInfo, SegOptions, SegType
 from node.convert.series import choose_stack, find_stacks
 from node.errors import ConfigError, SegnodeError
 from node.pipeline.match import pick_stack

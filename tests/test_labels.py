@@ -1,4 +1,4 @@
-"""Label tables, known anatomy, TotalSegmentator header names and segment descriptions (node/labels.py)."""
+"""Label tables, known anatomy, TotalSegmentator header names and segment descriptions (label_tables, anatomy)."""
 
 from __future__ import annotations
 
@@ -18,24 +18,20 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 import node
-from node.convert.labels import (
+from node.convert.anatomy import (
     GENERIC_CATEGORY,
     GENERIC_TYPE,
     LEFT,
     RIGHT,
-    AlgorithmInfo,
-    LabelEntry,
     SegmentSpec,
     anatomy_for_name,
     known_structure,
     known_structure_names,
-    names_from_nifti_header,
     palette_color,
-    read_label_table,
-    read_sidecar_series_uid,
-    segment_description,
     segment_specs,
 )
+from node.convert.label_tables import LabelEntry, names_from_nifti_header, read_label_table, read_sidecar_series_uid
+from node.convert.seg import AlgorithmInfo, segment_description
 from node.errors import InputError, LabelError
 
 #: TotalSegmentator v2 ``total`` task, label values 1..117 in order (totalsegmentator/map_to_binary.py).

@@ -1,4 +1,4 @@
-"""Self-verification of built SEGs (node/seg.py): it must catch a SEG that disagrees with its input."""
+"""Self-verification of built SEGs (node/convert/verify.py): it must catch a SEG that disagrees with its input."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import synthetic as syn
 from pydicom.dataset import Dataset
 
 from node.convert import build_seg_from_input, input_stats, tolerance_for
+from node.convert.anatomy import segment_specs
 from node.convert.geometry import plan_alignment
 from node.convert.label_input import load_label_input
-from node.convert.labels import segment_specs
-from node.convert.seg import SegOptions, SegType, seg_stats, verify_seg
+from node.convert.seg import SegOptions, SegType
 from node.convert.series import load_series
+from node.convert.verify import seg_stats, verify_seg
 from node.errors import VerificationError
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
+from node.convert.anatomy import SegmentSpec, segment_specs
 from node.convert.geometry import (
     GRID_TOLERANCE_VOXELS,
     Alignment,
@@ -26,9 +27,10 @@ from node.convert.geometry import (
     plan_alignment,
 )
 from node.convert.label_input import LabelVolume, load_label_input, nifti_stem, present_values
-from node.convert.labels import LabelEntry, SegmentSpec, names_from_nifti_header, read_label_table, segment_specs
-from node.convert.seg import SegOptions, Tolerance, build_seg, verify_seg
+from node.convert.label_tables import LabelEntry, names_from_nifti_header, read_label_table
+from node.convert.seg import SegOptions, build_seg
 from node.convert.series import SourceSeries
+from node.convert.verify import Tolerance, verify_seg
 from node.durable import atomic_write
 from node.errors import GeometryError, LabelError, SegnodeError, VerificationError
 

@@ -23,8 +23,7 @@ from types import FrameType
 
 from node.config import Config
 from node.convert import build_seg_from_input, error_line, write_dataset_atomically
-from node.convert.labels import AlgorithmInfo
-from node.convert.seg import SegOptions, SegType
+from node.convert.seg import AlgorithmInfo, SegOptions, SegType
 from node.convert.series import SourceSeries, choose_stack, read_header, stacks_from_headers
 from node.destinations.dimse import Outcome, backoff_delay, send_files
 from node.dicom.receivers import ReceiverPool
