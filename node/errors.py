@@ -37,3 +37,17 @@ class TransientError(SegnodeError):
     """A peer, the network or the disk failed in a way that may pass (PACS down, disk full)."""
 
     retryable = True
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a person: our own errors say it already; anything else gets its type named.
+
+    >>> error_line(InputError("scan.nii.gz: not a NIfTI file"))
+    'scan.nii.gz: not a NIfTI file'
+    >>> error_line(KeyError("x"))
+    "KeyError: 'x'"
+    """
+    text = " ".join(str(exc).split())
+    if isinstance(exc, SegnodeError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,7 +1,20 @@
 """The conversion engine: a source series plus a label input becomes a verified DICOM SEG.
 
-Both `segnode convert` and the node's job worker call :func:`build_seg_from_input`; writing is atomic, so a
-failure never leaves a partial output file.
+Files in, a verified SEG out: no network, no database, no configuration file. The steps, in flow order:
+
+1. :mod:`~node.convert.series` reads the source series (with :mod:`~node.convert.planes` for the planes of
+   each file and :mod:`~node.convert.stacks` to split them into stacks), on the grids of
+   :mod:`~node.convert.geometry`;
+2. :mod:`~node.convert.label_input` loads the label map or the folder of masks;
+3. :mod:`~node.convert.label_tables` reads what tables, sidecars and the NIfTI header say about each label, and
+   :mod:`~node.convert.anatomy` fills in codes and colours of known structures;
+4. :func:`align` puts the labels on the series' planes (:mod:`~node.convert.geometry`);
+5. :mod:`~node.convert.seg` builds the SEG with highdicom (source headers cleaned by
+   :mod:`~node.convert.source_header`, UIDs derived from the inputs);
+6. :mod:`~node.convert.verify` reads it back and checks it against the input.
+
+Both `segnode convert` and the node's job worker call :func:`build_seg_from_input`; writing is atomic
+(:func:`write_dataset_atomically`), so a failure never leaves a partial output file.
 """
 
 from __future__ import annotations
@@ -32,7 +45,10 @@ from node.convert.seg import SegOptions, build_seg
 from node.convert.series import SourceSeries
 from node.convert.verify import Tolerance, verify_seg
 from node.durable import atomic_write
-from node.errors import GeometryError, LabelError, SegnodeError, VerificationError
+from node.errors import GeometryError, LabelError, VerificationError, error_line
+
+__all__ = ["ConvertResult", "align", "build_seg_from_input", "error_line", "input_stats", "label_table", "sidecar_of",
+           "tolerance_for", "write_dataset_atomically"]
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +167,5 @@ def build_seg_from_input(series: SourceSeries, label_path: Path, *, labels_file:
 def write_dataset_atomically(dataset: Dataset, out: Path) -> None:
     """Write ``dataset`` to ``out`` durably: a failure leaves no partial file."""
     atomic_write(out, lambda handle: dataset.save_as(handle, enforce_file_format=True))
-
-
-def error_line(exc: BaseException) -> str:
-    """One line for a person: our own errors say it already; anything else gets its type named."""
-    text = " ".join(str(exc).split())
-    if isinstance(exc, SegnodeError):
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
