@@ -1,4 +1,4 @@
-"""Unit tests of node/geometry.py: every check is made in patient space (mm), against brute force."""
+"""Unit tests of convert/geometry.py and alignment.py: every check is made in patient space, against brute force."""
 
 from __future__ import annotations
 
@@ -8,20 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from node.convert.geometry import (
-    LPS_FROM_RAS,
-    Grid,
-    NoOverlapError,
-    align_labels,
-    align_planes,
-    even_stack_grid,
-    label_stats,
-    nifti_affine,
-    nifti_grid,
-    plan_alignment,
-    slice_order,
-    stack_grid,
-)
+from node.convert.alignment import NoOverlapError, align_labels, align_planes, label_stats, plan_alignment
+from node.convert.geometry import LPS_FROM_RAS, Grid, even_stack_grid, nifti_affine, nifti_grid, slice_order, stack_grid
 from node.errors import GeometryError
 
 # A non-square matrix with non-square pixels and an oblique orientation catches row/column swaps.

@@ -10,8 +10,8 @@ import synthetic as syn
 from pydicom.dataset import Dataset
 
 from node.convert import build_seg_from_input, input_stats, tolerance_for
+from node.convert.alignment import plan_alignment
 from node.convert.anatomy import segment_specs
-from node.convert.geometry import plan_alignment
 from node.convert.label_input import load_label_input
 from node.convert.seg import SegOptions, SegType
 from node.convert.series import load_series

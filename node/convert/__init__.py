@@ -27,11 +27,8 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from node.convert.anatomy import SegmentSpec, segment_specs
-from node.convert.geometry import (
-    GRID_TOLERANCE_VOXELS,
+from node.convert.alignment import (
     Alignment,
-    Grid,
     SegmentStats,
     align_labels,
     align_planes,
@@ -39,6 +36,8 @@ from node.convert.geometry import (
     label_stats,
     plan_alignment,
 )
+from node.convert.anatomy import SegmentSpec, segment_specs
+from node.convert.geometry import GRID_TOLERANCE_VOXELS, Grid
 from node.convert.label_input import LabelVolume, load_label_input, nifti_stem, present_values
 from node.convert.label_tables import LabelEntry, names_from_nifti_header, read_label_table
 from node.convert.seg import SegOptions, build_seg

@@ -17,8 +17,9 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
+from node.convert.alignment import SegmentStats
 from node.convert.anatomy import SegmentSpec
-from node.convert.geometry import FloatArray, SegmentStats
+from node.convert.geometry import FloatArray
 from node.convert.series import functional_attribute
 from node.errors import VerificationError
 

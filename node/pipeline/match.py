@@ -15,7 +15,8 @@ from typing import Any
 
 import nibabel as nib
 
-from node.convert.geometry import Grid, nifti_affine, nifti_grid, plan_alignment
+from node.convert.alignment import plan_alignment
+from node.convert.geometry import Grid, nifti_affine, nifti_grid
 from node.convert.label_input import is_nifti, nifti_stem
 from node.convert.label_tables import read_sidecar_series_uid
 from node.convert.series import SourceSeries, list_stacks
