@@ -15,11 +15,21 @@ import re
 import string
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
+from node import destinations as kinds
+from node.checks import Check, ae_title_problem, checked, choice, not_empty, number_range
+from node.destinations import DestinationConfig
+
+# The built-in kinds' blocks, under the names callers have always imported them by.
+from node.destinations.dimse import DicomDestination
+from node.destinations.folder import FolderDestination
 from node.errors import ConfigError
+
+__all__ = ["Config", "ConfigError", "DestinationConfig", "DicomDestination", "FolderDestination", "ae_title_problem",
+           "load_config"]
 
 log = logging.getLogger(__name__)
 
@@ -30,45 +40,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 EXPORT_PLACEHOLDERS = frozenset({"nifti", "series_uid", "inbox", "sidecar"})
 
 _DESTINATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-Check = Callable[[Any], str | None]
-"""A value check: returns what is expected when the value is wrong, else None."""
-
-
-def _range(low: float, high: float | None = None) -> Check:
-    def check(value: Any) -> str | None:
-        if value < low or (high is not None and value > high):
-            return f"a number from {low:g} to {high:g}" if high is not None else f"a number of at least {low:g}"
-        return None
-
-    return check
-
-
-def _choice(choices: tuple[str, ...]) -> Check:
-    def check(value: Any) -> str | None:
-        return None if value in choices else "one of " + ", ".join(repr(c) for c in choices)
-
-    return check
-
-
-def ae_title_problem(value: str) -> str | None:
-    """What is wrong with a DICOM AE title, or None when it is valid.
-
-    >>> ae_title_problem("SEGNODE") is None
-    True
-    >>> ae_title_problem("A" * 17)
-    'an AE title of 1-16 characters without backslash or control characters'
-    """
-    text = value.strip(" ")
-    if not 1 <= len(value) <= 16 or not text or "\\" in value or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        return "an AE title of 1-16 characters without backslash or control characters"
-    if not value.isascii():
-        return "an AE title of ASCII characters"
-    return None
-
-
-def _not_empty(value: Any) -> str | None:
-    return None if str(value).strip() else "a non-empty value"
+#: The kind of a [[destinations]] block without ``kind``, as files written before ``kind`` existed meant it: a
+#: ``folder`` key makes it "folder" (checked first), any of ae_title, host, port "dicom". New kinds need ``kind``.
+_LEGACY_KIND_KEYS = (("folder", frozenset({"folder"})), ("dicom", frozenset({"ae_title", "host", "port"})))
 
 
 def _export_command(value: Any) -> str | None:
@@ -83,20 +57,16 @@ def _export_command(value: Any) -> str | None:
     return None
 
 
-def _checked(default: Any, check: Check | None = None) -> Any:
-    return field(default=default, metadata={"check": check} if check else {})
-
-
 @dataclass(frozen=True)
 class NodeConfig:
     """``[node]``: the DICOM listener."""
 
-    ae_title: str = _checked("SEGNODE", ae_title_problem)
-    bind: str = _checked("0.0.0.0", _not_empty)
-    port: int = _checked(11112, _range(1, 65535))
-    max_associations: int = _checked(10, _range(1, 1000))
-    receive_processes: int = _checked(2, _range(1, 64))
-    log_level: str = _checked("INFO", _choice(LOG_LEVELS))
+    ae_title: str = checked("SEGNODE", ae_title_problem)
+    bind: str = checked("0.0.0.0", not_empty)
+    port: int = checked(11112, number_range(1, 65535))
+    max_associations: int = checked(10, number_range(1, 1000))
+    receive_processes: int = checked(2, number_range(1, 64))
+    log_level: str = checked("INFO", choice(LOG_LEVELS))
 
 
 @dataclass(frozen=True)
@@ -127,14 +97,14 @@ class PathsConfig:
 class SeriesConfig:
     """``[series]``: when a received series counts as complete."""
 
-    quiet_seconds: float = _checked(30.0, _range(0.0, 86400.0))
+    quiet_seconds: float = checked(30.0, number_range(0.0, 86400.0))
 
 
 @dataclass(frozen=True)
 class InboxConfig:
     """``[inbox]``: watching for segmentations."""
 
-    settle_seconds: float = _checked(5.0, _range(0.0, 3600.0))
+    settle_seconds: float = checked(5.0, number_range(0.0, 3600.0))
     poll: bool = False
 
 
@@ -143,16 +113,16 @@ class ExportConfig:
     """``[export]``: NIfTI export of completed series and the optional per-site command run on each."""
 
     enabled: bool = True
-    command: str = _checked("", _export_command)
-    command_timeout: float = _checked(3600.0, _range(1.0, 7 * 86400.0))
+    command: str = checked("", _export_command)
+    command_timeout: float = checked(3600.0, number_range(1.0, 7 * 86400.0))
 
 
 @dataclass(frozen=True)
 class SegConfig:
     """``[seg]``: how SEG objects are built."""
 
-    type: str = _checked("binary", _choice(SEG_TYPES))
-    algorithm_name: str = _checked("segnode", _not_empty)
+    type: str = checked("binary", choice(SEG_TYPES))
+    algorithm_name: str = checked("segnode", not_empty)
     #: Empty means "segnode's own version".
     algorithm_version: str = ""
     #: Default label table (names, colours, codes) for items without one; None for none.
@@ -164,37 +134,10 @@ class SegConfig:
 class SendConfig:
     """``[send]``: C-STORE of SEGs to the destinations, with exponential backoff."""
 
-    max_attempts: int = _checked(10, _range(1, 1000))
-    backoff_initial: float = _checked(5.0, _range(0.0, 86400.0))
-    backoff_max: float = _checked(600.0, _range(0.0, 7 * 86400.0))
-    timeout: float = _checked(30.0, _range(1.0, 3600.0))
-
-
-@dataclass(frozen=True)
-class DicomDestination:
-    """A ``[[destinations]]`` entry that is a DICOM peer (C-STORE SCP)."""
-
-    name: str
-    ae_title: str
-    host: str
-    port: int
-
-    def describe(self) -> str:
-        return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"
-
-
-@dataclass(frozen=True)
-class FolderDestination:
-    """A ``[[destinations]]`` entry that is a folder: each SEG is written there as a file."""
-
-    name: str
-    folder: Path
-
-    def describe(self) -> str:
-        return f"{self.name} (folder {self.folder})"
-
-
-Destination = DicomDestination | FolderDestination
+    max_attempts: int = checked(10, number_range(1, 1000))
+    backoff_initial: float = checked(5.0, number_range(0.0, 86400.0))
+    backoff_max: float = checked(600.0, number_range(0.0, 7 * 86400.0))
+    timeout: float = checked(30.0, number_range(1.0, 3600.0))
 
 
 @dataclass(frozen=True)
@@ -208,11 +151,11 @@ class Config:
     export: ExportConfig = ExportConfig()
     seg: SegConfig = SegConfig()
     send: SendConfig = SendConfig()
-    destinations: tuple[Destination, ...] = ()
+    destinations: tuple[DestinationConfig, ...] = ()
     #: The file this was loaded from (None for a default-constructed Config).
     source: Path | None = None
 
-    def destination(self, name: str) -> Destination:
+    def destination(self, name: str) -> DestinationConfig:
         """The destination called ``name``; ConfigError naming the known ones otherwise."""
         for destination in self.destinations:
             if destination.name == name:
@@ -232,6 +175,19 @@ _SECTIONS: dict[str, type[Any]] = {
 }
 
 _T = TypeVar("_T")
+
+
+def _legacy_kind(table: Mapping[str, Any]) -> str | None:
+    """The kind of a block without ``kind``, by its keys; None when they say nothing."""
+    return next((kind for kind, keys in _LEGACY_KIND_KEYS if keys & table.keys()), None)
+
+
+def _listing(words: list[str]) -> str:
+    """
+    >>> _listing(["name", "ae_title", "port"]), _listing(["name"])
+    ('name, ae_title and port', 'name')
+    """
+    return " and ".join(filter(None, [", ".join(words[:-1]), *words[-1:]]))
 
 
 class _Reader:
@@ -277,28 +233,37 @@ class _Reader:
             return self.path_value(key, value)
         raise TypeError(f"config field {key} has unsupported type {kind!r}")  # a bug in this module, not the file
 
-    def section(self, cls: type[_T], name: str, table: Any) -> _T:
-        if not isinstance(table, Mapping):
-            raise self.fail(f"[{name}]", "a table")
+    def values(self, cls: type[Any], where: str, table: Mapping[str, Any], *, skip: frozenset[str] = frozenset(),
+               unknown_hint: str, missing_hint: str = "") -> dict[str, Any]:
+        """The keys of ``table`` as ``cls``'s fields want them: known, coerced, checked; ``skip`` already read."""
         hints = get_type_hints(cls)
-        known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        known = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
         for key in table:
-            if key not in known:
-                raise self.fail(f"[{name}] {key}", "no such key (known: " + ", ".join(known) + ")")
+            if key not in known and key not in skip:
+                raise self.fail(f"{where} {key}", f"no such key ({unknown_hint})")
         values: dict[str, Any] = {}
         for key, spec in known.items():
+            label = f"{where} {key}"
             if key not in table:
+                if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                    raise self.fail(label, f"a value ({missing_hint})" if missing_hint else "a value")
                 continue
-            label = f"[{name}] {key}"
             value = self.coerce(label, table[key], hints[key])
             check: Check | None = spec.metadata.get("check")
             problem = check(value) if check is not None else None
             if problem is not None:
                 raise self.fail(label, problem, table[key])
             values[key] = value
-        return cls(**values)
+        return values
 
-    def destination(self, index: int, table: Any) -> Destination:
+    def section(self, cls: type[_T], name: str, table: Any) -> _T:
+        if not isinstance(table, Mapping):
+            raise self.fail(f"[{name}]", "a table")
+        known = ", ".join(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        return cls(**self.values(cls, f"[{name}]", table, unknown_hint=f"known: {known}"))
+
+    def destination(self, index: int, table: Any) -> DestinationConfig:
+        """One [[destinations]] block, as the config dataclass of its ``kind`` (registered in node.destinations)."""
         where = f"[[destinations]] #{index + 1}"
         if not isinstance(table, Mapping):
             raise self.fail(where, "a table")
@@ -306,28 +271,25 @@ class _Reader:
         if not isinstance(name, str) or not _DESTINATION_NAME.match(name):
             raise self.fail(f"{where} name", "a name of letters, digits, '.', '_' or '-' (1-64)", name)
         where = f"[[destinations]] {name!r}"
-        allowed = {"name", "folder"} if "folder" in table else {"name", "ae_title", "host", "port"}
-        for key in table:
-            if key not in allowed:
-                hint = "a folder destination has only name and folder" if "folder" in table else (
-                    "a DICOM destination has name, ae_title, host and port (or use folder = \"/path\")")
-                raise self.fail(f"{where} {key}", f"no such key ({hint})")
-        if "folder" in table:
-            return FolderDestination(name=name, folder=self.path_value(f"{where} folder", table["folder"]))
-        for key in ("ae_title", "host", "port"):
-            if key not in table:
-                raise self.fail(f"{where} {key}", "a value (a DICOM destination needs ae_title, host and port)")
-        ae_title = self.coerce(f"{where} ae_title", table["ae_title"], str)
-        problem = ae_title_problem(ae_title)
-        if problem:
-            raise self.fail(f"{where} ae_title", problem, ae_title)
-        host = self.coerce(f"{where} host", table["host"], str)
-        if not host.strip():
-            raise self.fail(f"{where} host", "a host name or address", host)
-        port = self.coerce(f"{where} port", table["port"], int)
-        if not 1 <= port <= 65535:
-            raise self.fail(f"{where} port", "a port from 1 to 65535", port)
-        return DicomDestination(name=name, ae_title=ae_title, host=host, port=port)
+        known_kinds = ", ".join(repr(kind) for kind in kinds.kinds())
+        kind = table.get("kind", _legacy_kind(table))
+        if kind is None:
+            raise self.fail(f"{where} kind", f"a value, one of {known_kinds}")
+        try:
+            cls = kinds.config_type(kind) if isinstance(kind, str) else None
+        except KeyError:
+            cls = None
+        if cls is None:
+            raise self.fail(f"{where} kind", f"one of {known_kinds}", kind)
+        fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        required = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+                    if f.name != "name" and f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+        values = self.values(cls, where, table, skip=frozenset({"kind", "name"}),
+                             unknown_hint=f"a {cls.title} destination has only {_listing(fields)}",
+                             missing_hint=f"a {cls.title} destination needs {_listing(required)}")
+        make: Callable[..., DestinationConfig] = cls  # a dataclass, whatever the kind
+        return make(name=name, **values)
 
     def config(self, document: Mapping[str, Any]) -> Config:
         for key in document:

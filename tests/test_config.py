@@ -123,6 +123,22 @@ def test_every_key_is_read(tmp_path: Path) -> None:
         config.destination("nope")
 
 
+@pytest.mark.parametrize(("block", "expected"), [
+    pytest.param('ae_title = "PACS"\nhost = "h"\nport = 104\n', DicomDestination("d", "PACS", "h", 104),
+                 id="dicom-inferred"),
+    pytest.param('kind = "dicom"\nae_title = "PACS"\nhost = "h"\nport = 104\n', DicomDestination("d", "PACS", "h", 104),
+                 id="dicom-explicit"),
+    pytest.param('folder = "out"\n', FolderDestination("d", Path("out")), id="folder-inferred"),
+    pytest.param('kind = "folder"\nfolder = "out"\n', FolderDestination("d", Path("out")), id="folder-explicit"),
+])
+def test_kind_is_explicit_or_inferred_from_the_keys(tmp_path: Path, block: str, expected: object) -> None:
+    config = load_config(write(tmp_path, f'[[destinations]]\nname = "d"\n{block}'))
+    if isinstance(expected, FolderDestination):
+        expected = FolderDestination("d", tmp_path / expected.folder)
+    assert config.destinations == (expected,)
+    assert config.destination("d").kind == ("folder" if isinstance(expected, FolderDestination) else "dicom")
+
+
 def test_relative_paths_follow_the_config_file_not_the_working_directory(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "etc"
@@ -174,6 +190,21 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     ('[[destinations]]\nfolder = "/x"\n', "[[destinations]] #1 name: expected a name"),
     ('[[destinations]]\nname = "x"\nfolder = "/x"\n[[destinations]]\nname = "x"\nfolder = "/y"\n',
      "[[destinations]] 'x' name: expected a name used by one destination only"),
+    ('[[destinations]]\nname = "p"\n', "[[destinations]] 'p' kind: expected a value, one of 'dicom', 'folder'"),
+    ('[[destinations]]\nname = "p"\nkind = "stow"\n',
+     "[[destinations]] 'p' kind: expected one of 'dicom', 'folder', got 'stow'"),
+    ('[[destinations]]\nname = "p"\nkind = 3\nfolder = "/x"\n',
+     "[[destinations]] 'p' kind: expected one of 'dicom', 'folder', got 3"),
+    ('[[destinations]]\nname = "p"\nkind = "folder"\nae_title = "P"\n',
+     "[[destinations]] 'p' ae_title: expected no such key (a folder destination has only name and folder)"),
+    ('[[destinations]]\nname = "p"\nkind = "dicom"\nfolder = "/x"\n',
+     "[[destinations]] 'p' folder: expected no such key (a DICOM destination has only name, ae_title, host and port)"),
+    ('[[destinations]]\nname = "p"\nkind = "dicom"\nae_title = "P"\nport = 104\n',
+     "[[destinations]] 'p' host: expected a value (a DICOM destination needs ae_title, host and port)"),
+    ('[[destinations]]\nname = "p"\nkind = "folder"\n',
+     "[[destinations]] 'p' folder: expected a value (a folder destination needs folder)"),
+    ('[[destinations]]\nname = "p"\nae_title = "P"\nhost = " "\nport = 104\n',
+     "[[destinations]] 'p' host: expected a host name or address, got ' '"),
     ("[node\nport = 1\n", "not valid TOML"),
 ])
 def test_mistakes_are_one_line_naming_file_and_key(tmp_path: Path, text: str, expected: str) -> None:

@@ -1,10 +1,9 @@
-"""node/send.py against real receivers: Orthanc, DCMTK storescp and small pynetdicom SCPs on loopback."""
+"""node/destinations/dimse*.py (the ``dicom`` kind) against real peers: Orthanc, DCMTK storescp and pynetdicom SCPs.
+
+Every send goes through the registry and the Destination Protocol, as the node's own sends do."""
 
 from __future__ import annotations
 
-import errno
-import itertools
-import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,9 +22,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import split_dataset
 
-from node.config import DicomDestination, FolderDestination
-from node.destinations import dimse as send
-from node.destinations.dimse import Outcome, backoff_delay, echo, send_files, send_to_folder
+from node.destinations import Destination, Outcome, SendResult, create, dimse_scu
+from node.destinations.dimse import DicomDestination
+from node.destinations.dimse_status import LABEL_MAP_SEGMENTATION_STORAGE
 from node.errors import ConfigError
 
 TIMEOUT = 10.0
@@ -90,8 +89,13 @@ def _dataset_bytes(data: bytes | Path, scratch: Path) -> bytes:
     return data.read_bytes()[offset:]
 
 
-def _outcomes(results: Sequence[send.SendResult]) -> list[Outcome]:
+def _outcomes(results: Sequence[SendResult]) -> list[Outcome]:
     return [r.outcome for r in results]
+
+
+def peer(config: DicomDestination, *, calling_ae: str = "SEGNODE") -> Destination:
+    """The destination the node would make of ``config``."""
+    return create(config, calling_ae=calling_ae, timeout=TIMEOUT)
 
 
 # -- a scriptable pynetdicom SCP ----------------------------------------------------------------------------------
@@ -138,7 +142,7 @@ SEG_EXPLICIT = (syn.SEGMENTATION_STORAGE, ExplicitVRLittleEndian)
 @requires_orthanc
 def test_all_sent_to_orthanc_and_stored_unchanged(orthanc: OrthancServer, files: Files, tmp_path: Path) -> None:
     paths = files.ct_and_seg
-    results = send_files(orthanc.destination(), paths, timeout=TIMEOUT)
+    results = peer(orthanc.destination()).send(paths)
 
     assert [r.path for r in results] == paths
     assert _outcomes(results) == [Outcome.SENT] * len(paths), [r.reason for r in results]
@@ -158,7 +162,7 @@ def test_all_sent_to_orthanc_and_stored_unchanged(orthanc: OrthancServer, files:
 @requires_orthanc
 def test_orthanc_without_label_map_sop_class_fails_only_that_file(orthanc: OrthancServer, files: Files) -> None:
     # Orthanc 1.10 (DCMTK 3.6.7) predates Label Map Segmentation Storage: a PACS like it rejects the context.
-    results = send_files(orthanc.destination(), [files.ct[0], files.labelmap_seg, files.seg], timeout=TIMEOUT)
+    results = peer(orthanc.destination()).send([files.ct[0], files.labelmap_seg, files.seg])
 
     assert _outcomes(results) == [Outcome.SENT, Outcome.FAILED, Outcome.SENT]
     assert "destination does not accept Label Map Segmentation Storage" in results[1].reason
@@ -169,24 +173,24 @@ def test_orthanc_without_label_map_sop_class_fails_only_that_file(orthanc: Ortha
 @requires_orthanc
 def test_label_map_seg_reaches_a_pacs_that_accepts_it(tmp_path: Path, files: Files) -> None:
     with OrthancServer(tmp_path, accept_unknown_sop_classes=True) as pacs:
-        results = send_files(pacs.destination(), [files.labelmap_seg], timeout=TIMEOUT)
+        results = peer(pacs.destination()).send([files.labelmap_seg])
         assert _outcomes(results) == [Outcome.SENT], results[0].reason
         stored = pacs.find_seg_instances()
-        assert [pacs.instance_tags(i)["SOPClassUID"] for i in stored] == [send.LABEL_MAP_SEGMENTATION_STORAGE]
+        assert [pacs.instance_tags(i)["SOPClassUID"] for i in stored] == [LABEL_MAP_SEGMENTATION_STORAGE]
 
 
 @requires_orthanc
 def test_pacs_down_then_up_is_retry_then_sent(orthanc: OrthancServer, files: Files) -> None:
     dest = orthanc.destination()
     orthanc.stop()
-    down = send_files(dest, files.ct_and_seg, timeout=TIMEOUT)
+    down = peer(dest).send(files.ct_and_seg)
     assert _outcomes(down) == [Outcome.RETRY] * len(down)
     assert all("unreachable: connection refused" in r.reason and r.status is None for r in down), down[0].reason
-    assert echo(dest, calling_ae="SEGNODE", timeout=TIMEOUT) is not None
+    assert peer(dest).check() is not None
 
     orthanc.start()
-    assert echo(dest, calling_ae="SEGNODE", timeout=TIMEOUT) is None
-    up = send_files(dest, [r.path for r in down], timeout=TIMEOUT)
+    assert peer(dest).check() is None
+    up = peer(dest).send([r.path for r in down])
     assert _outcomes(up) == [Outcome.SENT] * len(up), [r.reason for r in up]
     assert len(orthanc.instances()) == len(up)
 
@@ -194,7 +198,7 @@ def test_pacs_down_then_up_is_retry_then_sent(orthanc: OrthancServer, files: Fil
 @requires_orthanc
 def test_orthanc_harness_pushes_a_series_to_a_modality(orthanc: OrthancServer, files: Files) -> None:
     # What the end-to-end tests rely on: Orthanc C-STOREs a series to a node registered after it started.
-    sent = send_files(orthanc.destination(), list(files.ct), timeout=TIMEOUT)
+    sent = peer(orthanc.destination()).send(list(files.ct))
     assert _outcomes(sent) == [Outcome.SENT] * len(files.ct)
     with ScriptedSCP([CT_EXPLICIT], ae_title="NODE") as node:
         orthanc.add_modality("node", "NODE", "127.0.0.1", node.destination.port)
@@ -211,22 +215,22 @@ def test_orthanc_harness_pushes_a_series_to_a_modality(orthanc: OrthancServer, f
 def test_nothing_listening_is_retry_unreachable(files: Files) -> None:
     port = free_port()
     dest = DicomDestination("pacs", "PACS", "127.0.0.1", port)
-    results = send_files(dest, files.ct_and_seg, timeout=TIMEOUT)
+    results = peer(dest).send(files.ct_and_seg)
 
     assert _outcomes(results) == [Outcome.RETRY] * len(results)
     assert results[0].reason == f"PACS pacs (PACS@127.0.0.1:{port}) unreachable: connection refused"
-    assert echo(dest, calling_ae="SEGNODE", timeout=TIMEOUT) == results[0].reason
+    assert peer(dest).check() == results[0].reason
 
 
 def test_unresolvable_host_is_retry(files: Files) -> None:
-    results = send_files(DicomDestination("pacs", "PACS", "no-such-host.invalid", 104), [files.seg], timeout=TIMEOUT)
+    results = peer(DicomDestination("pacs", "PACS", "no-such-host.invalid", 104)).send([files.seg])
     assert _outcomes(results) == [Outcome.RETRY]
     assert "unreachable: cannot resolve host name" in results[0].reason
 
 
 def test_peer_without_seg_storage_fails_seg_and_stores_ct(files: Files) -> None:
     with ScriptedSCP([CT_EXPLICIT]) as scp:
-        results = send_files(scp.destination, [files.seg, *files.ct], timeout=TIMEOUT)
+        results = peer(scp.destination).send([files.seg, *files.ct])
     assert _outcomes(results) == [Outcome.FAILED] + [Outcome.SENT] * len(files.ct)
     assert "destination does not accept Segmentation Storage" in results[0].reason
     assert len(scp.received) == len(files.ct)
@@ -234,7 +238,7 @@ def test_peer_without_seg_storage_fails_seg_and_stores_ct(files: Files) -> None:
 
 def test_peer_accepting_none_of_the_files_fails_all(files: Files) -> None:
     with ScriptedSCP([CT_EXPLICIT]) as scp:
-        results = send_files(scp.destination, [files.seg, files.labelmap_seg], timeout=TIMEOUT)
+        results = peer(scp.destination).send([files.seg, files.labelmap_seg])
     assert _outcomes(results) == [Outcome.FAILED, Outcome.FAILED]
     assert "does not accept Segmentation Storage" in results[0].reason
     assert "does not accept Label Map Segmentation Storage" in results[1].reason
@@ -243,8 +247,8 @@ def test_peer_accepting_none_of_the_files_fails_all(files: Files) -> None:
 def test_rejected_association_is_retry_naming_the_rejection(files: Files) -> None:
     with ScriptedSCP([SEG_EXPLICIT]) as scp:
         wrong = DicomDestination("pacs", "NOT-THIS-AE", "127.0.0.1", scp.destination.port)
-        results = send_files(wrong, [files.seg], timeout=TIMEOUT)
-        reason = echo(wrong, calling_ae="SEGNODE", timeout=TIMEOUT)
+        results = peer(wrong).send([files.seg])
+        reason = peer(wrong).check()
     assert _outcomes(results) == [Outcome.RETRY]
     assert "rejected the association" in results[0].reason
     assert "Called AE title not recognised" in results[0].reason
@@ -254,7 +258,7 @@ def test_rejected_association_is_retry_naming_the_rejection(files: Files) -> Non
 
 def test_implicit_only_peer_gets_a_converted_dataset(files: Files) -> None:
     with ScriptedSCP([(syn.SEGMENTATION_STORAGE, ImplicitVRLittleEndian)]) as scp:
-        results = send_files(scp.destination, [files.seg], timeout=TIMEOUT)
+        results = peer(scp.destination).send([files.seg])
     assert _outcomes(results) == [Outcome.SENT], results[0].reason
     assert scp.received[0].SOPInstanceUID == pydicom.dcmread(files.seg).SOPInstanceUID
     assert scp.received[0].PixelData == pydicom.dcmread(files.seg).PixelData
@@ -275,7 +279,7 @@ def test_implicit_only_peer_gets_a_converted_dataset(files: Files) -> None:
 ])
 def test_peer_status_is_classified(files: Files, status: int, outcome: Outcome, phrase: str) -> None:
     with ScriptedSCP([CT_EXPLICIT], lambda index, event: status) as scp:
-        results = send_files(scp.destination, files.ct[:2], timeout=TIMEOUT)
+        results = peer(scp.destination).send(files.ct[:2])
     assert [(r.outcome, r.status) for r in results] == [(outcome, status)] * 2
     assert phrase in results[0].reason and f"0x{status:04X}" in results[0].reason
 
@@ -287,7 +291,7 @@ def test_association_dropped_mid_batch_keeps_acknowledged_files_sent(files: File
         return 0x0000
 
     with ScriptedSCP([CT_EXPLICIT], answer) as scp:
-        results = send_files(scp.destination, list(files.ct), timeout=TIMEOUT)
+        results = peer(scp.destination).send(list(files.ct))
     assert _outcomes(results) == [Outcome.SENT] + [Outcome.RETRY] * (len(files.ct) - 1)
     assert "association lost" in results[1].reason and results[1].status is None
 
@@ -296,7 +300,7 @@ def test_unreadable_file_fails_alone(files: Files, tmp_path: Path) -> None:
     junk = tmp_path / "not-dicom.dcm"
     junk.write_bytes(b"not a DICOM file")
     with ScriptedSCP([CT_EXPLICIT]) as scp:
-        results = send_files(scp.destination, [junk, files.ct[0], tmp_path / "missing.dcm"], timeout=TIMEOUT)
+        results = peer(scp.destination).send([junk, files.ct[0], tmp_path / "missing.dcm"])
     assert _outcomes(results) == [Outcome.FAILED, Outcome.SENT, Outcome.FAILED]
     assert "not-dicom.dcm" in results[0].reason and "missing.dcm" in results[2].reason
     assert len(scp.received) == 1
@@ -304,22 +308,29 @@ def test_unreadable_file_fails_alone(files: Files, tmp_path: Path) -> None:
 
 def test_invalid_ae_title_is_a_config_error(files: Files) -> None:
     with pytest.raises(ConfigError, match="destination pacs: AE title"):
-        send_files(DicomDestination("pacs", "A" * 17, "127.0.0.1", free_port()), [files.seg])
+        peer(DicomDestination("pacs", "A" * 17, "127.0.0.1", free_port())).send([files.seg])
     with pytest.raises(ConfigError, match=r"\[node\] ae_title"):
-        echo(DicomDestination("pacs", "PACS", "127.0.0.1", free_port()), calling_ae="B" * 17, timeout=TIMEOUT)
+        peer(DicomDestination("pacs", "PACS", "127.0.0.1", free_port()), calling_ae="B" * 17).check()
+
+
+def test_a_dicom_block_makes_a_store_scu_named_like_the_block() -> None:
+    config = DicomDestination("pacs", "PACS", "127.0.0.1", 104)
+    destination = peer(config)
+    assert isinstance(destination, dimse_scu.StoreSCU)
+    assert (destination.name, destination.describe()) == ("pacs", config.describe())
 
 
 def test_empty_batch_sends_nothing() -> None:
-    assert send_files(DicomDestination("pacs", "PACS", "127.0.0.1", free_port()), []) == []
+    assert peer(DicomDestination("pacs", "PACS", "127.0.0.1", free_port())).send([]) == []
 
 
 def test_many_sop_classes_split_into_associations(files: Files, monkeypatch: pytest.MonkeyPatch) -> None:
     # With room for only two contexts per association, CT (2 contexts) and SEG (2) need one association each.
-    monkeypatch.setattr(send, "MAX_CONTEXTS", 2)
+    monkeypatch.setattr(dimse_scu, "MAX_CONTEXTS", 2)
     associations: list[int] = []
     with ScriptedSCP([CT_EXPLICIT, SEG_EXPLICIT]) as scp:
         scp.server.bind(evt.EVT_ACCEPTED, lambda event: associations.append(1))
-        results = send_files(scp.destination, [files.ct[0], files.seg, files.ct[1]], timeout=TIMEOUT)
+        results = peer(scp.destination).send([files.ct[0], files.seg, files.ct[1]])
     assert _outcomes(results) == [Outcome.SENT] * 3
     assert len(associations) == 2
     assert sorted(ds.SOPInstanceUID for ds in scp.received) == sorted(
@@ -333,8 +344,8 @@ def test_many_sop_classes_split_into_associations(files: Files, monkeypatch: pyt
 def test_storescp_receives_ct_and_seg(files: Files, tmp_path: Path) -> None:
     with StoreSCP(tmp_path / "received", ae_title="STORESCP") as scp:
         dest = DicomDestination("dcmtk", "STORESCP", "127.0.0.1", scp.port)
-        results = send_files(dest, files.ct_and_seg, calling_ae="SEGNODE", timeout=TIMEOUT)
-        assert echo(dest, calling_ae="SEGNODE", timeout=TIMEOUT) is None
+        results = peer(dest).send(files.ct_and_seg)
+        assert peer(dest).check() is None
         received = scp.received()
     assert _outcomes(results) == [Outcome.SENT] * len(results), [r.reason for r in results]
     by_uid = {pydicom.dcmread(p).SOPInstanceUID: p for p in received}
@@ -342,54 +353,3 @@ def test_storescp_receives_ct_and_seg(files: Files, tmp_path: Path) -> None:
         uid = pydicom.dcmread(path).SOPInstanceUID
         assert uid in by_uid, f"storescp did not write {path.name}"
         assert _dataset_bytes(by_uid[uid], tmp_path) == _dataset_bytes(path, tmp_path)
-
-
-# -- folder destination, backoff --------------------------------------------------------------------------------
-
-
-def test_folder_destination_copies_by_sop_instance_uid(files: Files, tmp_path: Path) -> None:
-    folder = tmp_path / "out"
-    results = send_files(FolderDestination("archive", folder), [files.seg, files.ct[0]])
-    assert _outcomes(results) == [Outcome.SENT, Outcome.SENT]
-    for path in (files.seg, files.ct[0]):
-        target = folder / f"{pydicom.dcmread(path).SOPInstanceUID}.dcm"
-        assert target.read_bytes() == path.read_bytes()
-    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
-
-
-def test_folder_destination_failure_leaves_no_partial_file(files: Files, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = tmp_path / "out"
-    folder.mkdir()
-    target = folder / f"{pydicom.dcmread(files.seg).SOPInstanceUID}.dcm"
-    target.write_bytes(b"previous complete copy")
-
-    def half_then_disk_full(source: Any, handle: Any, length: int = 0) -> None:
-        handle.write(source.read(100))
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(shutil, "copyfileobj", half_then_disk_full)
-    results = send_to_folder(FolderDestination("archive", folder), [files.seg])
-    assert _outcomes(results) == [Outcome.RETRY]
-    assert "No space left on device" in results[0].reason
-    assert target.read_bytes() == b"previous complete copy"
-    assert [p.name for p in folder.iterdir()] == [target.name]
-
-
-def test_folder_destination_missing_source_fails(tmp_path: Path) -> None:
-    results = send_to_folder(FolderDestination("archive", tmp_path / "out"), [tmp_path / "gone.dcm"])
-    assert _outcomes(results) == [Outcome.FAILED]
-    assert "gone.dcm" in results[0].reason
-
-
-def test_backoff_grows_then_caps() -> None:
-    exact = [backoff_delay(n, 5.0, 300.0, jitter=0) for n in range(1, 12)]
-    assert exact[:4] == [5.0, 10.0, 20.0, 40.0]
-    assert exact[-1] == 300.0 and max(exact) == 300.0
-    assert all(a <= b for a, b in itertools.pairwise(exact))
-    assert backoff_delay(10_000, 5.0, 300.0, jitter=0) == 300.0
-    for n in range(1, 12):
-        jittered = backoff_delay(n, 5.0, 300.0)
-        assert 0.9 * exact[n - 1] <= jittered <= exact[n - 1]
-    with pytest.raises(ValueError, match="attempt"):
-        backoff_delay(0, 5.0, 300.0)
