@@ -74,3 +74,26 @@ def start_node(config_path: Path) -> Node:
 def run_node_process(config: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "node", "run", "--config", str(config)],
                             stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+class Burst:
+    """A node whose stages run only when the test says so (burst mode), with a clock the test can move on.
+
+    The listener and the inbox watcher run as usual, so real peers can push to it; ``run(later=...)`` first moves
+    the node's clock on (past a series' quiet period, a retry's wait) and then steps every stage until nothing is
+    due. No wall-clock polling: what a test sees after ``run`` is what the pipeline did.
+    """
+
+    def __init__(self, config_path: Path) -> None:
+        self.offset = 0.0
+        self.node = Node(load_config(config_path), clock=lambda: time.time() + self.offset)
+        self.node.start(threads=False)
+        self.port = self.node.port
+        self.data = self.node.paths.data
+
+    def run(self, *, later: float = 0.0, timeout: float = WAIT_S) -> int:
+        self.offset += later
+        return self.node.run_until_idle(timeout)
+
+    def stop(self) -> None:
+        self.node.stop()

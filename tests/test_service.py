@@ -23,7 +23,15 @@ import pytest
 import synthetic as syn
 import synthetic_layouts as lay
 from dcmtk import free_port, storescu, wait_for_echo
-from nodes import dicom_destination, folder_destination, run_node_process, start_node, wait_for, write_config
+from nodes import (
+    Burst,
+    dicom_destination,
+    folder_destination,
+    run_node_process,
+    start_node,
+    wait_for,
+    write_config,
+)
 from orthanc import OrthancServer, orthanc_binary
 
 from node.service.node import Node
@@ -38,6 +46,24 @@ def series(tmp_path: Path) -> syn.SeriesInfo:
     """A small oblique series with a non-square matrix and non-square pixels, InstanceNumbers shuffled."""
     grid = syn.GridSpec.oblique(rows=24, cols=32, slices=10, row_spacing=1.1, col_spacing=0.8, slice_step=2.0)
     return syn.write_series(grid, tmp_path / "dicom", instance_numbers="shuffled", shuffle_file_names=True)
+
+
+@pytest.fixture
+def burst(tmp_path: Path) -> Iterator[Callable[[str], Burst]]:
+    """Start burst-mode nodes (folder destination unless told otherwise); all are stopped after the test."""
+    started: list[Burst] = []
+
+    def start(extra: str = "") -> Burst:
+        started.append(Burst(write_config(tmp_path / "node", free_port(), extra + folder_destination())))
+        return started[-1]
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+#: Moves a burst node's clock past every series' quiet period and hint grace.
+QUIET = 3600.0
 
 
 @pytest.fixture
@@ -159,12 +185,12 @@ def test_pacs_down_then_up_gets_its_seg(tmp_path: Path, series: syn.SeriesInfo, 
 
 
 def test_bad_inbox_items_go_to_failed_with_a_reason_and_the_node_keeps_serving(
-        tmp_path: Path, series: syn.SeriesInfo, running: list[Node]) -> None:
-    port = free_port()
-    running.append(start_node(write_config(tmp_path / "node", port, folder_destination())))
-    data = tmp_path / "node" / "data"
-    assert storescu(port, series.paths, called_ae="SEGNODE").ok
-    wait_for("export", (data / "export" / f"{series.series_uid}.json").exists)
+        tmp_path: Path, series: syn.SeriesInfo, burst: Callable[[str], Burst]) -> None:
+    node = burst("")
+    data = node.data
+    assert storescu(node.port, series.paths, called_ae="SEGNODE").ok
+    node.run(later=QUIET)
+    assert (data / "export" / f"{series.series_uid}.json").exists()
     inbox = data / "inbox"
     phantom = syn.Phantom.fitting(series.grid)
     export_image = nib.load(data / "export" / f"{series.series_uid}.nii.gz")
@@ -177,8 +203,9 @@ def test_bad_inbox_items_go_to_failed_with_a_reason_and_the_node_keeps_serving(
     drop_into_inbox(inbox, "stranger.nii.gz", lambda p: p.write_bytes(
         _gzip(nib.Nifti1Image(np.ones(export_image.shape, np.uint8), elsewhere))))
     drop_into_inbox(inbox, "1.2.3.4.5.nii.gz.json", lambda p: p.write_text("{}"))
+    node.run()
     failed = data / "failed"
-    wait_for("two failed items", lambda: len(list(failed.iterdir())) == 2)
+    assert len(list(failed.iterdir())) == 2
     reasons = {p.name.split("_", 1)[1]: (p / "reason.txt").read_text().splitlines()[0] for p in failed.iterdir()}
     assert "corrupt.nii.gz" in reasons["corrupt.nii.gz"] and "corrupt" in reasons["corrupt.nii.gz"]
     assert "no received series has this grid" in reasons["stranger.nii.gz"]
@@ -187,27 +214,24 @@ def test_bad_inbox_items_go_to_failed_with_a_reason_and_the_node_keeps_serving(
     assert (kept["corrupt.nii.gz"] / "corrupt.nii.gz").read_bytes() == good[: len(good) // 2]
     # The node still serves: a good item afterwards becomes a SEG.
     drop_into_inbox(inbox, f"{series.series_uid}.nii.gz", lambda p: p.write_bytes(good), phantom.names)
-    outgoing = data / "outgoing"
-    wait_for("a SEG in the output folder", lambda: outgoing.exists() and list(outgoing.iterdir()))
-    (seg_file,) = outgoing.iterdir()
+    node.run()
+    (seg_file,) = (data / "outgoing").iterdir()
     assert_seg_matches_truth(seg_file.read_bytes(), series, phantom, tmp_path)
 
 
 def test_late_instance_reopens_series_and_exports_again(tmp_path: Path, series: syn.SeriesInfo,
-                                                        running: list[Node]) -> None:
-    port = free_port()
-    running.append(start_node(write_config(tmp_path / "node", port, folder_destination())))
-    data = tmp_path / "node" / "data"
-    assert storescu(port, series.paths[:-1], called_ae="SEGNODE").ok
-    sidecar = data / "export" / f"{series.series_uid}.json"
-    wait_for("first export", sidecar.exists)
+                                                        burst: Callable[[str], Burst]) -> None:
+    node = burst("")
+    data = node.data
+    assert storescu(node.port, series.paths[:-1], called_ae="SEGNODE").ok
+    node.run(later=QUIET)
     first = nib.load(data / "export" / f"{series.series_uid}.nii.gz")
     assert first.shape[2] == series.grid.slices - 1
-    assert storescu(port, series.paths[-1:], called_ae="SEGNODE").ok
-    wait_for("second export with every slice",
-             lambda: nib.load(data / "export" / f"{series.series_uid}.nii.gz").shape[2] == series.grid.slices)
-    # The new export's affine still maps exactly onto the full series: its first voxel is slice 0's first pixel.
+    assert storescu(node.port, series.paths[-1:], called_ae="SEGNODE").ok
+    node.run(later=QUIET)
     second = nib.load(data / "export" / f"{series.series_uid}.nii.gz")
+    assert second.shape[2] == series.grid.slices
+    # The new export's affine still maps exactly onto the full series: its first voxel is slice 0's first pixel.
     lps_origin = np.diag([-1.0, -1.0, 1.0]) @ second.affine[:3, 3]
     np.testing.assert_allclose(lps_origin, series.grid.centres_lps()[0, 0, 0], atol=1e-4)
 
@@ -271,17 +295,14 @@ def test_sigterm_exits_promptly(tmp_path: Path) -> None:
 
 
 def test_export_command_runs_a_tool_whose_mask_folder_becomes_one_seg(tmp_path: Path, series: syn.SeriesInfo,
-                                                                      running: list[Node]) -> None:
-    port = free_port()
+                                                                      burst: Callable[[str], Burst]) -> None:
     tool = Path(__file__).with_name("fake_segmenter.py")
-    export = f'[export]\ncommand = "{sys.executable} {tool} {{nifti}} {{inbox}} {{series_uid}}"\ncommand_timeout = 60\n'
-    config = write_config(tmp_path / "node", port, export + folder_destination())
-    running.append(start_node(config))
-    data = tmp_path / "node" / "data"
-    assert storescu(port, series.paths, called_ae="SEGNODE").ok
-    outgoing = data / "outgoing"
-    wait_for("the SEG of the tool's masks", lambda: outgoing.exists() and list(outgoing.iterdir()))
-    (seg_file,) = outgoing.iterdir()
+    node = burst(f'[export]\ncommand = "{sys.executable} {tool} {{nifti}} {{inbox}} {{series_uid}}"\n'
+                 "command_timeout = 60\n")
+    data = node.data
+    assert storescu(node.port, series.paths, called_ae="SEGNODE").ok
+    node.run(later=QUIET)
+    (seg_file,) = (data / "outgoing").iterdir()
     phantom = syn.Phantom.fitting(series.grid)
     assert_seg_matches_truth(seg_file.read_bytes(), series, phantom, tmp_path)
     assert sorted(syn.segment_names(seg_file).values()) == sorted(phantom.names.values())
@@ -290,37 +311,34 @@ def test_export_command_runs_a_tool_whose_mask_folder_becomes_one_seg(tmp_path: 
         f"{name}.nii.gz" for name in phantom.names.values())
 
 
-def test_series_with_two_stacks_is_refused_with_a_reason(tmp_path: Path, running: list[Node]) -> None:
+def test_series_whose_repeated_positions_nothing_tells_apart_is_refused(
+        tmp_path: Path, burst: Callable[[str], Burst]) -> None:
     grid = syn.GridSpec.axial(rows=16, cols=16, slices=4)
     first = syn.write_series(grid, tmp_path / "phase1")
-    # A second phase: same series, same positions, other instances.
+    # A second phase: same series, same positions, other instances, and no header attribute that differs.
     uids = {"study": first.study_uid, "series": first.series_uid, "frame_of_reference": first.frame_of_reference_uid}
     second = syn.write_series(grid, tmp_path / "phase2", uids=uids, seed=1)
-    port = free_port()
-    running.append(start_node(write_config(tmp_path / "node", port, folder_destination())))
-    assert storescu(port, [*first.paths, *second.paths], called_ae="SEGNODE").ok
+    node = burst("")
+    assert storescu(node.port, [*first.paths, *second.paths], called_ae="SEGNODE").ok
+    node.run(later=QUIET)
     from node.state import sqlite as db
 
-    def refused() -> db.SeriesRow | None:
-        with running[0]._connect() as conn:
-            row = db.get_series(conn, first.series_uid)
-        return row if row is not None and row.state is db.SeriesState.FAILED else None
-
-    row = wait_for("the series to be refused", refused)
-    assert isinstance(row, db.SeriesRow) and row.reason is not None and "nothing in their headers" in row.reason
-    assert not (tmp_path / "node" / "data" / "export" / f"{first.series_uid}.nii.gz").exists()
+    with node.node._connect() as conn:
+        row = db.get_series(conn, first.series_uid)
+    assert row is not None and row.state is db.SeriesState.FAILED
+    assert row.reason is not None and "nothing in their headers" in row.reason
+    assert not (node.data / "export" / f"{first.series_uid}.nii.gz").exists()
 
 
-def test_a_series_of_two_echoes_is_exported_and_segmented_per_stack(tmp_path: Path, running: list[Node]) -> None:
+def test_a_series_of_two_echoes_is_exported_and_segmented_per_stack(tmp_path: Path,
+                                                                   burst: Callable[[str], Burst]) -> None:
     grid = syn.GridSpec.oblique(rows=16, cols=20, slices=6, row_spacing=1.1, col_spacing=0.8, slice_step=2.0)
     layout = lay.write_layout(tmp_path / "dicom", lay.echo_stacks(grid), modality="MR")
-    port = free_port()
-    running.append(start_node(write_config(tmp_path / "node", port, folder_destination())))
-    data = tmp_path / "node" / "data"
-    assert storescu(port, list(layout.paths), called_ae="SEGNODE").ok
+    node = burst("")
+    data = node.data
+    assert storescu(node.port, list(layout.paths), called_ae="SEGNODE").ok
+    node.run(later=QUIET)
     uid = layout.series_uid
-    second = data / "export" / f"{uid}_stack2.json"
-    wait_for("both stacks' exports", lambda: second.exists() and (data / "export" / f"{uid}.json").exists())
     sidecars = [json.loads((data / "export" / f"{stem}.json").read_text()) for stem in (uid, f"{uid}_stack2")]
     assert [s["stack"]["index"] for s in sidecars] == [1, 2]
     assert [s["stack"]["key"]["EchoNumbers"] for s in sidecars] == ["1", "2"]
@@ -332,41 +350,40 @@ def test_a_series_of_two_echoes_is_exported_and_segmented_per_stack(tmp_path: Pa
     export_image = nib.load(data / "export" / f"{uid}_stack2.nii.gz")
     drop_into_inbox(data / "inbox", f"{uid}_stack2.nii.gz", label_map_on(export_image, layout.phantom, grid),
                     labels=layout.phantom.names)
-    outgoing = data / "outgoing"
-    wait_for("the SEG", lambda: outgoing.exists() and any(outgoing.iterdir()))
-    (seg_path,) = list(outgoing.iterdir())
+    node.run()
+    (seg_path,) = list((data / "outgoing").iterdir())
     assert_seg_matches_truth(seg_path.read_bytes(), layout.series_info("echo2"), layout.phantom, tmp_path)
     referenced = {uid for uid, _ in syn.seg_frame_sources(seg_path)}
     assert referenced <= {u for u, _ in layout.stack("echo2").sources}
     # By geometry alone the item fits both echoes: refused, naming both exports.
     drop_into_inbox(data / "inbox", "tool_output.nii.gz", label_map_on(export_image, layout.phantom, grid))
-    reason = wait_for("the ambiguous item to fail", lambda: next(
-        (p.read_text() for p in (data / "failed").rglob("reason.txt")), None))
-    assert isinstance(reason, str) and "ambiguous" in reason and f"{uid}_stack2" in reason and "internal" not in reason
+    node.run()
+    (reason_file,) = (data / "failed").rglob("reason.txt")
+    reason = reason_file.read_text()
+    assert "ambiguous" in reason and f"{uid}_stack2" in reason and "internal" not in reason
 
 
 def test_retry_puts_a_failed_input_back_once_its_series_has_arrived(tmp_path: Path, series: syn.SeriesInfo,
-                                                                    running: list[Node]) -> None:
-    port = free_port()
-    running.append(start_node(write_config(tmp_path / "node", port, folder_destination())))
-    node = running[0]
-    data = tmp_path / "node" / "data"
+                                                                    burst: Callable[[str], Burst]) -> None:
+    node = burst("")
+    data = node.data
     phantom = syn.Phantom.fitting(series.grid)
     affine, shape = syn.export_grid_affine(series.grid), syn.export_grid_shape(series.grid)
     labels = nib.Nifti1Image(syn.labels_on_nifti_grid((affine, shape), phantom, snap=series.grid).astype(np.uint8),
                              affine)
     # The segmentation arrives before its series: nothing to match yet.
     drop_into_inbox(data / "inbox", "early.nii.gz", lambda p: p.write_bytes(_gzip(labels)), phantom.names)
-    wait_for("the early item to fail", lambda: list((data / "failed").iterdir()))
+    node.run()
+    assert list((data / "failed").iterdir())
     from node.state import jobs
 
-    with node._connect() as conn:
+    with node.node._connect() as conn:
         (job,) = jobs.list_jobs(conn)
     assert job.state is jobs.JobState.FAILED and "no received series" in (job.reason or "")
-    assert storescu(port, series.paths, called_ae="SEGNODE").ok
-    wait_for("export", (data / "export" / f"{series.series_uid}.json").exists)
-    assert "back in the inbox" in node.requeue(job.id)
-    outgoing = data / "outgoing"
-    wait_for("the SEG after retry", lambda: outgoing.exists() and list(outgoing.iterdir()))
-    (seg_file,) = outgoing.iterdir()
+    assert storescu(node.port, series.paths, called_ae="SEGNODE").ok
+    node.run(later=QUIET)
+    assert (data / "export" / f"{series.series_uid}.json").exists()
+    assert "back in the inbox" in node.node.requeue(job.id)
+    node.run()
+    (seg_file,) = (data / "outgoing").iterdir()
     assert_seg_matches_truth(seg_file.read_bytes(), series, phantom, tmp_path)

@@ -9,6 +9,9 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import shlex
+import subprocess
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,11 +23,15 @@ import numpy.typing as npt
 import pydicom
 from pydicom.pixels.processing import apply_rescale
 
+from node.convert import error_line
 from node.convert.geometry import LPS_FROM_RAS, Grid, normal_of
 from node.convert.planes import integer_value
 from node.convert.series import SourceSeries, functional_attribute
 from node.durable import atomic_write, atomic_write_json
-from node.errors import GeometryError, InputError
+from node.errors import GeometryError, InputError, SegnodeError
+from node.pipeline.stage import PipelineContext, Stage
+from node.pipeline.stored import stored_stacks
+from node.state import sqlite as db
 
 log = logging.getLogger(__name__)
 
@@ -157,3 +164,93 @@ def exported_grid(sidecar: Path) -> Grid | None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("%s: unreadable export sidecar (%s)", sidecar, exc)
         return None
+
+
+class Export(Stage):
+    """COMPLETE -> EXPORTED: one NIfTI per stack, then the export command hook (if configured) for each.
+
+    A stack that cannot be exported is logged and skipped; a series none of whose stacks can be exported fails
+    with the reasons. With ``[export] enabled = false`` complete series stay complete.
+    """
+
+    name = "export"
+
+    def __init__(self, context: PipelineContext) -> None:
+        super().__init__()
+        self.context = context
+        self.conn = context.connect()
+        self._commands = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-command")
+        self._running: list[Future[None]] = []
+
+    def step(self) -> int:
+        if not self.context.config.export.enabled:
+            return 0
+        rows = db.all_series(self.conn, db.SeriesState.COMPLETE)
+        for row in rows:
+            if self.context.stopping.is_set():
+                break
+            self._export(row)
+        return len(rows)
+
+    def busy(self) -> bool:
+        self._running = [f for f in self._running if not f.done()]
+        return bool(self._running)
+
+    def _export(self, row: db.SeriesRow) -> None:
+        uid, paths = row.series_uid, self.context.config.paths
+        exported: list[ExportedSeries] = []
+        try:
+            stacks = stored_stacks(self.conn, uid)
+            for notice in stacks[0].notices:
+                log.info("series %s: %s", uid, notice)
+            problems = []
+            for stack in stacks:
+                try:
+                    exported.append(export_series(stack, paths.export, version=row.revision))
+                except SegnodeError as exc:
+                    problems.append(f"{stack.stack.describe()}: {error_line(exc)}")
+            if not exported:
+                raise InputError("; ".join(problems))
+            for problem in problems:
+                log.warning("series %s: not exported: %s", uid, problem)
+        except SegnodeError as exc:
+            reason = f"series {uid}: {error_line(exc)}"
+            log.warning("%s", reason)
+            db.mark_series(self.conn, uid, db.SeriesState.FAILED, reason=reason, if_revision=row.revision)
+            return
+        except Exception as exc:  # one bad series must not stop the stage; the reason is kept with the series
+            log.exception("series %s: unexpected error", uid)
+            db.mark_series(self.conn, uid, db.SeriesState.FAILED, reason=f"series {uid}: unexpected error:"
+                           f" {error_line(exc)}", if_revision=row.revision)
+            return
+        marked = db.mark_series(self.conn, uid, db.SeriesState.EXPORTED, export_version=row.revision,
+                                if_revision=row.revision)
+        if marked and self.context.config.export.command:
+            for export in exported:
+                self._running.append(self._commands.submit(self._run_command, export, uid))
+
+    def _run_command(self, export: ExportedSeries, series_uid: str) -> None:
+        config = self.context.config
+        values = {"nifti": str(export.nifti), "sidecar": str(export.sidecar), "series_uid": series_uid,
+                  "inbox": str(config.paths.inbox)}
+        # Placeholders are filled after splitting, so paths with spaces stay one argument and nothing reaches a shell.
+        argv = [part.format(**values) for part in shlex.split(config.export.command)]
+        timeout = config.export.command_timeout
+        log.info("series %s: running %s", series_uid, argv[0])
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            log.error("series %s: export command timed out after %g s", series_uid, timeout)
+            return
+        except OSError as exc:
+            log.error("series %s: export command could not start: %s", series_uid, exc)
+            return
+        for stream, text in (("stdout", done.stdout), ("stderr", done.stderr)):
+            for line in text.splitlines()[-50:]:
+                log.info("series %s: command %s: %s", series_uid, stream, line)
+        if done.returncode:
+            log.error("series %s: export command exited with %d", series_uid, done.returncode)
+
+    def close(self) -> None:
+        self._commands.shutdown(wait=False, cancel_futures=True)
+        self.conn.close()

@@ -260,6 +260,11 @@ class InboxWatcher:
         # Cleared before the caller scans: an event during the scan sets it again and the next wait returns at once.
         self._wake.clear()
 
+    def settling(self) -> bool:
+        """Whether an entry was seen that has neither settled into an item nor been reported as unusable."""
+        with self._scan_lock:
+            return any(not seen.reported and name not in self._yielded for name, seen in self._observations.items())
+
     def ready_items(self) -> list[InboxItem]:
         """Scan the inbox now and return the items that have settled since the last call (each once)."""
         with self._scan_lock:

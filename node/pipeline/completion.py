@@ -1,0 +1,36 @@
+"""Series completion: a series is complete once no instance has arrived for the quiet period.
+
+A late instance re-opens the series (the receiver bumps its revision), so completion and export run again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from node.pipeline.stage import PipelineContext, Stage
+from node.state import sqlite as db
+
+log = logging.getLogger(__name__)
+
+
+class Completion(Stage):
+    """RECEIVING -> COMPLETE for every series quiet for ``[series] quiet_seconds`` (or hinted and quiet since)."""
+
+    name = "completion"
+
+    def __init__(self, context: PipelineContext) -> None:
+        super().__init__()
+        self.context = context
+        self.conn = context.connect()
+
+    def step(self) -> int:
+        due = db.due_series(self.conn, self.context.clock(), self.context.config.series.quiet_seconds)
+        done = 0
+        for row in due:
+            if self.context.stopping.is_set():
+                break
+            done += db.mark_series(self.conn, row.series_uid, db.SeriesState.COMPLETE, if_revision=row.revision)
+        return done
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,64 @@
+"""Delivery: every built SEG goes to every destination; what may pass is retried with exponential backoff.
+
+A destination that refuses a SEG for good does not stop delivery to the others (the job's state follows from
+its sends, see :mod:`node.state.jobs`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+from node.convert import error_line
+from node.destinations.dimse import Outcome, backoff_delay, send_files
+from node.errors import SegnodeError
+from node.pipeline.stage import PipelineContext, Stage
+from node.state import jobs
+
+log = logging.getLogger(__name__)
+
+
+class Deliver(Stage):
+    """Due sends -> one association (or copy) per destination and batch; each send ok, retry later or failed."""
+
+    name = "deliver"
+
+    def __init__(self, context: PipelineContext) -> None:
+        super().__init__()
+        self.context = context
+        self.conn = context.connect()
+
+    def step(self) -> int:
+        due = jobs.due_sends(self.conn, self.context.clock())
+        by_destination: dict[str, list[jobs.SendRow]] = defaultdict(list)
+        for row in due:
+            by_destination[row.destination].append(row)
+        for name, rows in by_destination.items():
+            if self.context.stopping.is_set():
+                break
+            self._send_batch(name, rows)
+        return len(due)
+
+    def _send_batch(self, name: str, rows: list[jobs.SendRow]) -> None:
+        config = self.context.config
+        try:
+            destination = config.destination(name)
+        except SegnodeError as exc:
+            for row in rows:
+                jobs.mark_send_failed(self.conn, row.id, error_line(exc))
+            return
+        results = send_files(destination, [row.seg_path for row in rows], calling_ae=config.node.ae_title,
+                             timeout=config.send.timeout)
+        settings = config.send
+        for row, result in zip(rows, results, strict=True):
+            if result.outcome is Outcome.SENT:
+                jobs.mark_send_ok(self.conn, row.id)
+            elif result.outcome is Outcome.RETRY and row.attempts + 1 < settings.max_attempts:
+                delay = backoff_delay(row.attempts + 1, settings.backoff_initial, settings.backoff_max)
+                jobs.mark_send_retry(self.conn, row.id, result.reason, self.context.clock() + delay)
+            else:
+                gave_up = f" (gave up after {row.attempts + 1} attempts)" if result.outcome is Outcome.RETRY else ""
+                jobs.mark_send_failed(self.conn, row.id, result.reason + gave_up)
+
+    def close(self) -> None:
+        self.conn.close()
