@@ -51,3 +51,7 @@ def error_line(exc: BaseException) -> str:
     if isinstance(exc, SegnodeError):
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class StateUnavailableError(TransientError):
+    """The state database cannot be used right now (locked, busy, read-only, disk I/O error or disk full)."""

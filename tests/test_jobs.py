@@ -134,7 +134,7 @@ def test_transitions_the_state_does_not_allow(conn: sqlite3.Connection, item: Pa
 def test_a_failed_transition_changes_nothing(conn: sqlite3.Connection, item: Path) -> None:
     job_id = jobs.create_job(conn, item, "nifti")
     jobs.mark_matched(conn, job_id, SERIES)
-    with pytest.raises(sqlite3.Error):
+    with pytest.raises(InputError, match="destination names"):
         jobs.mark_built(conn, job_id, Path("/x.dcm"), SEG_UID, ["pacs", object()])  # type: ignore[list-item]
     job = jobs.get_job(conn, job_id)
     assert (job.state, job.seg_path, job.sends) == (JobState.MATCHED, None, ())

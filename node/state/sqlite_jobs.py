@@ -1,0 +1,398 @@
+"""The SQLite :class:`~node.state.JobStore`: jobs, their per-destination sends, and claims on both.
+
+::
+
+    PENDING -> MATCHED -> BUILT -> SENT
+       |  \\        \\         \\-> RETRY_WAIT (some send waits for its next attempt) -> BUILT/SENT/FAILED
+       |   \\--------\\---------\\-> FAILED (terminal, reason stored; `segnode retry` re-opens it)
+       \\-> RETRY_WAIT (build failed transiently: attempts, next_at) -> claimed again when due
+
+A job's send state follows from its ``sends`` rows: while any send is open the job is ``RETRY_WAIT`` if one
+waits for a retry, else ``BUILT``; once none is open it is ``SENT`` if all succeeded, else ``FAILED``.
+
+Work is claimed (:meth:`SqliteJobStore.claim_jobs`, :meth:`~SqliteJobStore.claim_sends`): in one transaction the
+due rows get this node's id and a lease, so two nodes never both take them and an expired claim is taken over.
+A completion (``mark_*``) needs this node's claim and releases it; without the claim (another node took it over,
+or finished it) it changes nothing and returns False, so a sending thread never dies of a lost race.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from node.errors import InputError
+from node.state.model import CLAIM_LEASE_SECONDS, JobRow, JobState, JobStateError, SendRow, SendState, item_signature
+from node.state.paths import StoredPaths
+from node.state.sqlite_schema import SqliteDatabase
+
+log = logging.getLogger(__name__)
+
+_SEND_SELECT = """
+    SELECT s.*, j.seg_path AS seg_path, j.seg_sop_uid AS seg_sop_uid, j.series_uid AS series_uid
+    FROM sends s JOIN jobs j ON j.id = s.job_id
+"""
+_OPEN_SENDS = "s.state IN ('pending', 'retry_wait') AND j.state IN ('built', 'retry_wait')"
+#: Jobs whose SEG is still to be built: new, matched, or waiting after a transient failure.
+_TO_BUILD = "(j.state IN ('pending', 'matched') OR (j.state = 'retry_wait' AND j.seg_path IS NULL))"
+_BUILDABLE = (JobState.PENDING, JobState.MATCHED, JobState.RETRY_WAIT)
+_RELEASE = "claimed_by = NULL, lease_until = NULL"
+
+
+def _now(now: float | None) -> float:
+    return time.time() if now is None else now
+
+
+class SqliteJobStore:
+    """Jobs and sends in one SQLite database (see the module docstring).
+
+    Parameters
+    ----------
+    database
+        Where the rows are.
+    node_id
+        Who claims (unique per running node process).
+    lease_seconds
+        How long a claim holds before another node may take it over.
+    require_claim
+        Whether completions need this node's claim (False only for the claim-less module functions of
+        :mod:`node.state.jobs`, which raise JobStateError on a closed send instead).
+    """
+
+    def __init__(self, database: SqliteDatabase, node_id: str, *, lease_seconds: float = CLAIM_LEASE_SECONDS,
+                 require_claim: bool = True) -> None:
+        self.database = database
+        self.paths = StoredPaths(database.data_folder)
+        self.node_id = node_id
+        self.lease_seconds = lease_seconds
+        self.require_claim = require_claim
+
+    # Rows.
+
+    def _send_row(self, row: sqlite3.Row) -> SendRow:
+        return SendRow(
+            id=row["id"], job_id=row["job_id"], destination=row["destination"], state=SendState(row["state"]),
+            attempts=row["attempts"], next_at=row["next_at"], reason=row["reason"], updated_at=row["updated_at"],
+            seg_path=self.paths.load(row["seg_path"]), seg_sop_uid=row["seg_sop_uid"], series_uid=row["series_uid"],
+            claimed_by=row["claimed_by"], lease_until=row["lease_until"],
+        )
+
+    def _job_row(self, conn: sqlite3.Connection, row: sqlite3.Row) -> JobRow:
+        sends = conn.execute(_SEND_SELECT + " WHERE s.job_id = ? ORDER BY s.destination", (row["id"],)).fetchall()
+        return JobRow(
+            id=row["id"], inbox_path=self.paths.load(row["inbox_path"]), signature=row["signature"],
+            item_kind=row["item_kind"], state=JobState(row["state"]), series_uid=row["series_uid"],
+            seg_path=None if row["seg_path"] is None else self.paths.load(row["seg_path"]),
+            seg_sop_uid=row["seg_sop_uid"], reason=row["reason"], created_at=row["created_at"],
+            updated_at=row["updated_at"], sends=tuple(self._send_row(s) for s in sends), attempts=row["attempts"],
+            next_at=row["next_at"], claimed_by=row["claimed_by"], lease_until=row["lease_until"],
+        )
+
+    def _jobs(self, conn: sqlite3.Connection, query: str, params: Sequence[object]) -> list[JobRow]:
+        return [self._job_row(conn, row) for row in conn.execute(query, params).fetchall()]
+
+    # Creating and reading.
+
+    def create(self, inbox_path: Path, item_kind: str, *, signature: str | None = None,
+               now: float | None = None) -> int:
+        """The job of one inbox item, created PENDING unless that version of the item already has one.
+
+        ``signature`` identifies this version of the item and defaults to
+        :func:`~node.state.model.item_signature` (the item must exist then). Returns the job id: the same for
+        the same path and signature, whatever its state.
+        """
+        if not item_kind:
+            raise InputError(f"{inbox_path}: item kind must not be empty")
+        if signature is None:
+            signature = item_signature(inbox_path)
+        stored, absolute = self.paths.store(inbox_path), str(self.paths.load(self.paths.store(inbox_path)))
+        stamp = _now(now)
+        with self.database.writing(f"create the job of {inbox_path}") as conn:
+            # A database from before relative paths holds the absolute path of the same item.
+            row = conn.execute("SELECT id, state FROM jobs WHERE signature = ? AND inbox_path IN (?, ?)",
+                               (signature, stored, absolute)).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO jobs (inbox_path, signature, item_kind, state, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (stored, signature, str(item_kind), JobState.PENDING.value, stamp, stamp))
+                row = conn.execute("SELECT id, state FROM jobs WHERE inbox_path = ? AND signature = ?",
+                                   (stored, signature)).fetchone()
+        log.debug("job %d for %s (%s)", row["id"], inbox_path, row["state"])
+        return int(row["id"])
+
+    def get(self, job_id: int) -> JobRow:
+        """One job with its sends; InputError when it does not exist."""
+        with self.database.reading(f"read job {job_id}") as conn:
+            row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise InputError(f"job {job_id} does not exist; `segnode jobs` lists the known jobs")
+            return self._job_row(conn, row)
+
+    def list_jobs(self, state: JobState | str | None = None, limit: int | None = 50) -> list[JobRow]:
+        """Jobs newest first (for ``segnode jobs``), optionally only those in ``state``."""
+        query, params = "SELECT * FROM jobs", []
+        if state is not None:
+            query += " WHERE state = ?"
+            params.append(JobState(state).value)
+        query += " ORDER BY id DESC" + ("" if limit is None else f" LIMIT {int(limit)}")
+        with self.database.reading("list jobs") as conn:
+            return self._jobs(conn, query, params)
+
+    def counts(self) -> dict[JobState, int]:
+        """How many jobs are in each state (every state present), for ``segnode status``."""
+        counts = dict.fromkeys(JobState, 0)
+        with self.database.reading("count jobs") as conn:
+            for row in conn.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
+                counts[JobState(row["state"])] = row["n"]
+        return counts
+
+    def resumable(self) -> list[JobRow]:
+        """Jobs a restart must carry on (every state but SENT and FAILED), oldest first."""
+        with self.database.reading("list resumable jobs") as conn:
+            return self._jobs(conn, "SELECT * FROM jobs WHERE state NOT IN ('sent', 'failed') ORDER BY id", ())
+
+    def due_sends(self, now: float | None = None, limit: int | None = None) -> list[SendRow]:
+        """Open sends whose (next) attempt is due, claimed or not, oldest due first (workers use claim_sends)."""
+        query = _SEND_SELECT + f" WHERE {_OPEN_SENDS} AND s.next_at <= ? ORDER BY s.next_at, s.id"
+        query += "" if limit is None else f" LIMIT {int(limit)}"
+        with self.database.reading("list due sends") as conn:
+            return [self._send_row(row) for row in conn.execute(query, (_now(now),)).fetchall()]
+
+    # Claims.
+
+    def claim_jobs(self, *, now: float | None = None, limit: int | None = None) -> list[JobRow]:
+        """Claim the jobs whose SEG is to be built (PENDING, MATCHED, or RETRY_WAIT before a SEG and due)."""
+        stamp = _now(now)
+        query = (f"SELECT j.id FROM jobs j WHERE {_TO_BUILD} AND (j.state != 'retry_wait' OR j.next_at <= ?)"
+                 " AND (j.claimed_by IS NULL OR j.lease_until < ?) ORDER BY j.id")
+        query += "" if limit is None else f" LIMIT {int(limit)}"
+        with self.database.writing("claim jobs") as conn:
+            ids = [row[0] for row in conn.execute(query, (stamp, stamp)).fetchall()]
+            return [self._claim_job(conn, job_id, stamp) for job_id in ids]
+
+    def claim_job(self, job_id: int, *, now: float | None = None) -> JobRow | None:
+        """Claim one job to build it now (whatever its next attempt time); None when it is not to be built or
+        another node holds it."""
+        stamp = _now(now)
+        with self.database.writing(f"claim job {job_id}") as conn:
+            row = conn.execute(f"SELECT j.id FROM jobs j WHERE j.id = ? AND {_TO_BUILD}"
+                               " AND (j.claimed_by IS NULL OR j.claimed_by = ? OR j.lease_until < ?)",
+                               (job_id, self.node_id, stamp)).fetchone()
+            return None if row is None else self._claim_job(conn, job_id, stamp)
+
+    def _claim_job(self, conn: sqlite3.Connection, job_id: int, now: float) -> JobRow:
+        conn.execute("UPDATE jobs SET claimed_by = ?, lease_until = ? WHERE id = ?",
+                     (self.node_id, now + self.lease_seconds, job_id))
+        return self._job_row(conn, conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+    def claim_sends(self, *, now: float | None = None, limit: int | None = None) -> list[SendRow]:
+        """Claim the open sends whose (next) attempt is due and that no other node holds, oldest due first."""
+        stamp = _now(now)
+        query = (f"SELECT s.id FROM sends s JOIN jobs j ON j.id = s.job_id WHERE {_OPEN_SENDS} AND s.next_at <= ?"
+                 " AND (s.claimed_by IS NULL OR s.lease_until < ?) ORDER BY s.next_at, s.id")
+        query += "" if limit is None else f" LIMIT {int(limit)}"
+        with self.database.writing("claim sends") as conn:
+            ids = [row[0] for row in conn.execute(query, (stamp, stamp)).fetchall()]
+            for send_id in ids:
+                conn.execute("UPDATE sends SET claimed_by = ?, lease_until = ? WHERE id = ?",
+                             (self.node_id, stamp + self.lease_seconds, send_id))
+            return [self._send_row(conn.execute(_SEND_SELECT + " WHERE s.id = ?", (i,)).fetchone()) for i in ids]
+
+    def release_claims(self) -> int:
+        """Give up every job and send claim this node holds (on stop); returns how many."""
+        with self.database.writing("release job claims") as conn:
+            jobs = conn.execute(f"UPDATE jobs SET {_RELEASE} WHERE claimed_by = ?", (self.node_id,)).rowcount
+            sends = conn.execute(f"UPDATE sends SET {_RELEASE} WHERE claimed_by = ?", (self.node_id,)).rowcount
+        return int(jobs + sends)
+
+    # Job transitions.
+
+    def _holds(self, conn: sqlite3.Connection, table: str, row_id: int, action: str) -> bool:
+        """Whether this node may complete the row: it holds the claim (or claims are not required)."""
+        if not self.require_claim:
+            return True
+        row = conn.execute(f"SELECT claimed_by FROM {table} WHERE id = ?", (row_id,)).fetchone()
+        if row is None:
+            raise InputError(f"{table[:-1]} {row_id} does not exist; `segnode jobs` lists the known jobs")
+        if row["claimed_by"] == self.node_id:
+            return True
+        log.warning("%s %d: claim lost to %s; did not %s", table[:-1], row_id,
+                    row["claimed_by"] or "a node that finished it", action)
+        return False
+
+    def _require(self, conn: sqlite3.Connection, job_id: int, action: str, allowed: Sequence[JobState]) -> JobState:
+        row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise InputError(f"job {job_id} does not exist; `segnode jobs` lists the known jobs")
+        state = JobState(row["state"])
+        if state not in allowed:
+            expected = " or ".join(s.value for s in allowed)
+            raise JobStateError(f"job {job_id}: cannot {action} a job that is {state.value} (only when {expected})")
+        return state
+
+    def _require_to_build(self, conn: sqlite3.Connection, job_id: int, action: str) -> JobState:
+        state = self._require(conn, job_id, action, _BUILDABLE)
+        if state is JobState.RETRY_WAIT and conn.execute("SELECT seg_path IS NOT NULL FROM jobs WHERE id = ?",
+                                                         (job_id,)).fetchone()[0]:
+            raise JobStateError(f"job {job_id}: cannot {action} a job whose SEG is built (its sends retry)")
+        return state
+
+    @staticmethod
+    def _set_job(conn: sqlite3.Connection, job_id: int, state: JobState, now: float, **columns: object) -> None:
+        assignments = "".join(f", {name} = ?" for name in columns)
+        conn.execute(f"UPDATE jobs SET state = ?, updated_at = ?{assignments} WHERE id = ?",
+                     (state.value, now, *columns.values(), job_id))
+
+    def mark_matched(self, job_id: int, series_uid: str, *, now: float | None = None) -> bool:
+        """A job to build -> MATCHED with the series the item belongs to; the claim stays (the build goes on)
+        and its lease starts again. False when this node no longer holds the claim."""
+        stamp = _now(now)
+        with self.database.writing(f"mark job {job_id} matched") as conn:
+            if not self._holds(conn, "jobs", job_id, "mark it matched"):
+                return False
+            self._require_to_build(conn, job_id, "match")
+            lease = stamp + self.lease_seconds if self.require_claim else None
+            self._set_job(conn, job_id, JobState.MATCHED, stamp, series_uid=series_uid, reason=None, lease_until=lease)
+        return True
+
+    def mark_built(self, job_id: int, seg_path: Path, seg_sop_uid: str, destinations: Sequence[str], *,
+                   now: float | None = None) -> bool:
+        """MATCHED -> BUILT (SENT when there is no destination): the SEG is on disk, one send per destination is
+        due at once; the claim is released. False when this node no longer holds the claim."""
+        return self._built(job_id, seg_path, seg_sop_uid, destinations, now) is not None
+
+    def _built(self, job_id: int, seg_path: Path, seg_sop_uid: str, destinations: Sequence[str],
+               now: float | None) -> JobState | None:
+        stamp = _now(now)
+        names = list(dict.fromkeys(destinations))
+        if not all(isinstance(name, str) and name for name in names):
+            raise InputError(f"job {job_id}: destination names must be non-empty strings, not {names!r}")
+        with self.database.writing(f"mark job {job_id} built") as conn:
+            if not self._holds(conn, "jobs", job_id, "record its SEG"):
+                return None
+            self._require(conn, job_id, "record the SEG of", (JobState.MATCHED,))
+            state = JobState.BUILT if names else JobState.SENT
+            self._set_job(conn, job_id, state, stamp, seg_path=self.paths.store(seg_path), seg_sop_uid=seg_sop_uid,
+                          reason=None, next_at=None, claimed_by=None, lease_until=None)
+            for name in names:
+                conn.execute("INSERT INTO sends (job_id, destination, state, next_at, updated_at)"
+                             " VALUES (?, ?, 'pending', ?, ?)", (job_id, name, stamp, stamp))
+        return state
+
+    def mark_retry_later(self, job_id: int, reason: str, next_at: float, *, now: float | None = None) -> bool:
+        """A job to build -> RETRY_WAIT after a transient failure (disk full, database busy): one more attempt
+        counted, due again at ``next_at``; the claim is released. False when this node no longer holds it."""
+        stamp = _now(now)
+        with self.database.writing(f"mark job {job_id} for a retry") as conn:
+            if not self._holds(conn, "jobs", job_id, "mark it for a retry"):
+                return False
+            self._require_to_build(conn, job_id, "retry the build of")
+            conn.execute(f"UPDATE jobs SET state = 'retry_wait', reason = ?, next_at = ?, attempts = attempts + 1,"
+                         f" updated_at = ?, {_RELEASE} WHERE id = ?", (reason, next_at, stamp, job_id))
+        log.info("job %d: %s; next attempt at %.0f", job_id, reason, next_at)
+        return True
+
+    def mark_failed(self, job_id: int, reason: str, *, now: float | None = None) -> bool:
+        """Any state but SENT -> FAILED with ``reason``; its open sends are failed too (nothing more is sent); the
+        claim is released. False when this node no longer holds the claim."""
+        stamp = _now(now)
+        with self.database.writing(f"mark job {job_id} failed") as conn:
+            if not self._holds(conn, "jobs", job_id, "mark it failed"):
+                return False
+            self._require(conn, job_id, "fail", [s for s in JobState if s is not JobState.SENT])
+            self._set_job(conn, job_id, JobState.FAILED, stamp, reason=reason, claimed_by=None, lease_until=None)
+            conn.execute(f"UPDATE sends SET state = 'failed', reason = ?, updated_at = ?, {_RELEASE}"
+                         " WHERE job_id = ? AND state IN ('pending', 'retry_wait')", (f"job failed: {reason}", stamp,
+                                                                                       job_id))
+        log.info("job %d failed: %s", job_id, reason)
+        return True
+
+    # Send transitions.
+
+    def _settle(self, conn: sqlite3.Connection, job_id: int, stamp: float) -> JobState:
+        """Derive the job's state from its sends (inside the caller's transaction)."""
+        sends = conn.execute("SELECT destination, state, reason FROM sends WHERE job_id = ?", (job_id,)).fetchall()
+        states = [SendState(row["state"]) for row in sends]
+        if any(s.open for s in states):
+            state = JobState.RETRY_WAIT if SendState.RETRY_WAIT in states else JobState.BUILT
+            self._set_job(conn, job_id, state, stamp)
+        elif all(s is SendState.OK for s in states):
+            state = JobState.SENT
+            self._set_job(conn, job_id, state, stamp, reason=None)
+        else:
+            state = JobState.FAILED
+            reasons = "; ".join(f"{row['destination']}: {row['reason']}" for row in sends
+                                if row["state"] == SendState.FAILED.value)
+            self._set_job(conn, job_id, state, stamp, reason=reasons)
+        return state
+
+    def _send(self, send_id: int, state: SendState, reason: str | None, next_at: float | None,
+              now: float | None) -> JobState | None:
+        """Record one attempt's outcome; the job's new state, or None when this node lost the claim."""
+        stamp = _now(now)
+        with self.database.writing(f"mark send {send_id} {state.value}") as conn:
+            row = conn.execute("SELECT s.job_id, s.state, j.state AS job_state FROM sends s JOIN jobs j"
+                               " ON j.id = s.job_id WHERE s.id = ?", (send_id,)).fetchone()
+            if row is None:
+                raise InputError(f"send {send_id} does not exist")
+            if not self._holds(conn, "sends", send_id, f"mark it {state.value}"):
+                return None
+            current = SendState(row["state"])
+            if not current.open:
+                raise JobStateError(f"send {send_id} of job {row['job_id']} is already {current.value}; "
+                                    "`segnode retry` re-opens it")
+            conn.execute(f"UPDATE sends SET state = ?, reason = ?, next_at = ?, attempts = attempts + 1,"
+                         f" updated_at = ?, {_RELEASE} WHERE id = ?", (state.value, reason, next_at, stamp, send_id))
+            job_state = JobState(row["job_state"])
+            if job_state in (JobState.BUILT, JobState.RETRY_WAIT):
+                job_state = self._settle(conn, row["job_id"], stamp)
+        return job_state
+
+    def mark_send_ok(self, send_id: int, *, now: float | None = None) -> bool:
+        """The destination accepted the SEG. False (nothing changed) when this node no longer holds the claim,
+        e.g. a second node took the send over and already marked it."""
+        return self._send(send_id, SendState.OK, None, None, now) is not None
+
+    def mark_send_retry(self, send_id: int, reason: str, next_at: float, *, now: float | None = None) -> bool:
+        """The attempt failed in a way that may pass; try again at ``next_at``. False when the claim is lost."""
+        return self._send(send_id, SendState.RETRY_WAIT, reason, next_at, now) is not None
+
+    def mark_send_failed(self, send_id: int, reason: str, *, now: float | None = None) -> bool:
+        """The destination refused the SEG for good (or attempts ran out). False when the claim is lost."""
+        return self._send(send_id, SendState.FAILED, reason, None, now) is not None
+
+    def retry(self, job_id: int, *, now: float | None = None) -> JobState:
+        """Re-open a job for ``segnode retry`` (claims on it dropped); returns its new state.
+
+        * FAILED with a SEG built: its failed sends start again from attempt 0, due now -> BUILT.
+        * FAILED before a SEG was built -> PENDING (the caller puts the inbox item back where the watcher sees it).
+        * RETRY_WAIT: waiting sends, or the waiting build, become due now (state unchanged).
+
+        Raises JobStateError when the job is pending, matched, built (already in progress) or sent.
+        """
+        stamp = _now(now)
+        with self.database.writing(f"retry job {job_id}") as conn:
+            state = self._require(conn, job_id, "retry", (JobState.FAILED, JobState.RETRY_WAIT))
+            has_seg = conn.execute("SELECT seg_path IS NOT NULL AND EXISTS (SELECT 1 FROM sends WHERE job_id = ?)"
+                                   " FROM jobs WHERE id = ?", (job_id, job_id)).fetchone()[0]
+            new_state = state
+            if state is JobState.RETRY_WAIT:
+                conn.execute(f"UPDATE sends SET next_at = ?, updated_at = ?, {_RELEASE} WHERE job_id = ?"
+                             " AND state = 'retry_wait'", (stamp, stamp, job_id))
+                conn.execute(f"UPDATE jobs SET next_at = ?, {_RELEASE} WHERE id = ? AND seg_path IS NULL",
+                             (stamp, job_id))
+            elif has_seg:
+                conn.execute(f"UPDATE sends SET state = 'pending', attempts = 0, next_at = ?, reason = NULL,"
+                             f" updated_at = ?, {_RELEASE} WHERE job_id = ? AND state != 'ok'", (stamp, stamp, job_id))
+                new_state = JobState.BUILT
+                self._set_job(conn, job_id, new_state, stamp, reason=None, claimed_by=None, lease_until=None)
+            else:
+                new_state = JobState.PENDING
+                self._set_job(conn, job_id, new_state, stamp, reason=None, series_uid=None, attempts=0, next_at=None,
+                              claimed_by=None, lease_until=None)
+        log.info("job %d re-opened by retry: %s -> %s", job_id, state.value, new_state.value)
+        return new_state

@@ -1,0 +1,321 @@
+"""The SQLite back end's foundation: schema and migrations, connections, transactions, error translation.
+
+One database file holds everything (instances, series, jobs, sends) in WAL mode; :func:`connect` creates or
+migrates it with ``PRAGMA user_version``. Every state change is one transaction (:func:`transaction`), so a crash
+leaves either the state before or the state after. :class:`SqliteDatabase` hands out pooled connections to any
+thread and turns ``sqlite3`` exceptions into the project's own (:func:`translated`), so none leaks out of
+:mod:`node.state`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from node.errors import InputError, StateUnavailableError
+from node.state.model import StateError
+
+log = logging.getLogger(__name__)
+
+_MIGRATIONS: tuple[str, ...] = (
+    # 1: instances, series, jobs, sends.
+    """
+    CREATE TABLE series (
+        series_uid TEXT PRIMARY KEY,
+        study_uid TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('receiving', 'complete', 'exported', 'failed')),
+        reason TEXT,
+        first_received_at REAL NOT NULL,
+        last_received_at REAL NOT NULL,
+        hint_at REAL,
+        revision INTEGER NOT NULL DEFAULT 1,
+        export_version INTEGER,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX series_by_state ON series (state, last_received_at);
+    CREATE TABLE instances (
+        series_uid TEXT NOT NULL REFERENCES series (series_uid) ON DELETE CASCADE,
+        sop_uid TEXT NOT NULL,
+        sop_class_uid TEXT NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        received_at REAL NOT NULL,
+        PRIMARY KEY (series_uid, sop_uid)
+    );
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        inbox_path TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        item_kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        series_uid TEXT,
+        seg_path TEXT,
+        seg_sop_uid TEXT,
+        reason TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (inbox_path, signature)
+    );
+    CREATE INDEX jobs_by_state ON jobs (state);
+    CREATE TABLE sends (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        destination TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL,
+        reason TEXT,
+        updated_at REAL NOT NULL,
+        UNIQUE (job_id, destination)
+    );
+    CREATE INDEX sends_due ON sends (state, next_at);
+    """,
+    # 2: claims with a lease (several nodes on one database), attempts of jobs that wait to be built again.
+    """
+    ALTER TABLE series ADD COLUMN claimed_by TEXT;
+    ALTER TABLE series ADD COLUMN lease_until REAL;
+    ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN next_at REAL;
+    ALTER TABLE jobs ADD COLUMN claimed_by TEXT;
+    ALTER TABLE jobs ADD COLUMN lease_until REAL;
+    ALTER TABLE sends ADD COLUMN claimed_by TEXT;
+    ALTER TABLE sends ADD COLUMN lease_until REAL;
+    CREATE INDEX jobs_due ON jobs (state, next_at);
+    """,
+)
+
+#: The schema version this code writes; a newer database is refused rather than misread.
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+#: Seconds a write waits for another writer before failing with ``database is locked``.
+BUSY_TIMEOUT_SECONDS = 30.0
+
+
+class StateConnection(sqlite3.Connection):
+    """A connection that knows the data folder its stored relative paths are relative to."""
+
+    data_folder: Path
+
+
+def connect(path: Path, *, check_same_thread: bool = True, timeout: float = BUSY_TIMEOUT_SECONDS,
+            data_folder: Path | None = None) -> StateConnection:
+    """Open (creating or migrating) the state database at ``path``.
+
+    Parameters
+    ----------
+    path
+        The database file; its folder is created when missing.
+    check_same_thread
+        Pass False only when the caller serialises use of the connection itself (e.g. with a lock).
+    timeout
+        Seconds a write waits for another writer before failing with ``database is locked``.
+    data_folder
+        What stored relative paths are relative to; defaults to the database's folder (``data/segnode.sqlite3``).
+
+    Returns
+    -------
+    StateConnection
+        In autocommit mode (use :func:`transaction`), WAL journal, foreign keys on, rows as ``sqlite3.Row``.
+
+    Raises
+    ------
+    sqlite3.Error
+        The file cannot be opened or migrated (:class:`SqliteDatabase` translates these).
+    InputError
+        The database was written by a newer segnode.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=check_same_thread,
+                           factory=StateConnection)
+    assert isinstance(conn, StateConnection)
+    conn.data_folder = path.parent if data_folder is None else Path(data_folder)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: a committed row survives power loss too (the C-STORE status promises the instance is kept).
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        _migrate(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def data_folder_of(conn: sqlite3.Connection) -> Path:
+    """The data folder of a connection from :func:`connect` (else the folder of its main database file)."""
+    folder = getattr(conn, "data_folder", None)
+    if folder is not None:
+        return Path(folder)
+    main = next(row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main")
+    return Path(main).parent if main else Path.cwd()
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    with transaction(conn):
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise InputError(f"{path}: database schema version {version} is newer than this segnode understands "
+                             f"({SCHEMA_VERSION}); upgrade segnode or point [paths] data elsewhere")
+        for number in range(version, SCHEMA_VERSION):
+            # executescript() would COMMIT first; run statement by statement to stay inside this transaction.
+            for statement in _statements(_MIGRATIONS[number]):
+                conn.execute(statement)
+            log.info("%s: schema migrated to version %d", path, number + 1)
+        if version != SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _statements(script: str) -> Iterator[str]:
+    for statement in script.split(";"):
+        if statement.strip():
+            yield statement
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: committed when the block ends, rolled back when it raises.
+
+    Starts with ``BEGIN IMMEDIATE`` so the write lock is taken up front (no deadlock upgrading a read). Nested use
+    becomes a savepoint, so a helper can be called inside a caller's transaction.
+    """
+    if conn.in_transaction:
+        conn.execute("SAVEPOINT nested")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK TO nested")
+            conn.execute("RELEASE nested")
+            raise
+        conn.execute("RELEASE nested")
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:  # SQLite rolls back by itself after some errors (disk full, I/O)
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def translate(exc: sqlite3.Error, what: str) -> StateUnavailableError | StateError:
+    """The project's error for a ``sqlite3`` one: unavailable (may pass) or a refusal retrying cannot fix.
+
+    Locked, busy, read-only, disk I/O and disk full are ``OperationalError`` s: the database is there but cannot
+    be used right now. Anything else (a damaged file, a constraint or interface error) will not pass by itself.
+    """
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, sqlite3.OperationalError):
+        return StateUnavailableError(f"{what}: state database unavailable ({detail}); retrying later")
+    return StateError(f"{what}: state database refused the operation ({type(exc).__name__}: {detail})")
+
+
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Run the block with ``sqlite3`` exceptions turned into :func:`translate` ones."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise translate(exc, what) from exc
+
+
+class SqliteDatabase:
+    """Connections to one state database for any thread: a small pool, each connection used by one thread at a
+    time; errors translated (:func:`translated`) unless ``translate_errors`` is False.
+
+    Parameters
+    ----------
+    path
+        The database file (created or migrated on construction, so a bad file fails here).
+    data_folder
+        What stored relative paths are relative to.
+    timeout
+        Seconds a write waits for another writer.
+    """
+
+    def __init__(self, path: Path, data_folder: Path, *, timeout: float = BUSY_TIMEOUT_SECONDS,
+                 translate_errors: bool = True) -> None:
+        self.path = Path(path)
+        self.data_folder = Path(data_folder)
+        self.timeout = timeout
+        self.translate_errors = translate_errors
+        self._fixed: sqlite3.Connection | None = None
+        self._idle: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        with self._errors(f"{self.path}: open"):
+            self._idle.append(self._open())
+
+    @classmethod
+    def on_connection(cls, conn: sqlite3.Connection) -> SqliteDatabase:
+        """A database object using the caller's ``conn`` as it is (the caller closes it; errors not translated)."""
+        database = cls.__new__(cls)
+        database.path = Path("<caller's connection>")
+        database.data_folder = data_folder_of(conn)
+        database.timeout = BUSY_TIMEOUT_SECONDS
+        database.translate_errors = False
+        database._fixed = conn
+        database._idle = []
+        database._lock = threading.Lock()
+        database._closed = False
+        return database
+
+    def _open(self) -> sqlite3.Connection:
+        return connect(self.path, check_same_thread=False, timeout=self.timeout, data_folder=self.data_folder)
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        if not self.translate_errors:
+            yield
+            return
+        with translated(what):
+            yield
+
+    @contextmanager
+    def _borrowed(self) -> Iterator[sqlite3.Connection]:
+        if self._fixed is not None:
+            yield self._fixed
+            return
+        with self._lock:
+            if self._closed:
+                raise StateUnavailableError(f"{self.path}: state closed (the node is stopping); retry later")
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._open()
+        try:
+            yield conn
+        finally:
+            with self._lock:
+                if self._closed or conn.in_transaction:
+                    conn.close()
+                else:
+                    self._idle.append(conn)
+
+    @contextmanager
+    def reading(self, what: str) -> Iterator[sqlite3.Connection]:
+        """A connection for reads (each statement sees a consistent snapshot)."""
+        with self._errors(f"{self.path}: {what}"), self._borrowed() as conn:
+            yield conn
+
+    @contextmanager
+    def writing(self, what: str) -> Iterator[sqlite3.Connection]:
+        """A connection inside one write transaction (``BEGIN IMMEDIATE``), committed when the block ends."""
+        with self._errors(f"{self.path}: {what}"), self._borrowed() as conn, transaction(conn):
+            yield conn
+
+    def close(self) -> None:
+        """Close every idle connection; borrowed ones close when returned. A closed database refuses work."""
+        if self._fixed is not None:
+            return
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
