@@ -23,6 +23,9 @@ from node.errors import GeometryError, InputError, LabelError
 log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_NO_MASKS = "folder holds no NIfTI masks (.nii/.nii.gz)"
+#: What nibabel raises on a truncated, corrupt or foreign file.
+_READ_ERRORS = (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,35 @@ def nifti_stem(path: Path) -> str:
     return path.stem
 
 
+def is_mask_file(path: Path) -> bool:
+    """Whether a file in a mask folder is a mask: a NIfTI file that is not hidden (``.DS_Store``, rsync temporaries)."""
+    return is_nifti(path) and not path.name.startswith(".")
+
+
+def mask_files(folder: Path) -> list[Path]:
+    """The masks of a mask folder, in file-name order (the order their labels are numbered in)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_mask_file(p))
+
+
+def nifti_header_grid(path: Path) -> Grid:
+    """Grid of a NIfTI file, or of the first mask of a folder, from the header alone (no voxel data is read).
+
+    Raises
+    ------
+    InputError
+        The folder holds no masks, or the file cannot be read as NIfTI.
+    GeometryError
+        The header's affine is unusable.
+    """
+    target = path
+    if path.is_dir():
+        masks = mask_files(path)
+        if not masks:
+            raise InputError(f"{path.name}: {_NO_MASKS}")
+        target = masks[0]
+    return _grid_of(_open_nifti(target), target)
+
+
 def load_label_input(path: Path) -> LabelVolume:
     """Load a label map file or a folder of binary masks as one :class:`LabelVolume`."""
     if path.is_dir():
@@ -85,21 +117,29 @@ def load_label_input(path: Path) -> LabelVolume:
     return LabelVolume(path=path, array=labels, grid=_grid_of(image, path), header=image.header)
 
 
-def _read_nifti(path: Path) -> tuple[Any, npt.NDArray[Any]]:
+def _open_nifti(path: Path) -> Any:
+    """The image of a NIfTI-1/2 file, its header read (nibabel also opens Analyze, MGH... which are refused)."""
     try:
         image: Any = nib.load(path)
-        data = np.asanyarray(image.dataobj)
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, nib.filebasedimages.ImageFileError) as exc:
-        raise InputError(f"{path.name}: cannot be read as NIfTI ({_short(exc)}); the file is corrupt or incomplete"
-                         ) from exc
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
     if not isinstance(image, nib.Nifti1Image | nib.Nifti2Image):
         raise InputError(f"{path.name}: is {type(image).__name__}, not NIfTI-1/2")
+    return image
+
+
+def _read_nifti(path: Path) -> tuple[Any, npt.NDArray[Any]]:
+    image = _open_nifti(path)
+    try:
+        data = np.asanyarray(image.dataobj)
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
     return image, data
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
+def _unreadable(path: Path, exc: BaseException) -> InputError:
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return InputError(f"{path.name}: cannot be read as NIfTI ({text}); the file is corrupt or incomplete")
 
 
 def _grid_of(image: Any, path: Path) -> Grid:
@@ -147,9 +187,9 @@ def _first_fraction(data: npt.NDArray[Any]) -> float:
 
 def _load_mask_folder(folder: Path) -> LabelVolume:
     """One label per non-empty mask file, in file-name order; masks must share one grid and must not overlap."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+    files = mask_files(folder)
     if not files:
-        raise InputError(f"{folder.name}: folder holds no NIfTI masks (.nii/.nii.gz)")
+        raise InputError(f"{folder.name}: {_NO_MASKS}")
     combined: npt.NDArray[np.unsignedinteger[Any]] | None = None
     grid: Grid | None = None
     header: Any = None

@@ -11,13 +11,10 @@ import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import nibabel as nib
 
 from node.convert.alignment import plan_alignment
-from node.convert.geometry import Grid, nifti_affine, nifti_grid
-from node.convert.label_input import is_nifti, nifti_stem
+from node.convert.geometry import Grid
+from node.convert.label_input import nifti_header_grid, nifti_stem
 from node.convert.label_tables import read_sidecar_series_uid
 from node.convert.series import SourceSeries, list_stacks
 from node.errors import GeometryError, InputError
@@ -54,24 +51,6 @@ class Match:
     stack: int = 1
 
 
-def header_grid(path: Path) -> Grid:
-    """Grid of a NIfTI file, or of the first mask of a folder, from the header alone."""
-    target = path
-    if path.is_dir():
-        masks = sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
-        if not masks:
-            raise InputError(f"{path.name}: folder holds no NIfTI masks")
-        target = masks[0]
-    try:
-        image: Any = nib.load(target)
-        affine, _ = nifti_affine(image.header)
-        return nifti_grid(affine, image.shape[:3])
-    except GeometryError as exc:
-        raise GeometryError(f"{target.name}: {exc}") from exc
-    except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as exc:
-        raise InputError(f"{target.name}: cannot be read as NIfTI ({exc})") from exc
-
-
 def fits(series: Grid, label: Grid) -> bool:
     """Whether a label grid is the series grid up to axis order and direction (float32 slack allowed)."""
     if sorted(series.shape) != sorted(label.shape):
@@ -102,7 +81,7 @@ def match_item(path: Path, sidecar: Path | None, known_series: Collection[str],
             if len(stacks) > 1:
                 return Match(named, "sidecar", _fitting_stack(path, stacks))
             return Match(named, "sidecar")
-    grid = header_grid(path)
+    grid = nifti_header_grid(path)
     fitting = [c for c in candidates if fits(c.grid, grid)]
     if len(fitting) == 1:
         return Match(fitting[0].series_uid, "geometry", fitting[0].stack)
@@ -116,7 +95,7 @@ def match_item(path: Path, sidecar: Path | None, known_series: Collection[str],
 
 def _fitting_stack(path: Path, stacks: Sequence[Candidate]) -> int:
     """The one stack of a series a sidecar named that the item's grid fits; the main stack when none does."""
-    grid = header_grid(path)
+    grid = nifti_header_grid(path)
     fitting = [c for c in stacks if fits(c.grid, grid)]
     if len(fitting) > 1:
         raise MatchError(f"{path.name}: grid fits {len(fitting)} stacks of series {stacks[0].series_uid}"
@@ -128,7 +107,7 @@ def pick_stack(stacks: Sequence[SourceSeries], label: Path) -> SourceSeries:
     """For `segnode convert` without --stack: the only stack, or the one stack the label input's grid fits."""
     if len(stacks) == 1:
         return stacks[0]
-    grid = header_grid(label)
+    grid = nifti_header_grid(label)
     fitting = [s for s in stacks if fits(s.grid, grid)]
     if len(fitting) == 1:
         return fitting[0]
