@@ -21,13 +21,13 @@ from typing import Any
 from pydicom.sr._snomed_dict import mapping as _SNOMED_MAPPING
 from pydicom.sr.coding import Code
 
+from node.convert.uids import is_uid
 from node.errors import LabelError
 
 log = logging.getLogger(__name__)
 
 RGB = tuple[int, int, int]
 
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _HEX_COLOUR = re.compile(r"^#([0-9a-fA-F]{6})$")
 _SIDECAR_UID_KEYS = ("series_instance_uid", "SeriesInstanceUID")
 _SIMPLE_ENTRY_KEYS = {"name", "color", "colour", "description", "category", "type", "modifier", "region",
@@ -118,7 +118,7 @@ def read_sidecar_series_uid(path: Path) -> str | None:
         value = data.get(key)
         if value is None:
             continue
-        if not isinstance(value, str) or not _UID.match(value.strip()) or len(value.strip()) > 64:
+        if not isinstance(value, str) or not is_uid(value.strip(), strict=False):
             raise LabelError(f"{path.name}: '{key}' is not a DICOM UID ({value!r}); use digits and dots, at most"
                              " 64 characters")
         return value.strip()

@@ -43,6 +43,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from pydicom.valuerep import format_number_as_ds
 
+from node.convert.uids import is_uid
 from node.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,6 @@ _AGE = re.compile(r"\d{3}[DWMY]")
 _CODE = re.compile(r"[A-Z0-9 _]*")
 _DECIMAL = re.compile(r"[+-]?(\d+|\d+\.\d*|\.\d+)([eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
-_UID = re.compile(r"(0|[1-9]\d*)(\.(0|[1-9]\d*))*")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f-\x9f]")  # all but TAB and ESC, C1 too
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f-\x9f]")  # ST, LT, UT also keep LF, FF, CR
 
@@ -316,7 +316,7 @@ def _check_value(vr: str, value: str) -> tuple[str | None, str]:
         if not _AGE.fullmatch(text):
             return None, "is not a DICOM age"
     elif vr == "UI":
-        if len(text) > 64 or not _UID.fullmatch(text):
+        if not is_uid(text):
             return None, "is not a valid UID"
     elif vr == "DS":
         text = text.strip()
