@@ -10,7 +10,7 @@ import logging
 from collections import defaultdict
 
 from node.convert import error_line
-from node.destinations.dimse import Outcome, backoff_delay, send_files
+from node.destinations import Outcome, backoff_delay, create
 from node.errors import SegnodeError
 from node.pipeline.stage import PipelineContext, Stage
 from node.state import jobs
@@ -42,13 +42,13 @@ class Deliver(Stage):
     def _send_batch(self, name: str, rows: list[jobs.SendRow]) -> None:
         config = self.context.config
         try:
-            destination = config.destination(name)
+            destination = create(config.destination(name), calling_ae=config.node.ae_title,
+                                 timeout=config.send.timeout)
         except SegnodeError as exc:
             for row in rows:
                 jobs.mark_send_failed(self.conn, row.id, error_line(exc))
             return
-        results = send_files(destination, [row.seg_path for row in rows], calling_ae=config.node.ae_title,
-                             timeout=config.send.timeout)
+        results = destination.send([row.seg_path for row in rows])
         settings = config.send
         for row, result in zip(rows, results, strict=True):
             if result.outcome is Outcome.SENT:
