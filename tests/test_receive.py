@@ -6,7 +6,6 @@ import errno
 import os
 import queue
 import socket
-import sqlite3
 import struct
 import subprocess
 from collections.abc import Iterator
@@ -40,7 +39,7 @@ from node.dicom.scp import (
     read_identity,
     store_status,
 )
-from node.errors import InputError
+from node.errors import InputError, StateUnavailableError
 from node.state import sqlite as db
 from node.state.instances import InstanceStore, InvalidUIDError, StorageFullError
 
@@ -399,7 +398,7 @@ def test_stop_drains_then_aborts_associations_left_open(node: Node, tmp_path: Pa
 
 @pytest.mark.parametrize(("error", "status"), [
     (StorageFullError("disk full"), STATUS_OUT_OF_RESOURCES),
-    (sqlite3.OperationalError("database is locked"), STATUS_OUT_OF_RESOURCES),
+    (StateUnavailableError("state database unavailable (database is locked)"), STATUS_OUT_OF_RESOURCES),
     (InvalidUIDError("SOP Instance UID '../x' is not a DICOM UID"), STATUS_CANNOT_UNDERSTAND),
     (UnreadableInstanceError("instance 1.2 has no SeriesInstanceUID"), STATUS_CANNOT_UNDERSTAND),
     (RuntimeError("a bug"), STATUS_PROCESSING_FAILURE),

@@ -18,9 +18,13 @@ import zlib
 from io import BytesIO
 
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+from node.errors import InputError
+from node.state.instances import check_uid
 
 #: The 128-byte preamble and the ``DICM`` prefix of every Part 10 file.
 PREAMBLE = b"\x00" * 128 + b"DICM"
@@ -174,3 +178,29 @@ def _read_with_pydicom(dataset: bytes | memoryview, *, explicit: bool, little_en
 
     return read_dataset(BytesIO(dataset), is_implicit_VR=not explicit, is_little_endian=little_endian,
                         stop_when=past_identity, specific_tags=[_STUDY_UID, _SERIES_UID])
+
+
+class UnreadableInstanceError(InputError):
+    """A received instance whose header cannot be parsed or lacks a UID the node needs."""
+
+
+def read_identity(dataset: bytes | memoryview, transfer_syntax: str, sop_uid: str) -> tuple[str, str]:
+    """The (SeriesInstanceUID, StudyInstanceUID) of a received data set (encoded, without file meta).
+
+    Only the header up to group 0020 is walked (:func:`node.dicom.part10.read_identity_uids`); pixel data is neither
+    read nor decoded.
+    """
+    try:
+        series, study = read_identity_uids(dataset, transfer_syntax)
+    # A malformed stream surfaces as any of these, depending on where the parser trips.
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError, IndexError,
+            OverflowError, RecursionError, struct.error, zlib.error) as exc:
+        # Reason first: the start of the message becomes the peer's 64-character Error Comment.
+        detail = " ".join(str(exc).split())
+        raise UnreadableInstanceError(f"header cannot be parsed ({type(exc).__name__}: {detail}) in instance "
+                                      f"{sop_uid}; the sender must send valid DICOM") from exc
+    if not series:
+        raise UnreadableInstanceError(f"no SeriesInstanceUID in instance {sop_uid}; the sender must add it")
+    if not study:
+        raise UnreadableInstanceError(f"no StudyInstanceUID in instance {sop_uid}; the sender must add it")
+    return check_uid(series, "Series Instance UID"), check_uid(study, "Study Instance UID")

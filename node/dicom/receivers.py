@@ -32,7 +32,8 @@ from typing import Any
 
 from node import logs
 from node.config import Config
-from node.dicom.scp import ABORT_WAIT_SECONDS, StorageSCP, open_listener
+from node.dicom.listener import open_listener
+from node.dicom.scp import ABORT_WAIT_SECONDS, StorageSCP
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Each association runs in its own pynetdicom thread. A C-STORE is answered with success only after the instance
 is durable on disk (:class:`~node.state.instances.InstanceStore`) and its index row committed
-(:func:`node.state.sqlite.record_instance`); nothing else happens on the association thread: pixel data is never
+(:meth:`node.state.SeriesIndex.record_instance`); nothing else happens on the association thread: pixel data is never
 decoded, the only parsing is of the header up to the series and study UIDs.
 
 Failures become DICOM statuses in exactly one place, :func:`store_status`: a full disk (or a locked/full
@@ -10,21 +10,17 @@ database) is ``0xA700`` Out of Resources, so the sender retries later; an instan
 usable UIDs is ``0xC000`` Cannot Understand, with a one-line reason logged and sent as Error Comment; anything
 unexpected is ``0x0110`` Processing Failure, logged with its traceback. The server keeps serving in every case.
 
-Database access: the SCP owns one SQLite connection (opened with ``check_same_thread=False``) and a lock around
-every use of it. Writes are serialised by SQLite anyway; the slow part, writing and fsyncing the file, happens
-outside the lock, so concurrent associations still store in parallel.
+State access: the SCP opens the node's state (:func:`node.state.open_state`), which gives each association thread
+a connection of its own; only the short index write is serialised by the database, so concurrent associations
+write and fsync their files in parallel. The socket it serves comes from :mod:`node.dicom.listener`.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
-import sqlite3
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -52,15 +47,21 @@ from pydicom.uid import (
 from pynetdicom import AE, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import Config
-from node.dicom.part10 import file_meta, read_identity_uids
-from node.errors import InputError, TransientError
-from node.state import sqlite as db
+from node.dicom.listener import ListenerServer, open_listener
+from node.dicom.part10 import UnreadableInstanceError, file_meta, read_identity
+from node.errors import InputError, SegnodeError, TransientError
+from node.state import State, open_state
 from node.state.instances import InstanceStore, check_uid
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "ABORT_WAIT_SECONDS", "MAX_PDU_BYTES", "STATUS_CANNOT_UNDERSTAND", "STATUS_OUT_OF_RESOURCES",
+    "STATUS_PROCESSING_FAILURE", "STATUS_SUCCESS", "TRANSFER_SYNTAXES", "AssociationEnd", "StorageSCP",
+    "StoreOutcome", "UnreadableInstanceError", "open_listener", "read_identity", "store_status",
+]
 
 #: Transfer syntaxes accepted for storage; instances are stored exactly as sent, in the syntax the peer chose.
 TRANSFER_SYNTAXES: tuple[UID, ...] = (
@@ -97,10 +98,6 @@ def _join_all(threads: list[threading.Thread], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     for thread in threads:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
-
-
-class UnreadableInstanceError(InputError):
-    """A received instance whose header cannot be parsed or lacks a UID the node needs."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +153,7 @@ def store_status(what: str) -> Iterator[StoreOutcome]:
     outcome = StoreOutcome()
     try:
         yield outcome
-    except (TransientError, sqlite3.OperationalError) as exc:
+    except TransientError as exc:
         # Disk or quota full, database locked or full: nothing wrong with the instance, so ask for a retry.
         log.error("%s: refused, out of resources: %s", what, exc)
         outcome.status, outcome.comment = STATUS_OUT_OF_RESOURCES, "out of resources, retry later"
@@ -168,83 +165,6 @@ def store_status(what: str) -> Iterator[StoreOutcome]:
         outcome.status, outcome.comment = STATUS_PROCESSING_FAILURE, "processing failure, see the node's log"
 
 
-def read_identity(dataset: bytes | memoryview, transfer_syntax: str, sop_uid: str) -> tuple[str, str]:
-    """The (SeriesInstanceUID, StudyInstanceUID) of a received data set (encoded, without file meta).
-
-    Only the header up to group 0020 is walked (:func:`node.dicom.part10.read_identity_uids`); pixel data is neither
-    read nor decoded.
-    """
-    try:
-        series, study = read_identity_uids(dataset, transfer_syntax)
-    # A malformed stream surfaces as any of these, depending on where the parser trips.
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError, IndexError,
-            OverflowError, RecursionError, struct.error, zlib.error) as exc:
-        # Reason first: the start of the message becomes the peer's 64-character Error Comment.
-        detail = " ".join(str(exc).split())
-        raise UnreadableInstanceError(f"header cannot be parsed ({type(exc).__name__}: {detail}) in instance "
-                                      f"{sop_uid}; the sender must send valid DICOM") from exc
-    if not series:
-        raise UnreadableInstanceError(f"no SeriesInstanceUID in instance {sop_uid}; the sender must add it")
-    if not study:
-        raise UnreadableInstanceError(f"no StudyInstanceUID in instance {sop_uid}; the sender must add it")
-    return check_uid(series, "Series Instance UID"), check_uid(study, "Study Instance UID")
-
-
-#: How long :func:`open_listener` retries an address still held by a previous node's receivers.
-BIND_RETRY_SECONDS = 10.0
-
-
-def open_listener(bind: str, port: int, *, backlog: int = 64,
-                  retry_seconds: float = BIND_RETRY_SECONDS) -> socket.socket:
-    """A listening TCP socket on ``bind:port`` (``port=0``: the OS picks), to serve from one or more processes.
-
-    The socket is non-blocking: when several receiver processes share it, the ones that lose the race for a
-    connection must not block in ``accept()``. An address in use is retried for ``retry_seconds``: when a
-    supervisor restarts the node at once, the receivers of the one it just stopped may not have exited yet.
-
-    Raises
-    ------
-    OSError
-        The address cannot be bound (still in use after the retries, no permission for ports below 1024).
-    """
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    deadline = time.monotonic() + retry_seconds
-    warned = False
-    while True:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((bind, port))
-            sock.listen(backlog)
-            sock.setblocking(False)
-            return sock
-        except OSError as exc:
-            sock.close()
-            if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
-                raise
-            if not warned:
-                log.warning("%s:%d is in use; retrying for up to %g s", bind, port, retry_seconds)
-                warned = True
-            time.sleep(0.5)
-
-
-class _ListenerServer(ThreadedAssociationServer):
-    """pynetdicom's association server, serving a socket opened beforehand (:func:`open_listener`)."""
-
-    def __init__(self, *args: Any, listener: socket.socket, **kwargs: Any) -> None:
-        self._listener = listener
-        super().__init__(*args, **kwargs)
-
-    def server_bind(self) -> None:
-        if self.socket is not None:
-            self.socket.close()  # the one socketserver made; ours is already bound and listening
-        self.socket = self._listener
-        self.server_address = self.socket.getsockname()
-
-    def server_activate(self) -> None:
-        pass
-
-
 class StorageSCP:
     """A DICOM C-STORE/C-ECHO server writing every received instance durably.
 
@@ -253,7 +173,7 @@ class StorageSCP:
     store
         Where instance files go.
     database
-        The state database (see :func:`node.state.sqlite.connect`); the SCP opens its own connection to it.
+        The state database; the SCP opens the state (:func:`node.state.open_state`) for ``store.root`` on it.
     ae_title, bind, port, max_associations
         As ``[node]`` in the config; ``port=0`` lets the OS pick one (read it back from :attr:`port`).
     listener
@@ -263,7 +183,7 @@ class StorageSCP:
         Called on the association's thread after an association that stored instances is released or
         aborted (exceptions it raises are logged, not propagated).
     hint_completion
-        On release, call :func:`node.state.sqlite.hint_series_complete` for the association's ``finished_series``, so
+        On release, call :meth:`node.state.SeriesIndex.hint_complete` for the association's ``finished_series``, so
         they complete after a short grace instead of the full quiet period.
     clock
         Time source for ``received_at`` (POSIX seconds).
@@ -292,8 +212,7 @@ class StorageSCP:
         self.hint_completion = hint_completion
         self.clock = clock
         self._listener = listener
-        self._conn: sqlite3.Connection | None = None
-        self._db_lock = threading.Lock()
+        self._state: State | None = None
         self._sessions: dict[int, _Session] = {}
         self._sessions_lock = threading.Lock()
         self._ae: Any = None
@@ -333,7 +252,7 @@ class StorageSCP:
         """
         if self._server is not None:
             return
-        self._conn = db.connect(self.database, check_same_thread=False)
+        self._state = open_state(self.store.root, self.database)
         self._ae = self._application_entity()
         handlers = [
             (evt.EVT_C_STORE, self._on_store),
@@ -344,11 +263,11 @@ class StorageSCP:
         try:
             listener = self._listener or open_listener(self.bind, self.requested_port)
             self._listener = None  # the server owns it now
-            server = self._ae.make_server(listener.getsockname(), evt_handlers=handlers, server_class=_ListenerServer,
+            server = self._ae.make_server(listener.getsockname(), evt_handlers=handlers, server_class=ListenerServer,
                                           listener=listener)
         except BaseException:
-            self._conn.close()
-            self._conn = None
+            self._state.close()
+            self._state = None
             raise
         # As AE.start_server(block=False) does: AE.shutdown() and server.shutdown() expect it in the list.
         self._ae._servers.append(server)
@@ -375,10 +294,9 @@ class StorageSCP:
                 log.warning("aborting %d association(s) still open after %g s", len(remaining), drain_seconds)
             ae.shutdown()  # aborts whatever is left
             _join_all(remaining, ABORT_WAIT_SECONDS)
-        if self._conn is not None:
-            with self._db_lock:
-                self._conn.close()
-                self._conn = None
+        state, self._state = self._state, None
+        if state is not None:
+            state.close()
         if server is not None:
             log.info("stopped listening as %s", self.ae_title)
 
@@ -424,11 +342,10 @@ class StorageSCP:
             path = self.store.put(series_uid, sop_uid, meta, dataset)
             size = len(meta) + len(dataset)
         received_at = self.clock()
-        with self._db_lock:
-            if self._conn is None:
-                raise TransientError("the node is stopping; retry later")
-            db.record_instance(self._conn, series_uid, study_uid, sop_uid, sop_class_uid, path, size,
-                               received_at)
+        state = self._state
+        if state is None:
+            raise TransientError("the node is stopping; retry later")
+        state.series.record_instance(series_uid, study_uid, sop_uid, sop_class_uid, path, size, received_at)
         with self._sessions_lock:
             session = self._sessions.setdefault(id(event.assoc), _Session(calling_ae, peer))
             session.series_uids.add(series_uid)
@@ -459,10 +376,10 @@ class StorageSCP:
                  "aborted" if aborted else "released", session.instances, len(session.series_uids))
         if self.hint_completion and not aborted and finished:
             try:
-                with self._db_lock:
-                    if self._conn is not None:
-                        db.hint_series_complete(self._conn, finished, self.clock())
-            except sqlite3.Error as exc:
+                state = self._state
+                if state is not None:
+                    state.series.hint_complete(finished, self.clock())
+            except SegnodeError as exc:
                 # Only an optimisation: the quiet period still completes the series.
                 log.warning("could not hint completion of %d series: %s", len(finished), exc)
         if self.on_association_end is not None:
