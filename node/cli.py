@@ -10,7 +10,6 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import node
 from node import logs
@@ -20,8 +19,8 @@ from node.convert.seg import AlgorithmInfo, SegOptions, SegType
 from node.convert.series import choose_stack, find_stacks
 from node.errors import ConfigError, SegnodeError
 from node.pipeline.match import pick_stack
-from node.state import jobs
-from node.state import sqlite as db
+from node.state import State, open_state
+from node.state.model import JobState
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     with_config("check-config", "validate a config file and exit").set_defaults(handler=_check_config)
     with_config("status", "series and jobs by state, disk space").set_defaults(handler=_status)
     listing = with_config("jobs", "list recent jobs")
-    listing.add_argument("--state", choices=[s.value for s in jobs.JobState], help="only jobs in this state")
+    listing.add_argument("--state", choices=[s.value for s in JobState], help="only jobs in this state")
     listing.add_argument("--limit", type=int, default=50)
     listing.set_defaults(handler=_jobs)
     retry = with_config("retry", "send a failed job again")
@@ -102,17 +101,17 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_database(config: Config) -> Any:
+def _open_state(config: Config) -> State:
     if not config.paths.database.exists():
         raise ConfigError(f"{config.paths.database}: no state database yet; has `segnode run` been started?")
-    return db.connect(config.paths.database)
+    return open_state(config.paths.data, config.paths.database)
 
 
 def _status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    with _open_database(config) as conn:
-        series = db.series_counts(conn)
-        job_counts = jobs.job_counts(conn)
+    with _open_state(config) as state:
+        series = state.series.counts()
+        job_counts = state.jobs.counts()
     free = shutil.disk_usage(config.paths.data).free
     print("series: " + ", ".join(f"{state.value} {n}" for state, n in series.items()))
     print("jobs:   " + ", ".join(f"{state.value} {n}" for state, n in job_counts.items()))
@@ -122,8 +121,8 @@ def _status(args: argparse.Namespace) -> int:
 
 def _jobs(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    with _open_database(config) as conn:
-        rows = jobs.list_jobs(conn, args.state, args.limit)
+    with _open_state(config) as state:
+        rows = state.jobs.list_jobs(args.state, args.limit)
     for job in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.updated_at))
         sends = " ".join(f"{s.destination}:{s.state.value}" for s in job.sends)
@@ -136,7 +135,7 @@ def _retry(args: argparse.Namespace) -> int:
     from node.service.node import Node
 
     config = load_config(args.config)
-    _open_database(config).close()
+    _open_state(config).close()
     print(Node(config).requeue(args.job))
     return 0
 
