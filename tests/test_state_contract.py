@@ -1,0 +1,439 @@
+"""The contract of node.state's Protocols (SeriesIndex, JobStore), written against the Protocols only.
+
+Every back end must pass it: the ``backend`` fixture is parametrized by back end (SQLite today; PostgreSQL adds a
+parameter). Tests that need the back end's own storage (a database in the previous schema, a damaged file) say
+so by name and skip for other back ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from node.errors import InputError, StateUnavailableError, TransientError
+from node.state import State, open_state
+from node.state.model import JobState, JobStateError, SendState, SeriesState, StateError
+
+STUDY = "1.2.826.0.1.3680043.8.498.9"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+SEG_UID = "1.2.826.0.1.3680043.8.498.77"
+QUIET = 30.0
+LEASE = 60.0
+T0 = 10_000.0
+
+
+def series_uid(n: int) -> str:
+    return f"1.2.826.0.1.3680043.8.498.{100 + n}"
+
+
+@dataclass
+class Backend:
+    """Opens states of one back end on ONE database, as different nodes would."""
+
+    name: str
+    data: Path
+    database: Path
+    opened: list[State] = field(default_factory=list)
+
+    def open(self, node_id: str = "node-a", *, data: Path | None = None, lease_seconds: float = LEASE,
+             busy_timeout: float = 5.0) -> State:
+        state = open_state(data or self.data, self.database, node_id=node_id, lease_seconds=lease_seconds,
+                           busy_timeout=busy_timeout)
+        self.opened.append(state)
+        return state
+
+
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    data = tmp_path / "data"
+    data.mkdir()
+    handle = Backend(request.param, data, data / "segnode.sqlite3")
+    try:
+        yield handle
+    finally:
+        for state in handle.opened:
+            state.close()
+
+
+@pytest.fixture
+def state(backend: Backend) -> State:
+    return backend.open()
+
+
+def receive(state: State, data: Path, series: str, sop: str, at: float) -> Path:
+    path = data / "instances" / series / f"{sop}.dcm"
+    state.series.record_instance(series, STUDY, sop, CT, path, 100, at)
+    return path
+
+
+def new_job(state: State, data: Path, name: str = "liver.nii.gz", at: float = T0) -> int:
+    return state.jobs.create(data / "inbox" / name, "nifti", signature=f"file:1:{name}", now=at)
+
+
+def built_job(state: State, data: Path, destinations: list[str], name: str = "liver.nii.gz") -> int:
+    job_id = new_job(state, data, name)
+    assert state.jobs.claim_job(job_id, now=T0) is not None
+    assert state.jobs.mark_matched(job_id, series_uid(1), now=T0 + 1)
+    assert state.jobs.mark_built(job_id, data / "segs" / f"{name}.dcm", SEG_UID, destinations, now=T0 + 2)
+    return job_id
+
+
+# -- series ----------------------------------------------------------------------------------------------------------
+
+
+def test_series_life_cycle_through_claims(backend: Backend, state: State) -> None:
+    first = receive(state, backend.data, series_uid(1), "1.1", T0)
+    receive(state, backend.data, series_uid(1), "1.2", T0 + 1)
+    assert state.series.claim_due(QUIET, now=T0 + 10) == []
+    [row] = state.series.claim_due(QUIET, now=T0 + 1 + QUIET)
+    assert (row.series_uid, row.state, row.instance_count, row.claimed_by) == (series_uid(1), SeriesState.RECEIVING,
+                                                                               2, "node-a")
+    assert state.series.claim_due(QUIET, now=T0 + 1 + QUIET) == []  # claimed: not handed out twice
+    assert state.series.mark(row.series_uid, SeriesState.COMPLETE, if_revision=row.revision, now=T0 + 40)
+    [complete] = state.series.claim_in_state(SeriesState.COMPLETE, now=T0 + 41)
+    assert state.series.mark(complete.series_uid, "exported", if_revision=complete.revision, now=T0 + 42)
+    done = state.series.get(series_uid(1))
+    assert done is not None and done.state is SeriesState.EXPORTED and done.export_version == row.revision
+    assert done.claimed_by is None  # completing released the claim
+    assert state.series.instances(series_uid(1))[0] == first
+    assert state.series.counts()[SeriesState.EXPORTED] == 1
+    assert [r.series_uid for r in state.series.list_series(SeriesState.EXPORTED)] == [series_uid(1)]
+    # A late instance re-opens it.
+    receive(state, backend.data, series_uid(1), "1.3", T0 + 100)
+    again = state.series.get(series_uid(1))
+    assert again is not None and again.state is SeriesState.RECEIVING and again.revision > done.revision
+
+
+def test_a_series_that_changed_while_claimed_is_released_not_marked(backend: Backend, state: State) -> None:
+    receive(state, backend.data, series_uid(1), "1.1", T0)
+    [row] = state.series.claim_due(QUIET, now=T0 + QUIET)
+    receive(state, backend.data, series_uid(1), "1.2", T0 + QUIET + 1)
+    assert not state.series.mark(row.series_uid, SeriesState.COMPLETE, if_revision=row.revision)
+    current = state.series.get(row.series_uid)
+    assert current is not None and current.state is SeriesState.RECEIVING and current.claimed_by is None
+    [due] = state.series.claim_due(QUIET, now=T0 + 2 * QUIET + 1)
+    assert due.revision == row.revision + 1
+
+
+def test_hinted_series_is_due_after_the_grace(backend: Backend, state: State) -> None:
+    receive(state, backend.data, series_uid(1), "1.1", T0)
+    assert state.series.hint_complete([series_uid(1), series_uid(1)], now=T0 + 1) == 1
+    assert state.series.claim_due(QUIET, now=T0 + 2, grace_seconds=2.0) == []
+    assert [r.series_uid for r in state.series.claim_due(QUIET, now=T0 + 3, grace_seconds=2.0)] == [series_uid(1)]
+
+
+def test_unknown_series(state: State) -> None:
+    assert state.series.get(series_uid(9)) is None
+    assert state.series.instances(series_uid(9)) == []
+    with pytest.raises(InputError):
+        state.series.mark(series_uid(9), SeriesState.FAILED, reason="x")
+
+
+# -- jobs ------------------------------------------------------------------------------------------------------------
+
+
+def test_job_happy_path_to_sent(backend: Backend, state: State) -> None:
+    job_id = new_job(state, backend.data)
+    assert new_job(state, backend.data) == job_id  # one job per item version
+    [claimed] = state.jobs.claim_jobs(now=T0)
+    assert claimed.id == job_id and claimed.state is JobState.PENDING and claimed.claimed_by == "node-a"
+    assert state.jobs.claim_jobs(now=T0) == []
+    assert state.jobs.mark_matched(job_id, series_uid(1), now=T0 + 1)
+    seg = backend.data / "segs" / "x.dcm"
+    assert state.jobs.mark_built(job_id, seg, SEG_UID, ["pacs", "archive"], now=T0 + 2)
+    job = state.jobs.get(job_id)
+    assert job.state is JobState.BUILT and job.seg_path == seg and job.claimed_by is None
+    sends = state.jobs.claim_sends(now=T0 + 2)
+    assert sorted(s.destination for s in sends) == ["archive", "pacs"]
+    assert all(s.seg_path == seg and s.seg_sop_uid == SEG_UID for s in sends)
+    assert state.jobs.claim_sends(now=T0 + 2) == []
+    for send in sends:
+        assert state.jobs.mark_send_ok(send.id, now=T0 + 3)
+    assert state.jobs.get(job_id).state is JobState.SENT
+    assert state.jobs.resumable() == []
+    assert state.jobs.counts()[JobState.SENT] == 1
+    assert [j.id for j in state.jobs.list_jobs(JobState.SENT)] == [job_id]
+
+
+def test_transient_build_failure_waits_then_is_due_again(backend: Backend, state: State) -> None:
+    job_id = new_job(state, backend.data)
+    state.jobs.claim_jobs(now=T0)
+    assert state.jobs.mark_retry_later(job_id, "disk full", T0 + 60, now=T0 + 1)
+    job = state.jobs.get(job_id)
+    assert (job.state, job.attempts, job.next_at, job.reason, job.claimed_by) == (JobState.RETRY_WAIT, 1, T0 + 60,
+                                                                                   "disk full", None)
+    assert state.jobs.claim_jobs(now=T0 + 59) == []
+    [again] = state.jobs.claim_jobs(now=T0 + 60)
+    assert again.id == job_id and again.attempts == 1
+    assert state.jobs.mark_matched(job_id, series_uid(1), now=T0 + 61)
+    assert state.jobs.mark_built(job_id, backend.data / "segs" / "x.dcm", SEG_UID, [], now=T0 + 62)
+    assert state.jobs.get(job_id).state is JobState.SENT  # no destination: nothing to deliver
+
+
+def test_send_retry_failure_and_segnode_retry(backend: Backend, state: State) -> None:
+    job_id = built_job(state, backend.data, ["pacs", "archive"])
+    by_name = {s.destination: s for s in state.jobs.claim_sends(now=T0 + 2)}
+    assert state.jobs.mark_send_retry(by_name["pacs"].id, "connection refused", T0 + 60, now=T0 + 3)
+    assert state.jobs.get(job_id).state is JobState.RETRY_WAIT
+    assert state.jobs.mark_send_ok(by_name["archive"].id, now=T0 + 3)
+    assert state.jobs.claim_sends(now=T0 + 59) == []
+    [due] = state.jobs.claim_sends(now=T0 + 60)
+    assert (due.destination, due.attempts, due.state) == ("pacs", 1, SendState.RETRY_WAIT)
+    assert state.jobs.mark_send_failed(due.id, "0xA900 refused", now=T0 + 61)
+    job = state.jobs.get(job_id)
+    assert job.state is JobState.FAILED and "pacs: 0xA900 refused" in (job.reason or "")
+    assert state.jobs.retry(job_id, now=T0 + 70) is JobState.BUILT
+    [resend] = state.jobs.claim_sends(now=T0 + 70)
+    assert (resend.destination, resend.attempts) == ("pacs", 0)
+    with pytest.raises(JobStateError):
+        state.jobs.retry(job_id)
+
+
+def test_failed_before_the_seg_is_retried_from_pending(backend: Backend, state: State) -> None:
+    job_id = new_job(state, backend.data)
+    state.jobs.claim_job(job_id, now=T0)
+    assert state.jobs.mark_failed(job_id, "no series matches", now=T0 + 1)
+    assert state.jobs.claim_jobs(now=T0 + 2) == []
+    assert state.jobs.retry(job_id, now=T0 + 3) is JobState.PENDING
+    assert [j.id for j in state.jobs.claim_jobs(now=T0 + 3)] == [job_id]
+
+
+def test_invalid_transitions_by_the_claim_holder_raise(backend: Backend, state: State) -> None:
+    job_id = new_job(state, backend.data)
+    state.jobs.claim_job(job_id, now=T0)
+    with pytest.raises(JobStateError):
+        state.jobs.mark_built(job_id, backend.data / "x.dcm", SEG_UID, ["pacs"])  # not matched yet
+    with pytest.raises(InputError):
+        state.jobs.get(999)
+
+
+# -- claims across nodes ---------------------------------------------------------------------------------------------
+
+
+def test_each_due_item_is_claimed_by_exactly_one_node(backend: Backend) -> None:
+    a, b = backend.open("node-a"), backend.open("node-b")
+    for n in range(12):
+        receive(a, backend.data, series_uid(n), f"{n}.1", T0)
+        built_job(a, backend.data, ["pacs"], name=f"item{n}.nii.gz")
+    for n in range(12):
+        new_job(a, backend.data, f"new{n}.nii.gz")
+    now = T0 + QUIET + 10
+    results: dict[str, dict[str, list[object]]] = {"node-a": {}, "node-b": {}}
+    start = threading.Barrier(2)
+
+    def work(state: State) -> None:
+        start.wait()
+        mine = results[state.node_id]
+        mine["series"], mine["jobs"], mine["sends"] = [], [], []
+        for _ in range(6):  # small batches, interleaved with the other node
+            mine["series"] += [r.series_uid for r in state.series.claim_due(QUIET, now=now, limit=2)]
+            mine["jobs"] += [r.id for r in state.jobs.claim_jobs(now=now, limit=2)]
+            mine["sends"] += [r.id for r in state.jobs.claim_sends(now=now, limit=2)]
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in (a, b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    for kind, total in (("series", 12), ("jobs", 12), ("sends", 12)):
+        got_a, got_b = results["node-a"][kind], results["node-b"][kind]
+        assert not set(got_a) & set(got_b), kind
+        assert len(got_a) + len(got_b) == len(set(got_a) | set(got_b)) == total, kind
+
+
+def test_an_expired_claim_is_taken_over_and_the_losers_completion_is_reported(backend: Backend) -> None:
+    a, b = backend.open("node-a"), backend.open("node-b")
+    job_id = built_job(a, backend.data, ["pacs"])
+    [send] = a.jobs.claim_sends(now=T0 + 2)
+    assert b.jobs.claim_sends(now=T0 + 2 + LEASE - 1) == []  # A's lease still holds
+    [taken] = b.jobs.claim_sends(now=T0 + 2 + LEASE + 1)
+    assert taken.id == send.id and taken.claimed_by == "node-b"
+    assert not a.jobs.mark_send_retry(send.id, "timed out", T0 + 500)  # lost: reported, nothing changed
+    assert b.jobs.mark_send_ok(send.id)
+    assert not a.jobs.mark_send_ok(send.id)  # the second "ok" neither raises nor changes anything
+    assert not b.jobs.mark_send_ok(send.id)
+    job = a.jobs.get(job_id)
+    assert job.state is JobState.SENT and job.sends[0].attempts == 1
+
+
+def test_expired_series_and_job_claims_are_taken_over(backend: Backend) -> None:
+    a, b = backend.open("node-a"), backend.open("node-b")
+    receive(a, backend.data, series_uid(1), "1.1", T0)
+    [row] = a.series.claim_due(QUIET, now=T0 + QUIET)
+    [taken] = b.series.claim_due(QUIET, now=T0 + QUIET + LEASE + 1)
+    assert taken.series_uid == row.series_uid
+    assert not a.series.mark(row.series_uid, SeriesState.COMPLETE, if_revision=row.revision)
+    assert b.series.mark(row.series_uid, SeriesState.COMPLETE, if_revision=row.revision)
+    job_id = new_job(a, backend.data)
+    assert a.jobs.claim_job(job_id, now=T0) is not None
+    assert b.jobs.claim_job(job_id, now=T0 + 1) is None
+    assert b.jobs.claim_job(job_id, now=T0 + LEASE + 1) is not None
+    assert not a.jobs.mark_matched(job_id, series_uid(1))
+    assert not a.jobs.mark_failed(job_id, "too late")
+    assert b.jobs.mark_matched(job_id, series_uid(1))
+    assert a.jobs.get(job_id).state is JobState.MATCHED
+
+
+def test_released_claims_are_free_at_once(backend: Backend) -> None:
+    a, b = backend.open("node-a"), backend.open("node-b")
+    receive(a, backend.data, series_uid(1), "1.1", T0)
+    built_job(a, backend.data, ["pacs"])
+    a.series.claim_due(QUIET, now=T0 + QUIET)
+    a.jobs.claim_sends(now=T0 + QUIET)
+    assert a.release_claims() == 2
+    assert len(b.series.claim_due(QUIET, now=T0 + QUIET)) == 1
+    assert len(b.jobs.claim_sends(now=T0 + QUIET)) == 1
+    assert b.series.release(series_uid(1)) and not b.series.release(series_uid(1))
+
+
+# -- paths -----------------------------------------------------------------------------------------------------------
+
+
+def test_paths_round_trip_and_follow_a_moved_data_folder(backend: Backend, tmp_path: Path) -> None:
+    state = backend.open()
+    instance = receive(state, backend.data, series_uid(1), "1.1", T0)
+    outside = tmp_path / "elsewhere" / "inbox" / "a.nii.gz"
+    inside = state.jobs.create(backend.data / "inbox" / "b.nii.gz", "nifti", signature="s1")
+    elsewhere = state.jobs.create(outside, "nifti", signature="s2")
+    state.jobs.claim_job(inside)
+    state.jobs.mark_matched(inside, series_uid(1))
+    state.jobs.mark_built(inside, backend.data / "segs" / "b.dcm", SEG_UID, ["pacs"])
+    assert state.series.instances(series_uid(1)) == [instance]
+    assert state.jobs.get(inside).inbox_path == backend.data / "inbox" / "b.nii.gz"
+    assert state.jobs.get(elsewhere).inbox_path == outside
+    state.close()
+    moved = tmp_path / "moved"
+    shutil.copytree(backend.data, moved)
+    there = backend.open(data=moved)
+    assert there.series.instances(series_uid(1)) == [moved / "instances" / series_uid(1) / "1.1.dcm"]
+    job = there.jobs.get(inside)
+    assert job.inbox_path == moved / "inbox" / "b.nii.gz" and job.seg_path == moved / "segs" / "b.dcm"
+    assert job.sends[0].seg_path == moved / "segs" / "b.dcm"
+    assert there.jobs.get(elsewhere).inbox_path == outside  # outside the data folder: kept absolute
+
+
+def test_sqlite_stores_paths_inside_the_data_folder_relative(backend: Backend) -> None:
+    if backend.name != "sqlite":
+        pytest.skip("inspects the SQLite file")
+    state = backend.open()
+    receive(state, backend.data, series_uid(1), "1.1", T0)
+    raw = sqlite3.connect(backend.database)
+    try:
+        assert raw.execute("SELECT path FROM instances").fetchone()[0] == f"instances/{series_uid(1)}/1.1.dcm"
+    finally:
+        raw.close()
+
+
+# -- migration from the previous schema ------------------------------------------------------------------------------
+
+#: Schema version 1 exactly as segnode wrote it before claims and relative paths.
+_SCHEMA_V1 = """
+CREATE TABLE series (series_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('receiving', 'complete', 'exported', 'failed')), reason TEXT,
+    first_received_at REAL NOT NULL, last_received_at REAL NOT NULL, hint_at REAL,
+    revision INTEGER NOT NULL DEFAULT 1, export_version INTEGER, updated_at REAL NOT NULL);
+CREATE INDEX series_by_state ON series (state, last_received_at);
+CREATE TABLE instances (series_uid TEXT NOT NULL REFERENCES series (series_uid) ON DELETE CASCADE,
+    sop_uid TEXT NOT NULL, sop_class_uid TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL,
+    received_at REAL NOT NULL, PRIMARY KEY (series_uid, sop_uid));
+CREATE TABLE jobs (id INTEGER PRIMARY KEY, inbox_path TEXT NOT NULL, signature TEXT NOT NULL,
+    item_kind TEXT NOT NULL, state TEXT NOT NULL, series_uid TEXT, seg_path TEXT, seg_sop_uid TEXT, reason TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, UNIQUE (inbox_path, signature));
+CREATE INDEX jobs_by_state ON jobs (state);
+CREATE TABLE sends (id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    destination TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at REAL,
+    reason TEXT, updated_at REAL NOT NULL, UNIQUE (job_id, destination));
+CREATE INDEX sends_due ON sends (state, next_at);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_database_of_the_previous_schema_is_migrated_and_its_absolute_paths_read(backend: Backend) -> None:
+    if backend.name != "sqlite":
+        pytest.skip("builds a database file in SQLite's previous schema")
+    data = backend.data
+    instance = data / "instances" / series_uid(1) / "1.1.dcm"
+    item, seg = data / "inbox" / "old.nii.gz", data / "segs" / "old.dcm"
+    raw = sqlite3.connect(backend.database)
+    raw.executescript(_SCHEMA_V1)
+    raw.execute("INSERT INTO series VALUES (?, ?, 'receiving', NULL, ?, ?, NULL, 1, NULL, ?)",
+                (series_uid(1), STUDY, T0, T0, T0))
+    raw.execute("INSERT INTO instances VALUES (?, '1.1', ?, ?, 100, ?)", (series_uid(1), CT, str(instance), T0))
+    raw.execute("INSERT INTO jobs VALUES (1, ?, 'sig', 'nifti', 'built', ?, ?, ?, NULL, ?, ?)",
+                (str(item), series_uid(1), str(seg), SEG_UID, T0, T0))
+    raw.execute("INSERT INTO sends VALUES (1, 1, 'pacs', 'pending', 0, ?, NULL, ?)", (T0, T0))
+    raw.commit()
+    raw.close()
+    state = backend.open()
+    assert state.series.instances(series_uid(1)) == [instance]
+    assert state.jobs.create(item, "nifti", signature="sig") == 1  # the same item, stored absolute before
+    [send] = state.jobs.claim_sends(now=T0 + 1)
+    assert send.seg_path == seg and state.jobs.mark_send_ok(send.id)
+    assert state.jobs.get(1).state is JobState.SENT
+    [due] = state.series.claim_due(QUIET, now=T0 + QUIET)
+    assert due.series_uid == series_uid(1)
+    raw = sqlite3.connect(backend.database)
+    try:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    finally:
+        raw.close()
+
+
+# -- back-end errors -------------------------------------------------------------------------------------------------
+
+
+def test_a_locked_database_is_state_unavailable(backend: Backend) -> None:
+    if backend.name != "sqlite":
+        pytest.skip("locks the SQLite file")
+    state = backend.open(busy_timeout=0.1)
+    locker = sqlite3.connect(backend.database, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StateUnavailableError, match="locked") as caught:
+            receive(state, backend.data, series_uid(1), "1.1", T0)
+        assert isinstance(caught.value, TransientError) and caught.value.retryable
+        with pytest.raises(StateUnavailableError):
+            state.jobs.claim_sends(now=T0)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    receive(state, backend.data, series_uid(1), "1.1", T0)  # and it passes
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes read-only files anyway")
+def test_a_read_only_database_is_state_unavailable(backend: Backend) -> None:
+    if backend.name != "sqlite":
+        pytest.skip("makes the SQLite file read-only")
+    backend.open().close()
+    for path in backend.data.glob("segnode.sqlite3*"):
+        path.chmod(0o444)
+    backend.data.chmod(0o555)
+    try:
+        with pytest.raises(StateUnavailableError):
+            state = backend.open()
+            receive(state, backend.data, series_uid(1), "1.1", T0)
+    finally:
+        backend.data.chmod(0o755)
+
+
+def test_a_file_that_is_no_database_is_a_state_error_not_sqlite3(backend: Backend) -> None:
+    if backend.name != "sqlite":
+        pytest.skip("writes a damaged SQLite file")
+    backend.database.write_bytes(b"this is not an SQLite database" * 100)
+    with pytest.raises(StateError):
+        backend.open()
+
+
+def test_a_closed_state_refuses_work_with_a_transient_error(state: State, backend: Backend) -> None:
+    state.close()
+    calls: list[Callable[[], object]] = [lambda: state.series.counts(), lambda: state.jobs.claim_sends()]
+    for call in calls:
+        with pytest.raises(StateUnavailableError):
+            call()
