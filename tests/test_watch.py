@@ -1,4 +1,4 @@
-"""Tests of node/watch.py: settle detection with a fake clock, real observers with bounded waits, moves."""
+"""Tests of node/pipeline/inbox.py and filing.py: settle detection with a fake clock, real observers, moves."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 
+import node.pipeline.filing as filing
 import node.pipeline.inbox as watch
 from node.errors import ConfigError, InputError
-from node.pipeline.inbox import REASON_FILE, InboxItem, InboxWatcher, ItemKind, move_item
+from node.pipeline.filing import move_item
+from node.pipeline.inbox import REASON_FILE, InboxItem, InboxWatcher, ItemKind
 
 SETTLE = 10.0
 # Generous bound for real observers: only reached when an event never arrives, which is the failure.
@@ -379,7 +381,7 @@ def test_move_item_without_reason_writes_no_reason_file(inbox: Path, tmp_path: P
 
 def test_move_item_never_overwrites_an_existing_destination(
         inbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(watch, "_utc_stamp", lambda: "20240101T000000Z")
+    monkeypatch.setattr(filing, "_utc_stamp", lambda: "20240101T000000Z")
     processed = tmp_path / "processed"
     earlier = write(processed / "20240101T000000Z_ct.nii.gz" / "ct.nii.gz", b"earlier")
     write(processed / "20240101T000000Z-2_ct.nii.gz" / "reason.txt", b"earlier reason")

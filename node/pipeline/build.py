@@ -12,11 +12,12 @@ import logging
 import re
 from collections import deque
 
-from node.convert import build_seg_from_input, error_line, write_dataset_atomically
+from node.convert import build_seg_from_input, write_dataset_atomically
 from node.convert.series import choose_stack
-from node.errors import SegnodeError, TransientError
+from node.errors import SegnodeError, TransientError, error_line
 from node.pipeline.export import exported_grid
-from node.pipeline.inbox import InboxItem, move_item
+from node.pipeline.filing import move_item
+from node.pipeline.inbox import InboxItem
 from node.pipeline.intake import Intake
 from node.pipeline.match import Candidate, match_item
 from node.pipeline.stage import PipelineContext, Stage

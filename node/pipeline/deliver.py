@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
-from node.convert import error_line
 from node.destinations import Outcome, backoff_delay, create
-from node.errors import SegnodeError
+from node.errors import SegnodeError, error_line
 from node.pipeline.stage import PipelineContext, Stage
 from node.state import jobs
 

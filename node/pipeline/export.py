@@ -23,12 +23,11 @@ import numpy.typing as npt
 import pydicom
 from pydicom.pixels.processing import apply_rescale
 
-from node.convert import error_line
 from node.convert.geometry import LPS_FROM_RAS, Grid, normal_of
 from node.convert.planes import integer_value
 from node.convert.series import SourceSeries, functional_attribute
 from node.durable import atomic_write, atomic_write_json
-from node.errors import GeometryError, InputError, SegnodeError
+from node.errors import GeometryError, InputError, SegnodeError, error_line
 from node.pipeline.stage import PipelineContext, Stage
 from node.pipeline.stored import stored_stacks
 from node.state import sqlite as db

@@ -10,7 +10,8 @@ import logging
 import threading
 from collections import deque
 
-from node.pipeline.inbox import InboxItem, InboxWatcher, move_item
+from node.pipeline.filing import move_item
+from node.pipeline.inbox import InboxItem, InboxWatcher
 from node.pipeline.stage import PipelineContext, Stage
 from node.state import jobs
 

@@ -26,7 +26,8 @@ from node.pipeline.build import Build
 from node.pipeline.completion import Completion
 from node.pipeline.deliver import Deliver
 from node.pipeline.export import Export
-from node.pipeline.inbox import InboxWatcher, find_moved_item, restore_item
+from node.pipeline.filing import find_moved_item, restore_item
+from node.pipeline.inbox import InboxWatcher
 from node.pipeline.intake import Intake
 from node.pipeline.stage import PipelineContext, Stage
 from node.state import jobs
