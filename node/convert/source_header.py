@@ -21,10 +21,7 @@ The module tables (which attribute is Type 1, 2 or 3 where) are highdicom's own,
 from __future__ import annotations
 
 import copy
-import datetime
 import logging
-import math
-import re
 from functools import lru_cache
 from typing import Any
 
@@ -34,16 +31,14 @@ from highdicom._standard_utils import (
     get_iod_module_map,
     get_sop_class_iod_map,
 )
-from highdicom.enum import SpecificCharacterSetValues
-from highdicom.valuerep import _check_specific_character_set
 from pydicom.datadict import dictionary_is_retired, dictionary_VM, dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
-from pydicom.valuerep import format_number_as_ds
 
-from node.convert.uids import is_uid
+from node.convert.character_set import repair_character_set
+from node.convert.header_values import check_value
 from node.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -79,18 +74,6 @@ _ONE_OF_REQUIRED = {"clinical-trial-subject": ("ClinicalTrialSubjectID", "Clinic
 _UNKNOWN_DEIDENTIFICATION = "unknown (not given by the source)"
 
 #: Maximum characters per value of the string VRs that have one (PN: per component group).
-_MAX_CHARS = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "PN": 64}
-
-_DATE = re.compile(r"\d{8}")
-_TIME = re.compile(r"([01]\d|2[0-3])([0-5]\d((60|[0-5]\d)(\.\d{1,6})?)?)?")
-_DATE_TIME = re.compile(r"\d{4}((0[1-9]|1[0-2])(([0-2]\d|3[01])(([01]\d|2[0-3])([0-5]\d((60|[0-5]\d)"
-                        r"(\.\d{1,6})?)?)?)?)?)?([+-][01]\d[0-5]\d)?")
-_AGE = re.compile(r"\d{3}[DWMY]")
-_CODE = re.compile(r"[A-Z0-9 _]*")
-_DECIMAL = re.compile(r"[+-]?(\d+|\d+\.\d*|\.\d+)([eE][+-]?\d+)?")
-_INTEGER = re.compile(r"[+-]?\d+")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f-\x9f]")  # all but TAB and ESC, C1 too
-_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f-\x9f]")  # ST, LT, UT also keep LF, FF, CR
 
 #: A node of highdicom's module tree: ``{"type": AttributeTypeValues, "attributes": {keyword: node}}``.
 Schema = dict[str, Any]
@@ -138,7 +121,7 @@ def clean_source_header(header: Dataset, series_uid: str) -> tuple[Dataset, list
     for keyword in TYPE2_FROM_SOURCE:
         if keyword not in cleaned or cleaned[keyword].value is None:
             setattr(cleaned, keyword, "")
-    _repair_character_set(cleaned, [cleaned[k] for k in schema if k in cleaned], notices)
+    repair_character_set(cleaned, [cleaned[k] for k in schema if k in cleaned], notices)
     if removed:
         # Every vendor writes private attributes: leaving them out is by design, not a repair to report.
         log.debug("source header: %s attributes left out of the SEG", " and ".join(sorted(removed)))
@@ -221,7 +204,7 @@ def _clean_element(ds: Dataset, keyword: str, node: Schema, where: str, private_
         element = ds[keyword]
     repaired: list[Any] = []
     for value in values:
-        fixed, reason = _check_value(element.VR, str(value))
+        fixed, reason = check_value(element.VR, str(value))
         if fixed is not None and keyword in _ENUMERATED and fixed not in _ENUMERATED[keyword]:
             fixed, reason = None, f"is not one of {', '.join(_ENUMERATED[keyword])}"
         quoted = _quoted(str(value), element.VR, private_value)
@@ -295,63 +278,6 @@ def _missing_type1(item: Dataset, children: dict[str, Schema]) -> str:
     return ""
 
 
-def _check_value(vr: str, value: str) -> tuple[str | None, str]:
-    """(value to write or None when unusable, why it changed or '' when it did not) for one string value."""
-    text = _TEXT_CONTROL.sub("", value) if vr in ("ST", "LT", "UT") else _CONTROL.sub("", value)
-    reason = "holds control characters" if text != value else ""
-    if vr == "DA":
-        if re.fullmatch(r"\d{4}\.\d{2}\.\d{2}", text):  # the ACR-NEMA form
-            text, reason = text.replace(".", ""), "is an old-style date"
-        if not _DATE.fullmatch(text) or not _is_calendar_date(text):
-            return None, "is not a DICOM date"
-    elif vr == "TM":
-        if re.fullmatch(r"\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?", text):  # the ACR-NEMA form
-            text, reason = text.replace(":", ""), "is an old-style time"
-        if not _TIME.fullmatch(text):
-            return None, "is not a DICOM time"
-    elif vr == "DT":
-        if not _DATE_TIME.fullmatch(text) or (len(text) >= 8 and not _is_calendar_date(text[:8])):
-            return None, "is not a DICOM date-time"
-    elif vr == "AS":
-        if not _AGE.fullmatch(text):
-            return None, "is not a DICOM age"
-    elif vr == "UI":
-        if not is_uid(text):
-            return None, "is not a valid UID"
-    elif vr == "DS":
-        text = text.strip()
-        if not _DECIMAL.fullmatch(text) or not math.isfinite(float(text)):
-            return None, "is not a decimal number"
-        if len(text) > 16:
-            text, reason = format_number_as_ds(float(text)), "has more than 16 characters"
-    elif vr == "IS":
-        text = text.strip()
-        if not _INTEGER.fullmatch(text) or not -(2**31) <= int(text) < 2**31:
-            return None, "is not a 32-bit integer"
-    elif vr == "CS":
-        if text.upper() != text and _CODE.fullmatch(text.upper()):
-            text, reason = text.upper(), "is not upper case"
-        if not _CODE.fullmatch(text):
-            return None, "holds characters a code string cannot"
-    if vr == "PN":
-        groups = text.split("=")
-        if len(groups) > 3 or any(g.count("^") > 4 for g in groups):
-            return None, "is not a person name (more than 3 groups or 5 components)"
-        if any(len(g) > _MAX_CHARS["PN"] for g in groups):
-            text, reason = "=".join(g[:_MAX_CHARS["PN"]] for g in groups), "has a group longer than 64 characters"
-    elif vr in _MAX_CHARS and len(text) > _MAX_CHARS[vr]:
-        text, reason = text[:_MAX_CHARS[vr]].rstrip(), f"is longer than {_MAX_CHARS[vr]} characters ({vr})"
-    return text, reason
-
-
-def _is_calendar_date(text: str) -> bool:
-    try:
-        datetime.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
-    except ValueError:
-        return False
-    return True
-
-
 def _complete_modules(ds: Dataset, modules: tuple[tuple[str, str, Schema], ...], notices: list[str]) -> None:
     """Make each copied module that is present whole: Type 2 attributes added empty, or the module left out.
 
@@ -393,86 +319,3 @@ def _complete_deidentification(ds: Dataset, notices: list[str]) -> None:
         ds.DeidentificationMethod = _UNKNOWN_DEIDENTIFICATION
         notices.append("source header: PatientIdentityRemoved is YES but no DeidentificationMethod is given;"
                        f" written {_UNKNOWN_DEIDENTIFICATION!r} in the SEG")
-
-
-def _repair_character_set(ds: Dataset, copied: list[DataElement], notices: list[str]) -> None:
-    """Make Specific Character Set one highdicom accepts and pydicom can encode the copied text with.
-
-    Empty means the default repertoire: the attribute goes. Spelling variants ('ISO-IR 100', 'ISO_IR100')
-    and a lone code-extension term are mapped to the defined term. Anything else goes too when all copied
-    text is ASCII, and becomes ISO_IR 192 (UTF-8, which encodes any text pydicom decoded) when it is not.
-    """
-    present = "SpecificCharacterSet" in ds
-    raw = ds.get("SpecificCharacterSet") or ""
-    terms = [str(t).strip() for t in (raw if isinstance(raw, MultiValue) else [raw])]
-    shown = "\\".join(terms)
-    if not any(terms):
-        if present:
-            del ds.SpecificCharacterSet
-        if not all(_is_ascii(element) for element in copied):
-            # Text outside the default repertoire and no character set to read it by: write what pydicom decoded
-            # in UTF-8, which holds any of it, rather than bytes no reader can interpret.
-            ds.SpecificCharacterSet = "ISO_IR 192"
-            notices.append("source header: text outside the default repertoire without a SpecificCharacterSet;"
-                           " the SEG is written in 'ISO_IR 192' (UTF-8)")
-        elif present:
-            notices.append("source header: SpecificCharacterSet is empty; left out of the SEG (default repertoire)")
-        return
-    mapped = _mapped_character_set(terms)
-    if mapped == terms:
-        return
-    if mapped is None:
-        if all(_is_ascii(element) for element in copied):
-            del ds.SpecificCharacterSet
-            notices.append(f"source header: SpecificCharacterSet {shown!r} is not a character set highdicom"
-                           " accepts; left out of the SEG (the copied text is ASCII)")
-        else:
-            ds.SpecificCharacterSet = "ISO_IR 192"
-            notices.append(f"source header: SpecificCharacterSet {shown!r} is not a character set highdicom"
-                           " accepts; the SEG is written in 'ISO_IR 192' (UTF-8)")
-    elif not mapped:
-        del ds.SpecificCharacterSet
-        notices.append(f"source header: SpecificCharacterSet {shown!r} names the default repertoire;"
-                       " left out of the SEG")
-    else:
-        ds.SpecificCharacterSet = mapped if len(mapped) > 1 else mapped[0]
-        written = "\\".join(mapped)
-        notices.append(f"source header: SpecificCharacterSet {shown!r} is not a defined term;"
-                       f" written {written!r} in the SEG")
-
-
-@lru_cache(maxsize=1)
-def _defined_terms() -> dict[str, str]:
-    """Defined terms by their letters and digits only ('ISOIR100' -> 'ISO_IR 100'), plus plain 'UTF-8'."""
-    terms = {re.sub(r"[^A-Z0-9]", "", e.value): e.value for e in SpecificCharacterSetValues}
-    terms.update({"UTF8": "ISO_IR 192", "ISOIR6": "ISO_IR 6"})
-    return terms
-
-
-def _mapped_character_set(terms: list[str]) -> list[str] | None:
-    """The terms as highdicom accepts them ([] for the default repertoire), or None when there is no such thing."""
-    defined = _defined_terms()
-    mapped = [defined.get(re.sub(r"[^A-Z0-9]", "", t.upper())) for t in terms]
-    if len(mapped) > 1 and not terms[0]:
-        mapped[0] = "ISO 2022 IR 6"  # an empty first value of several is the default repertoire, extended
-    if any(m is None for m in mapped):
-        return None
-    result = [m for m in mapped if m is not None]
-    if len(result) == 1 and result[0].startswith("ISO 2022 IR "):  # a lone code extension extends nothing
-        result = [result[0].replace("ISO 2022 IR ", "ISO_IR ")]
-    if result == ["ISO_IR 6"]:
-        return []
-    try:
-        _check_specific_character_set(result if len(result) > 1 else result[0])
-    except ValueError:
-        return None
-    return result
-
-
-def _is_ascii(element: DataElement) -> bool:
-    """Whether no text in the element (and its items, at any depth) needs more than ASCII."""
-    if element.VR == "SQ":
-        return all(_is_ascii(child) for item in element.value for child in item)
-    values = element.value if isinstance(element.value, MultiValue) else [element.value]
-    return all(str(v).isascii() for v in values if isinstance(v, str) or element.VR == "PN")
-
