@@ -25,29 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The peers (free ports, DCMTK tools, storescp) are the test harness's, tests/peers.py and tests/dcmtk.py, imported
+# as the tests import them (top-level modules from tests/), so benches and tests start them the same way.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from common import (
-    BareScpProcess,
-    BenchError,
-    CtSeries,
-    CtSpec,
-    NodeProcess,
-    NodeSettings,
-    PySpy,
-    Receiver,
-    StoreSCPProcess,
-    add_series_arguments,
-    check_readable,
-    free_port,
-    median,
-    print_profile,
-    print_versions,
-    require_tools,
-    send,
-    series_size,
-    split,
-    write_ct_series,
-)
+from ct_series import CtSeries, CtSpec, add_series_arguments, check_readable, series_size, write_ct_series
+from errors import BenchError, require_tools
+from peers import PeerError, free_port
+from profiling import PySpy, add_profile_arguments, cpu_seconds, print_profile
+from receivers import BareScpProcess, NodeProcess, NodeSettings, Receiver, storescp
+from report import median, print_versions
+from sending import send, split
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +66,7 @@ def make_receiver(case: Case, root: Path, settings: NodeSettings) -> Receiver:
         return NodeProcess(root, free_port(), settings)
     if case.receiver == "pynetdicom":
         return BareScpProcess(root, free_port())
-    return StoreSCPProcess(root, free_port(), nodelay=case.nodelay)
+    return storescp(root, free_port(), nodelay=case.nodelay)
 
 
 def measure(case: Case, series: CtSeries, root: Path, settings: NodeSettings, timeout: float,
@@ -94,12 +82,12 @@ def measure(case: Case, series: CtSeries, root: Path, settings: NodeSettings, ti
     groups = split(series.files, case.associations)
     with receiver:
         finish = during(receiver) if during is not None else None
-        cpu_before = receiver.cpu_seconds()
+        cpu_before = cpu_seconds(receiver)
         try:
             result = send(receiver.port, receiver.ae_title, groups, root / "storescu", nodelay=case.nodelay,
                           timeout=timeout)
         finally:
-            cpu = receiver.cpu_seconds() - cpu_before
+            cpu = cpu_seconds(receiver) - cpu_before
             if finish is not None:
                 finish()
         if not result.ok:
@@ -109,9 +97,10 @@ def measure(case: Case, series: CtSeries, root: Path, settings: NodeSettings, ti
         # Counted before the receiver stops: a success status means the instance was already on disk.
         if isinstance(receiver, NodeProcess):
             stored = receiver.instance_count(series.series_uid)
-        else:
-            assert isinstance(receiver, StoreSCPProcess | BareScpProcess)
+        elif isinstance(receiver, BareScpProcess):
             stored = receiver.instance_count()
+        else:
+            stored = len(receiver.received())
         code = receiver.stop()
     if stored != len(series.files):
         raise BenchError(f"{case.label}: {stored} of {len(series.files)} instances stored; see {receiver.log_path}")
@@ -128,7 +117,7 @@ def measure(case: Case, series: CtSeries, root: Path, settings: NodeSettings, ti
 
 
 def py_spy_hook(out: Path, rate: int, gil_only: bool) -> Callable[[Receiver], Callable[[], None]]:
-    """A ``during`` hook that samples the receiver with py-spy while it receives (see :class:`common.PySpy`)."""
+    """A ``during`` hook that samples the receiver with py-spy while it receives (see :class:`profiling.PySpy`)."""
 
     def start(receiver: Receiver) -> Callable[[], None]:
         assert receiver.pid is not None
@@ -153,12 +142,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="skip the bare pynetdicom SCP (write only, no fsync, no index): pynetdicom's own cost")
     parser.add_argument("--export", action="store_true",
                         help="leave series export on in the node (off by default: this measures intake only)")
-    parser.add_argument("--profile", action="store_true",
-                        help="one extra node round (1 association) sampled with py-spy; prints top functions")
-    parser.add_argument("--profile-rate", type=int, default=1000, help="py-spy samples per second")
+    add_profile_arguments(parser, what="node round (1 association)", rate=1000)
     parser.add_argument("--profile-all", action="store_true",
                         help="sample every non-idle thread (default: only the thread holding the GIL)")
-    parser.add_argument("--top", type=int, default=25, help="functions listed by --profile")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per send before it is killed")
     args = parser.parse_args(argv)
     series_size(args, QUICK)
@@ -176,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = args.workdir or Path(f"/tmp/segnode-bench-ingest-{spec.rows}x{spec.cols}x{spec.slices}")
         series = write_series(spec, workdir, args.fresh)
         return run(args, series, workdir)
-    except BenchError as exc:
+    except (BenchError, PeerError) as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
 

@@ -36,29 +36,19 @@ import numpy.typing as npt
 import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The peers (free ports, DCMTK tools, Orthanc) are the test harness's, tests/peers.py, dcmtk.py and orthanc.py,
+# imported as the tests import them (top-level modules from tests/); orthanc.py needs the repository root for node.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(2, str(Path(__file__).resolve().parents[1]))
 
-from common import (
-    BenchError,
-    CtSeries,
-    CtSpec,
-    NodeProcess,
-    NodeSettings,
-    PySpy,
-    add_series_arguments,
-    check_readable,
-    first_line,
-    free_port,
-    median,
-    print_profile,
-    print_versions,
-    require_tools,
-    send,
-    series_size,
-    write_ct_series,
-)
-
-from tests.orthanc import OrthancError, OrthancServer, orthanc_binary
+from ct_series import CtSeries, CtSpec, add_series_arguments, check_readable, series_size, write_ct_series
+from errors import BenchError, require_tools
+from orthanc import OrthancServer, orthanc_binary
+from peers import HOST, PeerError, free_port
+from profiling import PySpy, add_profile_arguments, print_profile
+from receivers import NodeProcess, NodeSettings
+from report import first_line, median, print_versions
+from sending import send
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +187,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seg-type", choices=["binary", "labelmap", "fractional"], default="binary",
                         help="the node's [seg] type (default binary)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for each SEG in Orthanc")
-    parser.add_argument("--profile", action="store_true",
-                        help="one extra round (not counted) with the node sampled by py-spy; prints top functions")
-    parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
-    parser.add_argument("--top", type=int, default=25, help="functions listed by --profile")
+    add_profile_arguments(parser, what="round (not counted) with the node", rate=200)
     args = parser.parse_args(argv)
     series_size(args, QUICK)
     return args
@@ -218,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         series = write_ct_series(spec, workdir / "series", fresh=args.fresh)
         check_readable(series.files[0])
         return run(args, series, workdir)
-    except (BenchError, OrthancError) as exc:
+    except (BenchError, PeerError) as exc:  # OrthancError is a PeerError
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
 
@@ -251,7 +238,7 @@ def push_and_measure(args: argparse.Namespace, orthanc: OrthancServer, series: C
                      run_dir: Path) -> list[float]:
     """Start the node, push the series, wait for its export, then measure every round."""
     settings = NodeSettings(settle_seconds=args.settle, quiet_seconds=2.0, seg_type=args.seg_type,
-                            destination=(orthanc.aet, "127.0.0.1", orthanc.dicom_port))
+                            destination=(orthanc.aet, HOST, orthanc.dicom_port))
     node = NodeProcess(run_dir / "node", free_port(), settings)
     with node:
         print(f"node: settle_seconds = {args.settle:g} (part of every latency below), quiet_seconds ="

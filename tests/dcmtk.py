@@ -8,42 +8,30 @@
 
 DCMTK is the Debian package ``dcmtk``; tests that need it use ``@requires_dcmtk`` and skip without it. Debian's
 DCMTK leaves Nagle's algorithm on unless ``TCP_NODELAY=1`` is in the environment, which makes each small PDU wait
-for a delayed ACK; every process started here gets it.
+for a delayed ACK; every process started here gets it (see :func:`peers.dcmtk_env`). The benchmarks use these
+helpers too (bench/receivers.py).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import pytest
+from peers import HOST, PeerProcess, dcmtk_env, free_port
 
-HOST = "127.0.0.1"
+__all__ = ["HOST", "StoreSCP", "ToolResult", "dcmtk_env", "echoscu", "free_port", "requires_dcmtk", "run_tool",
+           "storescu", "storescu_config", "wait_for_echo"]
+
 TOOL_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 20.0
-STOP_TIMEOUT_S = 10.0
 
 requires_dcmtk = pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK is not installed (dcmtk)")
-
-
-def dcmtk_env() -> dict[str, str]:
-    """The environment for DCMTK processes: the current one plus TCP_NODELAY=1."""
-    return {**os.environ, "TCP_NODELAY": "1"}
-
-
-def free_port() -> int:
-    """A TCP port on loopback that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -124,8 +112,8 @@ def wait_for_echo(port: int, *, called_ae: str = "ANY-SCP", timeout: float = STA
     raise AssertionError(f"no C-ECHO answer on port {port} within {timeout:g} s: {last.output if last else ''}")
 
 
-class StoreSCP:
-    """A DCMTK storescp accepting every storage SOP class and transfer syntax, writing files to ``folder``.
+class StoreSCP(PeerProcess):
+    """A DCMTK storescp writing the files it receives to ``folder``; ready once it answers C-ECHO.
 
     Parameters
     ----------
@@ -135,48 +123,43 @@ class StoreSCP:
         The AE title storescp answers to.
     port
         Defaults to an OS-picked free port.
+    options
+        storescp options before ``-aet``; the default logs each request (``-v``) and accepts every transfer
+        syntax (``+xa``) and unknown SOP class (``-pm``). The ingest bench passes ``()``: storescp as it ships.
+    nodelay
+        TCP_NODELAY=1 in storescp's environment (False: DCMTK as Debian ships it, Nagle's algorithm on).
     """
 
-    def __init__(self, folder: Path, *, ae_title: str = "STORESCP", port: int | None = None) -> None:
+    name = "storescp"
+
+    def __init__(self, folder: Path, *, ae_title: str = "STORESCP", port: int | None = None,
+                 options: Sequence[str] = ("-v", "+xa", "-pm"), nodelay: bool = True) -> None:
         self.folder = Path(folder)
         self.ae_title = ae_title
         self.port = port or free_port()
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log = self.folder.parent / f"storescp-{self.port}.log"
+        self.options = tuple(options)
+        self.nodelay = nodelay
+        super().__init__(self.folder.parent / f"storescp-{self.port}.log")
 
-    def start(self) -> StoreSCP:
+    def command(self) -> list[str]:
+        return ["storescp", *self.options, "-aet", self.ae_title, "-od", str(self.folder), str(self.port)]
+
+    def env(self) -> dict[str, str]:
+        return dcmtk_env(nodelay=self.nodelay)
+
+    def ready(self) -> bool:
+        return echoscu(self.port, called_ae=self.ae_title, timeout=2).ok
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        with self._log.open("wb") as log_file:
-            self._process = subprocess.Popen(
-                ["storescp", "-v", "+xa", "-pm", "-aet", self.ae_title, "-od", str(self.folder), str(self.port)],
-                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dcmtk_env())
-        try:
-            wait_for_echo(self.port, called_ae=self.ae_title)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_S)
+        super().start(timeout)
 
     def log_text(self) -> str:
-        return self._log.read_text(errors="replace") if self._log.exists() else ""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def received(self) -> list[Path]:
         return sorted(p for p in self.folder.rglob("*") if p.is_file())
 
     def __enter__(self) -> StoreSCP:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.stop()
+        self.start()
+        return self

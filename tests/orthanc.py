@@ -8,7 +8,7 @@ Orthanc is the Debian package ``orthanc`` (``/usr/sbin/Orthanc``). Its storage, 
 test's ``tmp_path``; :meth:`OrthancServer.stop` then :meth:`OrthancServer.start` simulates a PACS that goes
 down and comes back on the same ports with the same data. Tests that need it skip when it is not installed
 (:func:`orthanc_binary` is None). When a test fails, the tail of Orthanc's log appears in pytest's captured
-teardown output.
+teardown output. bench/bench_latency.py uses it as its PACS.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -27,11 +25,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from peers import HOST, PeerError, free_port, log_tail, stop_process
+
 from node.config import DicomDestination
 
-HOST = "127.0.0.1"
+__all__ = ["HOST", "OrthancError", "OrthancServer", "free_port", "orthanc_binary"]
+
 START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 15.0
 REST_TIMEOUT_S = 30.0
 SEG_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
 
@@ -44,14 +44,7 @@ def orthanc_binary() -> str | None:
     return "/usr/sbin/Orthanc" if os.access("/usr/sbin/Orthanc", os.X_OK) else None
 
 
-def free_port() -> int:
-    """A TCP port on loopback that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-class OrthancError(RuntimeError):
+class OrthancError(PeerError):
     """Orthanc did not start, or a REST call failed; the message ends with the tail of Orthanc's log."""
 
 
@@ -185,23 +178,15 @@ class OrthancServer:
 
     def _terminate(self, *, graceful: bool = True) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_S)
+        if process is not None:
+            stop_process(process, graceful=graceful)
 
     def stop(self) -> None:
         """Stop Orthanc (SIGTERM, then SIGKILL if it lingers); the storage and ports stay for :meth:`start`."""
         self._terminate()
 
     def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     # -- DICOM side -----------------------------------------------------------------------------------------------
 
