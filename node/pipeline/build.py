@@ -48,10 +48,8 @@ class Build(Stage):
     name = "build"
 
     def __init__(self, context: PipelineContext, intake: Intake) -> None:
-        super().__init__()
-        self.context = context
+        super().__init__(context)
         self.intake = intake
-        self.conn = context.connect()
         #: (not before, attempts, job id, item) of jobs that failed transiently.
         self.waiting: deque[tuple[float, int, int, InboxItem]] = deque()
 
@@ -139,5 +137,3 @@ class Build(Stage):
                     candidates.append(Candidate(row.series_uid, grid, stack=stack))
         return known, candidates
 
-    def close(self) -> None:
-        self.conn.close()

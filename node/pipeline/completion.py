@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from node.pipeline.stage import PipelineContext, Stage
+from node.pipeline.stage import Stage
 from node.state import sqlite as db
 
 log = logging.getLogger(__name__)
@@ -18,11 +18,6 @@ class Completion(Stage):
 
     name = "completion"
 
-    def __init__(self, context: PipelineContext) -> None:
-        super().__init__()
-        self.context = context
-        self.conn = context.connect()
-
     def step(self) -> int:
         due = db.due_series(self.conn, self.context.clock(), self.context.config.series.quiet_seconds)
         done = 0
@@ -32,5 +27,3 @@ class Completion(Stage):
             done += db.mark_series(self.conn, row.series_uid, db.SeriesState.COMPLETE, if_revision=row.revision)
         return done
 
-    def close(self) -> None:
-        self.conn.close()

@@ -11,7 +11,7 @@ from collections import defaultdict
 
 from node.destinations import Outcome, backoff_delay, create
 from node.errors import SegnodeError, error_line
-from node.pipeline.stage import PipelineContext, Stage
+from node.pipeline.stage import Stage
 from node.state import jobs
 
 log = logging.getLogger(__name__)
@@ -21,11 +21,6 @@ class Deliver(Stage):
     """Due sends -> one association (or copy) per destination and batch; each send ok, retry later or failed."""
 
     name = "deliver"
-
-    def __init__(self, context: PipelineContext) -> None:
-        super().__init__()
-        self.context = context
-        self.conn = context.connect()
 
     def step(self) -> int:
         due = jobs.due_sends(self.conn, self.context.clock())
@@ -59,5 +54,3 @@ class Deliver(Stage):
                 gave_up = f" (gave up after {row.attempts + 1} attempts)" if result.outcome is Outcome.RETRY else ""
                 jobs.mark_send_failed(self.conn, row.id, result.reason + gave_up)
 
-    def close(self) -> None:
-        self.conn.close()

@@ -175,9 +175,7 @@ class Export(Stage):
     name = "export"
 
     def __init__(self, context: PipelineContext) -> None:
-        super().__init__()
-        self.context = context
-        self.conn = context.connect()
+        super().__init__(context)
         self._commands = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-command")
         self._running: list[Future[None]] = []
 
@@ -252,4 +250,4 @@ class Export(Stage):
 
     def close(self) -> None:
         self._commands.shutdown(wait=False, cancel_futures=True)
-        self.conn.close()
+        super().close()

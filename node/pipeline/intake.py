@@ -24,10 +24,8 @@ class Intake(Stage):
     name = "intake"
 
     def __init__(self, context: PipelineContext, watcher: InboxWatcher) -> None:
-        super().__init__()
-        self.context = context
+        super().__init__(context)
         self.watcher = watcher
-        self.conn = context.connect()
         #: (job id, item) for the build stage, oldest first.
         self.queue: deque[tuple[int, InboxItem]] = deque()
 
@@ -55,5 +53,3 @@ class Intake(Stage):
         # File events wake the watcher early; the timeout bounds how late a settled item is seen.
         self.watcher.wait(min(seconds, max(self.context.config.inbox.settle_seconds, 0.05)))
 
-    def close(self) -> None:
-        self.conn.close()

@@ -41,12 +41,17 @@ class PipelineContext:
 
 
 class Stage(ABC):
-    """One step of the pipeline, in flow order: completion, export, intake, build, delivery."""
+    """One step of the pipeline, in flow order: completion, export, intake, build, delivery.
+
+    Each stage has its own connection to the state, used by one thread at a time.
+    """
 
     #: Short name for logs, threads and heartbeats.
     name: str = "stage"
 
-    def __init__(self) -> None:
+    def __init__(self, context: PipelineContext) -> None:
+        self.context = context
+        self.conn = context.connect()
         self.last_beat = time.monotonic()
 
     def beat(self) -> None:
@@ -65,6 +70,6 @@ class Stage(ABC):
         """Wait for more work after a step that found none."""
         stopping.wait(seconds)
 
-    @abstractmethod
     def close(self) -> None:
         """Release what the stage holds (its database connection)."""
+        self.conn.close()
