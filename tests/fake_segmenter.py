@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
-import nibabel as nib
+import nibabel
 import numpy as np
+
+# nibabel's annotations are partial: used as a dynamic module, as in tests/synthetic.py.
+nib: Any = nibabel
 
 # tests/synthetic.py paints organ k at 40 + 60·k HU (± a 7 HU gradient), body at 40 HU.
 ORGANS = {1: "liver", 2: "spleen", 3: "kidney_left", 4: "aorta"}

@@ -125,7 +125,7 @@ def test_register_refuses_a_mismatched_or_taken_kind(bucket_kind: None) -> None:
     with pytest.raises(ValueError, match=r"BucketDestination\.kind must be 'pail'"):
         destinations.register("pail", make_bucket, BucketDestination)
     with pytest.raises(ValueError, match="'folder' is already registered"):
-        destinations.register("folder", make_bucket, type("OtherFolder", (), {"kind": "folder"}))  # type: ignore[arg-type]
+        destinations.register("folder", make_bucket, type("OtherFolder", (), {"kind": "folder"}))
 
 
 def test_old_calls_still_work(tmp_path: Path) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 import synthetic as syn
 from pydicom.encaps import encapsulate
+from pydicom.uid import UID
+from synthetic import nib
 
 from node.convert.series import load_series
 from node.errors import InputError
@@ -42,7 +43,7 @@ def test_pixel_data_without_a_decoder_is_a_one_line_input_error(tmp_path: Path) 
     info = syn.write_series(grid, tmp_path / "dicom")
     # MPEG2 video: no pydicom plugin decodes it, so pydicom raises its "no decoder" error.
     ds = pydicom.dcmread(info.paths[1])
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.100")
     ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + b"\x00" * 60])
     ds["PixelData"].VR = "OB"
     ds.save_as(info.paths[1], enforce_file_format=True)

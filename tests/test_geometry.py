@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import itertools
 
-import nibabel as nib
 import numpy as np
 import pytest
+from synthetic import nib
 
 from node.convert.alignment import NoOverlapError, align_labels, align_planes, label_stats, plan_alignment
 from node.convert.geometry import LPS_FROM_RAS, Grid, even_stack_grid, nifti_affine, nifti_grid, slice_order, stack_grid

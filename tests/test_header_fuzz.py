@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import nibabel
 import numpy as np
@@ -356,7 +356,7 @@ def _real_source(name: str, work: Path) -> Source:
     else:
         _trim_single_frames(folder, REAL_KEEP_PLANES)
     exported = export_series(load_series(folder), work / "export")
-    labels = _centre_labels(nibabel.load(exported.nifti), work / "labels.nii.gz")
+    labels = _centre_labels(cast(nibabel.Nifti1Image, nibabel.load(exported.nifti)), work / "labels.nii.gz")
     files = _read_files(folder)
     images = _image_indexes(files)
     first = pydicom.dcmread(io.BytesIO(files[images[0]][1]), stop_before_pixels=True)
@@ -478,6 +478,7 @@ def write_mutated(source: Source, edits: Sequence[PlannedEdit], folder: Path) ->
             ds = pydicom.dcmread(io.BytesIO(data))
             implicit = bool(ds.file_meta.TransferSyntaxUID.is_implicit_VR)
             for edit in touched[index]:
+                containers: list[Dataset]
                 if edit.target.macro is None:
                     containers = [ds]
                 else:
@@ -803,9 +804,10 @@ def test_node_fails_mutated_series_with_a_reason_and_keeps_serving(tmp_path: Pat
             shutil.copyfile(source.labels, partial)
             partial.rename(data / "inbox" / item)
             try:
-                wait_for(f"{item} to leave the inbox",
-                         lambda item=item: _moved(data / "failed", item) or _moved(data / "processed", item),
-                         timeout=15)
+                def left(item: str = item) -> Path | None:
+                    return _moved(data / "failed", item) or _moved(data / "processed", item)
+
+                wait_for(f"{item} to leave the inbox", left, timeout=15)
             except AssertionError as exc:
                 dead = [t.name for t in node._threads if not t.is_alive()]
                 problems.append(f"{name}: {exc}; dead stage threads: {dead}")

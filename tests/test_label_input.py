@@ -21,7 +21,7 @@ def label_map(tmp_path: Path, data: np.ndarray, name: str = "seg.nii.gz") -> Pat
 
 
 def blob(value: int = 1, dtype: type = np.uint8) -> np.ndarray:
-    data = np.zeros(SHAPE, dtype=dtype)
+    data: np.ndarray = np.zeros(SHAPE, dtype=dtype)
     data[1:3, 2:4, 1:3] = value
     return data
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import highdicom as hd
-import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -16,6 +15,7 @@ import synthetic as syn
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from synthetic import nib
 
 import node
 from node.convert.anatomy import (
@@ -273,7 +273,7 @@ def saved_and_loaded(image: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:
 
 
 def label_image() -> nib.Nifti1Image:
-    return nib.Nifti1Image(np.zeros((4, 4, 3), dtype=np.uint8), np.diag([1.5, 1.5, 3.0, 1.0]))  # type: ignore[no-untyped-call]
+    return nib.Nifti1Image(np.zeros((4, 4, 3), dtype=np.uint8), np.diag([1.5, 1.5, 3.0, 1.0]))
 
 
 def test_totalsegmentator_header_names(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     JPEG2000,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -41,8 +42,8 @@ ENCODINGS = [  # (transfer syntax, implicit VR, little endian)
                                     DeflatedExplicitVRLittleEndian, JPEG2000, RLELossless])
 def test_file_meta_is_what_pynetdicom_writes(sop_uid: str, syntax: str) -> None:
     ct = "1.2.840.10008.5.1.4.1.1.2"
-    expected = b"\x00" * 128 + b"DICM" + encode_file_meta(create_file_meta(sop_class_uid=ct, sop_instance_uid=sop_uid,
-                                                                          transfer_syntax=syntax))
+    meta = create_file_meta(sop_class_uid=UID(ct), sop_instance_uid=UID(sop_uid), transfer_syntax=UID(syntax))
+    expected = b"\x00" * 128 + b"DICM" + encode_file_meta(meta)
     assert file_meta(ct, sop_uid, syntax) == expected
 
 

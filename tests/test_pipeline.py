@@ -11,14 +11,15 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import synthetic as syn
 from dcmtk import free_port, storescu
 from nodes import Burst, folder_destination, write_config
+from synthetic import nib
 
 import node.pipeline.build as build_module
+from node.convert import write_dataset_atomically
 from node.state import jobs
 
 pytestmark = pytest.mark.skipif(shutil.which("storescu") is None,
@@ -70,7 +71,7 @@ def test_a_full_disk_while_building_leaves_the_input_and_builds_once_space_retur
         node: Burst, series: syn.SeriesInfo, monkeypatch: pytest.MonkeyPatch) -> None:
     assert storescu(node.port, series.paths, called_ae="SEGNODE").ok
     node.run(later=QUIET)
-    real_write = build_module.write_dataset_atomically
+    real_write = write_dataset_atomically
     calls: list[Path] = []
 
     def disk_full(dataset: object, out: Path) -> None:

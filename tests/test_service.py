@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -33,6 +32,7 @@ from nodes import (
     write_config,
 )
 from orthanc import OrthancServer, orthanc_binary
+from synthetic import nib
 
 from node.service.node import Node
 
