@@ -769,7 +769,7 @@ def test_node_fails_mutated_series_with_a_reason_and_keeps_serving(tmp_path: Pat
     from dcmtk import free_port, storescu
     from nodes import folder_destination, start_node, wait_for, write_config
 
-    from node.state import sqlite as db
+    from node.state.model import SeriesRow, SeriesState
 
     port = free_port()
     node = start_node(write_config(tmp_path / "node", port, folder_destination(), quiet=0.5, receive_processes=1))
@@ -785,10 +785,9 @@ def test_node_fails_mutated_series_with_a_reason_and_keeps_serving(tmp_path: Pat
                 problems.append(f"{name}: the node refused the push: statuses {sent.statuses()}")
                 continue
 
-            def settled(uid: str = source.series_uid) -> db.SeriesRow | None:
-                with node._connect() as conn:
-                    row = db.get_series(conn, uid)
-                return row if row is not None and row.state is not db.SeriesState.RECEIVING else None
+            def settled(uid: str = source.series_uid) -> SeriesRow | None:
+                row = node.state.series.get(uid)
+                return row if row is not None and row.state is not SeriesState.RECEIVING else None
 
             try:
                 row = wait_for(f"series {name} to be exported or refused", settled, timeout=15)
@@ -796,7 +795,7 @@ def test_node_fails_mutated_series_with_a_reason_and_keeps_serving(tmp_path: Pat
                 dead = [t.name for t in node._threads if not t.is_alive()]
                 problems.append(f"{name}: {exc}; dead stage threads: {dead}")
                 continue
-            assert isinstance(row, db.SeriesRow)
+            assert isinstance(row, SeriesRow)
             if row.reason and any(phrase in row.reason for phrase in INTERNAL_ERROR):
                 problems.append(f"{name}: series reason is an internal error: {row.reason}")
             item = source.labels.name

@@ -171,9 +171,7 @@ def test_pacs_down_then_up_gets_its_seg(tmp_path: Path, series: syn.SeriesInfo, 
         node = running[0]
 
         def retrying() -> bool:
-            from node.state import jobs
-            with node._connect() as conn:
-                rows = jobs.list_jobs(conn)
+            rows = node.state.jobs.list_jobs()
             sends = rows[0].sends if rows else ()  # the job exists a moment before its sends do
             return bool(sends) and sends[0].attempts >= 2 and "unreachable" in (sends[0].reason or "")
 
@@ -321,11 +319,10 @@ def test_series_whose_repeated_positions_nothing_tells_apart_is_refused(
     node = burst("")
     assert storescu(node.port, [*first.paths, *second.paths], called_ae="SEGNODE").ok
     node.run(later=QUIET)
-    from node.state import sqlite as db
+    from node.state.model import SeriesState
 
-    with node.node._connect() as conn:
-        row = db.get_series(conn, first.series_uid)
-    assert row is not None and row.state is db.SeriesState.FAILED
+    row = node.node.state.series.get(first.series_uid)
+    assert row is not None and row.state is SeriesState.FAILED
     assert row.reason is not None and "nothing in their headers" in row.reason
     assert not (node.data / "export" / f"{first.series_uid}.nii.gz").exists()
 
@@ -375,11 +372,10 @@ def test_retry_puts_a_failed_input_back_once_its_series_has_arrived(tmp_path: Pa
     drop_into_inbox(data / "inbox", "early.nii.gz", lambda p: p.write_bytes(_gzip(labels)), phantom.names)
     node.run()
     assert list((data / "failed").iterdir())
-    from node.state import jobs
+    from node.state.model import JobState
 
-    with node.node._connect() as conn:
-        (job,) = jobs.list_jobs(conn)
-    assert job.state is jobs.JobState.FAILED and "no received series" in (job.reason or "")
+    (job,) = node.node.state.jobs.list_jobs()
+    assert job.state is JobState.FAILED and "no received series" in (job.reason or "")
     assert storescu(node.port, series.paths, called_ae="SEGNODE").ok
     node.run(later=QUIET)
     assert (data / "export" / f"{series.series_uid}.json").exists()

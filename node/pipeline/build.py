@@ -10,20 +10,19 @@ from __future__ import annotations
 import errno
 import logging
 import re
-from collections import deque
 
 from node.convert import build_seg_from_input, write_dataset_atomically
+from node.convert.label_input import nifti_stem
 from node.convert.series import choose_stack
 from node.errors import SegnodeError, TransientError, error_line
 from node.pipeline.export import exported_grid
 from node.pipeline.filing import move_item
-from node.pipeline.inbox import InboxItem
+from node.pipeline.inbox import InboxItem, ItemKind
 from node.pipeline.intake import Intake
 from node.pipeline.match import Candidate, match_item
 from node.pipeline.stage import PipelineContext, Stage
 from node.pipeline.stored import stored_stacks
-from node.state import jobs
-from node.state import sqlite as db
+from node.state.model import JobRow, SeriesState
 
 log = logging.getLogger(__name__)
 
@@ -42,46 +41,61 @@ def as_transient(exc: OSError) -> TransientError | None:
     return None
 
 
+def inbox_item(job: JobRow) -> InboxItem | None:
+    """The inbox item a job stands for, as the watcher would yield it; None when it is no longer in the inbox."""
+    path = job.inbox_path
+    if not path.exists():
+        return None
+    sidecar = path.parent / f"{path.name if path.is_dir() else nifti_stem(path)}.json"
+    return InboxItem(path, ItemKind(job.item_kind), sidecar if sidecar.is_file() else None, job.signature)
+
+
 class Build(Stage):
-    """Jobs from :class:`~node.pipeline.intake.Intake` -> BUILT (SEG written, one send per destination)."""
+    """Claimed jobs -> BUILT (SEG written, one send per destination), FAILED, or RETRY_WAIT when it may pass.
+
+    It takes the jobs the intake queued in the order they settled, then any job due again after a transient
+    failure or left unfinished by a node that stopped (its claim released or run out).
+    """
 
     name = "build"
 
     def __init__(self, context: PipelineContext, intake: Intake) -> None:
         super().__init__(context)
         self.intake = intake
-        #: (not before, attempts, job id, item) of jobs that failed transiently.
-        self.waiting: deque[tuple[float, int, int, InboxItem]] = deque()
 
     def step(self) -> int:
-        now = self.context.clock()
-        due = [(0, job_id, item) for job_id, item in self.intake.queue]
+        store, now = self.state.jobs, self.context.clock()
+        queued = list(self.intake.queue)
         self.intake.queue.clear()
-        later: deque[tuple[float, int, int, InboxItem]] = deque()
-        for entry in self.waiting:
-            if entry[0] <= now:
-                due.append((entry[1], entry[2], entry[3]))
-            else:
-                later.append(entry)
-        self.waiting = later
-        for attempts, job_id, item in due:
+        done = 0
+        for job_id, item in queued:
             if self.context.stopping.is_set():
-                self.waiting.append((now, attempts, job_id, item))
+                self.intake.queue.append((job_id, item))
                 continue
-            self._build(job_id, item, attempts)
-        return len(due)
+            job = store.claim_job(job_id, now=now)
+            if job is not None:
+                self._build(job, item)
+                done += 1
+        for job in store.claim_jobs(now=now):
+            if self.context.stopping.is_set():
+                break  # the claims are released when the node stops
+            found = inbox_item(job)
+            if found is None:
+                # Its item left the inbox without the job finishing (a user took it away): nothing to build.
+                store.mark_failed(job.id, f"{job.inbox_path.name}: no longer in the inbox")
+                continue
+            self._build(job, found)
+            done += 1
+        return done
 
-    def busy(self) -> bool:
-        return bool(self.waiting)
-
-    def _build(self, job_id: int, item: InboxItem, attempts: int) -> None:
-        paths = self.context.config.paths
+    def _build(self, job: JobRow, item: InboxItem) -> None:
+        store, paths = self.state.jobs, self.context.config.paths
         try:
             try:
                 known, candidates = self._candidates()
                 match = match_item(item.path, item.sidecar, known, candidates)
-                jobs.mark_matched(self.conn, job_id, match.series_uid)
-                series = choose_stack(stored_stacks(self.conn, match.series_uid), match.stack,
+                store.mark_matched(job.id, match.series_uid)
+                series = choose_stack(stored_stacks(self.state.series, match.series_uid), match.stack,
                                       f"series {match.series_uid}")
                 result = build_seg_from_input(series, item.path, default_labels=self.context.config.seg.labels,
                                               options=self.context.options)
@@ -95,16 +109,17 @@ class Build(Stage):
                 raise transient from exc
         except SegnodeError as exc:
             if exc.retryable:
-                self._retry_later(job_id, item, attempts, error_line(exc))
+                self._retry_later(job, item, error_line(exc))
             else:
-                self._fail(job_id, item, error_line(exc))
+                self._fail(job, item, error_line(exc))
             return
         except Exception as exc:  # one bad input must not stop the node; the reason is kept with the input
             log.exception("%s: unexpected error", item.path.name)
-            self._fail(job_id, item, f"unexpected error: {error_line(exc)}")
+            self._fail(job, item, f"unexpected error: {error_line(exc)}")
             return
         destinations = [d.name for d in self.context.config.destinations]
-        jobs.mark_built(self.conn, job_id, seg_path, sop_uid, destinations)
+        if not store.mark_built(job.id, seg_path, sop_uid, destinations):
+            return  # another node took the job over meanwhile; it files the item
         stack = f" {series.stack.describe()}" if series.stack.count > 1 else ""
         summary = (f"SEG {sop_uid} built for series {match.series_uid}{stack} (matched by {match.how}):"
                    f" {len(result.segments)} segment(s), {result.alignment.describe()}")
@@ -112,22 +127,22 @@ class Build(Stage):
         move_item(item, paths.processed, summary + (f"\n{notes}" if notes else ""))
         log.info("%s: %s; queued for %s", item.path.name, summary, ", ".join(destinations) or "no destination")
 
-    def _retry_later(self, job_id: int, item: InboxItem, attempts: int, reason: str) -> None:
-        delay = min(RETRY_FIRST_SECONDS * 2 ** attempts, RETRY_MAX_SECONDS)
+    def _retry_later(self, job: JobRow, item: InboxItem, reason: str) -> None:
+        delay = min(RETRY_FIRST_SECONDS * 2 ** job.attempts, RETRY_MAX_SECONDS)
         log.warning("%s: %s; left in the inbox, trying again in %.0f s", item.path.name, reason, delay)
-        self.waiting.append((self.context.clock() + delay, attempts + 1, job_id, item))
+        self.state.jobs.mark_retry_later(job.id, reason, self.context.clock() + delay)
 
-    def _fail(self, job_id: int, item: InboxItem, reason: str) -> None:
+    def _fail(self, job: JobRow, item: InboxItem, reason: str) -> None:
         log.warning("%s: failed: %s", item.path.name, reason)
-        jobs.mark_failed(self.conn, job_id, reason)
-        move_item(item, self.context.config.paths.failed, reason)
+        if self.state.jobs.mark_failed(job.id, reason):
+            move_item(item, self.context.config.paths.failed, reason)
 
     def _candidates(self) -> tuple[set[str], list[Candidate]]:
         """Received series, and the exported stacks an item may match (read from their export sidecars)."""
         export = self.context.config.paths.export
-        known = {row.series_uid for row in db.all_series(self.conn)}
+        known = {row.series_uid for row in self.state.series.list_series()}
         candidates = []
-        for row in db.all_series(self.conn, db.SeriesState.EXPORTED):
+        for row in self.state.series.list_series(SeriesState.EXPORTED):
             main = export / f"{row.series_uid}.json"
             for sidecar in (main, *sorted(export.glob(f"{row.series_uid}_stack*.json"))):
                 number = re.fullmatch(r"_stack([0-9]+)", sidecar.stem[len(row.series_uid):])
@@ -136,4 +151,3 @@ class Build(Stage):
                     stack = int(number.group(1)) if number else 1
                     candidates.append(Candidate(row.series_uid, grid, stack=stack))
         return known, candidates
-

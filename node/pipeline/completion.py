@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from node.pipeline.stage import Stage
-from node.state import sqlite as db
+from node.state.model import SeriesState
 
 log = logging.getLogger(__name__)
 
@@ -19,11 +19,13 @@ class Completion(Stage):
     name = "completion"
 
     def step(self) -> int:
-        due = db.due_series(self.conn, self.context.clock(), self.context.config.series.quiet_seconds)
+        series = self.state.series
+        due = series.claim_due(self.context.config.series.quiet_seconds, now=self.context.clock())
         done = 0
         for row in due:
             if self.context.stopping.is_set():
-                break
-            done += db.mark_series(self.conn, row.series_uid, db.SeriesState.COMPLETE, if_revision=row.revision)
+                series.release(row.series_uid)
+                continue
+            done += series.mark(row.series_uid, SeriesState.COMPLETE, if_revision=row.revision)
         return done
 

@@ -1,7 +1,7 @@
 """Delivery: every built SEG goes to every destination; what may pass is retried with exponential backoff.
 
 A destination that refuses a SEG for good does not stop delivery to the others (the job's state follows from
-its sends, see :mod:`node.state.jobs`).
+its sends, see :mod:`node.state.sqlite_jobs`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections import defaultdict
 from node.destinations import Outcome, backoff_delay, create
 from node.errors import SegnodeError, error_line
 from node.pipeline.stage import Stage
-from node.state import jobs
+from node.state.model import SendRow
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,8 @@ class Deliver(Stage):
     name = "deliver"
 
     def step(self) -> int:
-        due = jobs.due_sends(self.conn, self.context.clock())
-        by_destination: dict[str, list[jobs.SendRow]] = defaultdict(list)
+        due = self.state.jobs.claim_sends(now=self.context.clock())
+        by_destination: dict[str, list[SendRow]] = defaultdict(list)
         for row in due:
             by_destination[row.destination].append(row)
         for name, rows in by_destination.items():
@@ -33,24 +33,24 @@ class Deliver(Stage):
             self._send_batch(name, rows)
         return len(due)
 
-    def _send_batch(self, name: str, rows: list[jobs.SendRow]) -> None:
-        config = self.context.config
+    def _send_batch(self, name: str, rows: list[SendRow]) -> None:
+        config, store = self.context.config, self.state.jobs
         try:
             destination = create(config.destination(name), calling_ae=config.node.ae_title,
                                  timeout=config.send.timeout)
         except SegnodeError as exc:
             for row in rows:
-                jobs.mark_send_failed(self.conn, row.id, error_line(exc))
+                store.mark_send_failed(row.id, error_line(exc))
             return
         results = destination.send([row.seg_path for row in rows])
         settings = config.send
         for row, result in zip(rows, results, strict=True):
             if result.outcome is Outcome.SENT:
-                jobs.mark_send_ok(self.conn, row.id)
+                store.mark_send_ok(row.id)
             elif result.outcome is Outcome.RETRY and row.attempts + 1 < settings.max_attempts:
                 delay = backoff_delay(row.attempts + 1, settings.backoff_initial, settings.backoff_max)
-                jobs.mark_send_retry(self.conn, row.id, result.reason, self.context.clock() + delay)
+                store.mark_send_retry(row.id, result.reason, self.context.clock() + delay)
             else:
                 gave_up = f" (gave up after {row.attempts + 1} attempts)" if result.outcome is Outcome.RETRY else ""
-                jobs.mark_send_failed(self.conn, row.id, result.reason + gave_up)
+                store.mark_send_failed(row.id, result.reason + gave_up)
 

@@ -30,7 +30,7 @@ from node.durable import atomic_write, atomic_write_json
 from node.errors import GeometryError, InputError, SegnodeError, error_line
 from node.pipeline.stage import PipelineContext, Stage
 from node.pipeline.stored import stored_stacks
-from node.state import sqlite as db
+from node.state.model import SeriesRow, SeriesState
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +182,11 @@ class Export(Stage):
     def step(self) -> int:
         if not self.context.config.export.enabled:
             return 0
-        rows = db.all_series(self.conn, db.SeriesState.COMPLETE)
+        rows = self.state.series.claim_in_state(SeriesState.COMPLETE, now=self.context.clock())
         for row in rows:
             if self.context.stopping.is_set():
-                break
+                self.state.series.release(row.series_uid)
+                continue
             self._export(row)
         return len(rows)
 
@@ -193,11 +194,11 @@ class Export(Stage):
         self._running = [f for f in self._running if not f.done()]
         return bool(self._running)
 
-    def _export(self, row: db.SeriesRow) -> None:
+    def _export(self, row: SeriesRow) -> None:
         uid, paths = row.series_uid, self.context.config.paths
         exported: list[ExportedSeries] = []
         try:
-            stacks = stored_stacks(self.conn, uid)
+            stacks = stored_stacks(self.state.series, uid)
             for notice in stacks[0].notices:
                 log.info("series %s: %s", uid, notice)
             problems = []
@@ -213,15 +214,15 @@ class Export(Stage):
         except SegnodeError as exc:
             reason = f"series {uid}: {error_line(exc)}"
             log.warning("%s", reason)
-            db.mark_series(self.conn, uid, db.SeriesState.FAILED, reason=reason, if_revision=row.revision)
+            self.state.series.mark(uid, SeriesState.FAILED, reason=reason, if_revision=row.revision)
             return
         except Exception as exc:  # one bad series must not stop the stage; the reason is kept with the series
             log.exception("series %s: unexpected error", uid)
-            db.mark_series(self.conn, uid, db.SeriesState.FAILED, reason=f"series {uid}: unexpected error:"
-                           f" {error_line(exc)}", if_revision=row.revision)
+            self.state.series.mark(uid, SeriesState.FAILED, reason=f"series {uid}: unexpected error:"
+                                   f" {error_line(exc)}", if_revision=row.revision)
             return
-        marked = db.mark_series(self.conn, uid, db.SeriesState.EXPORTED, export_version=row.revision,
-                                if_revision=row.revision)
+        marked = self.state.series.mark(uid, SeriesState.EXPORTED, export_version=row.revision,
+                                        if_revision=row.revision)
         if marked and self.context.config.export.command:
             for export in exported:
                 self._running.append(self._commands.submit(self._run_command, export, uid))
@@ -250,4 +251,3 @@ class Export(Stage):
 
     def close(self) -> None:
         self._commands.shutdown(wait=False, cancel_futures=True)
-        super().close()

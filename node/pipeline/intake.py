@@ -13,7 +13,7 @@ from collections import deque
 from node.pipeline.filing import move_item
 from node.pipeline.inbox import InboxItem, InboxWatcher
 from node.pipeline.stage import PipelineContext, Stage
-from node.state import jobs
+from node.state.model import JobState
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,15 @@ class Intake(Stage):
 
     def step(self) -> int:
         items = self.watcher.ready_items()
+        store = self.state.jobs
         for item in items:
-            job_id = jobs.create_job(self.conn, item.path, item.kind.value, signature=item.signature)
-            job = jobs.get_job(self.conn, job_id)
-            if job.state is jobs.JobState.FAILED:
+            job_id = store.create(item.path, item.kind.value, signature=item.signature)
+            job = store.get(job_id)
+            if job.state is JobState.FAILED:
                 # The same input dropped again (by a user, or by `segnode retry`): try it again.
-                jobs.retry_job(self.conn, job_id)
-                job = jobs.get_job(self.conn, job_id)
-            if job.state in (jobs.JobState.PENDING, jobs.JobState.MATCHED):
+                store.retry(job_id)
+                job = store.get(job_id)
+            if job.state in (JobState.PENDING, JobState.MATCHED, JobState.RETRY_WAIT) and job.seg_path is None:
                 self.queue.append((job_id, item))
             else:
                 # Built before a crash that came before the move: finish the move, do not build twice.

@@ -8,7 +8,6 @@ watchdog and the health endpoint.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -18,15 +17,17 @@ from pathlib import Path
 
 from node.config import Config
 from node.convert.seg import SegOptions
-from node.state import sqlite as db
+from node.state import State
 
 
 @dataclass
 class PipelineContext:
-    """What the stages share: the configuration, the clock, the stop flag and how to reach the state."""
+    """What the stages share: the configuration, the state, the clock and the stop flag."""
 
     config: Config
     options: SegOptions
+    #: The node's one state; its stores give each thread a connection of its own.
+    state: State
     clock: Callable[[], float] = time.time
     stopping: threading.Event = field(default_factory=threading.Event)
 
@@ -35,15 +36,11 @@ class PipelineContext:
         """Where built SEGs wait for delivery."""
         return self.config.paths.data / "segs"
 
-    def connect(self) -> sqlite3.Connection:
-        # A stage's connection is used by one thread at a time: its own loop, or run_until_idle's caller.
-        return db.connect(self.config.paths.database, check_same_thread=False)
-
 
 class Stage(ABC):
     """One step of the pipeline, in flow order: completion, export, intake, build, delivery.
 
-    Each stage has its own connection to the state, used by one thread at a time.
+    Work a stage takes from the state is claimed for this node, so two nodes on one state never both do it.
     """
 
     #: Short name for logs, threads and heartbeats.
@@ -51,7 +48,7 @@ class Stage(ABC):
 
     def __init__(self, context: PipelineContext) -> None:
         self.context = context
-        self.conn = context.connect()
+        self.state = context.state
         self.last_beat = time.monotonic()
 
     def beat(self) -> None:
@@ -71,5 +68,5 @@ class Stage(ABC):
         stopping.wait(seconds)
 
     def close(self) -> None:
-        """Release what the stage holds (its database connection)."""
-        self.conn.close()
+        """Release what the stage holds beyond the state (threads, executors); most hold nothing."""
+        return None

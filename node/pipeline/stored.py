@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 from node.convert.series import SourceSeries, read_header, stacks_from_headers
-from node.state import sqlite as db
+from node.state import SeriesIndex
 
 log = logging.getLogger(__name__)
 
 
-def stored_stacks(conn: sqlite3.Connection, series_uid: str) -> list[SourceSeries]:
+def stored_stacks(index: SeriesIndex, series_uid: str) -> list[SourceSeries]:
     """Every stack of a stored series, main stack first; unreadable files are left out with a warning."""
-    paths = db.series_instances(conn, series_uid)
+    paths = index.instances(series_uid)
     headers = [read_header(p) for p in paths]
     readable = [(h, p) for h, p in zip(headers, paths, strict=True) if h is not None]
     if len(readable) < len(paths):

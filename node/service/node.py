@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -30,9 +29,9 @@ from node.pipeline.filing import find_moved_item, restore_item
 from node.pipeline.inbox import InboxWatcher
 from node.pipeline.intake import Intake
 from node.pipeline.stage import PipelineContext, Stage
-from node.state import jobs
-from node.state import sqlite as db
+from node.state import open_state
 from node.state.instances import InstanceStore
+from node.state.model import JobState
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +46,10 @@ ERROR_PAUSE_SECONDS = 2.0
 class Node:
     """One segnode instance. ``run()`` blocks until :meth:`stop` (or SIGTERM/SIGINT in the main thread)."""
 
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time, node_id: str | None = None) -> None:
         self.config = config
+        #: Two nodes on one data folder and database need different ids (default hostname:pid).
+        self.state = open_state(config.paths.data, config.paths.database, node_id=node_id)
         self.paths = config.paths
         self.store = InstanceStore(config.paths.data)
         self.scp: StorageSCP | None = None
@@ -63,7 +64,7 @@ class Node:
                                     version=config.seg.algorithm_version or AlgorithmInfo().version),
             series_description=config.seg.series_description,
         )
-        self.context = PipelineContext(config=config, options=options, clock=clock)
+        self.context = PipelineContext(config=config, options=options, state=self.state, clock=clock)
 
     @property
     def stopping(self) -> threading.Event:
@@ -80,8 +81,7 @@ class Node:
                    + remove_temp_files(self.context.segs))
         if removed:
             log.info("start-up: removed %d half-written temporary file(s)", removed)
-        with self._connect() as conn:
-            resumable = jobs.resumable_jobs(conn)
+        resumable = self.state.jobs.resumable()
         if resumable:
             log.info("start-up: resuming %d unfinished job(s)", len(resumable))
 
@@ -132,6 +132,9 @@ class Node:
         else:
             for stage in self.stages:
                 stage.close()
+            # What this node had claimed is free for the next start (or another node) at once, not at lease end.
+            self.state.release_claims()
+            self.state.close()
         log.info("segnode stopped")
 
     def run(self) -> None:
@@ -161,7 +164,7 @@ class Node:
         """One step of ``stage``; an error it could not handle is logged and counts as no work done."""
         try:
             done = stage.step()
-        except (TransientError, sqlite3.Error) as exc:
+        except TransientError as exc:
             # A busy or momentarily unavailable database or disk: log, back off, go on.
             log.error("%s stage: %s; retrying", stage.name, exc)
             self.stopping.wait(ERROR_PAUSE_SECONDS)
@@ -198,15 +201,11 @@ class Node:
 
     # -- commands -----------------------------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        return db.connect(self.paths.database)
-
     def requeue(self, job_id: int) -> str:
         """`segnode retry`: re-open a failed job; an input that never became a SEG goes back into the inbox."""
-        with self._connect() as conn:
-            job = jobs.get_job(conn, job_id)
-            state = jobs.retry_job(conn, job_id)
-        if state is not jobs.JobState.PENDING:
+        job = self.state.jobs.get(job_id)
+        state = self.state.jobs.retry(job_id)
+        if state is not JobState.PENDING:
             return f"job {job_id}: {len(job.sends)} send(s) due again"
         moved = find_moved_item(self.paths.failed, job.inbox_path.name)
         if moved is None:
