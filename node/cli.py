@@ -13,10 +13,11 @@ from pathlib import Path
 
 import node
 from node import logs
-from node.config import Config, DicomDestination, load_config
+from node.config import DEFAULT_CONFIG, Config, load_config
 from node.convert import build_seg_from_input, error_line, write_dataset_atomically
 from node.convert.seg import AlgorithmInfo, SegOptions, SegType
 from node.convert.series import choose_stack, find_stacks
+from node.destinations import create
 from node.errors import ConfigError, SegnodeError
 from node.pipeline.match import pick_stack
 from node.state import State, open_state
@@ -41,14 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--series", help="SeriesInstanceUID to use when the folder holds several series")
     convert.add_argument("--stack", type=int, help="stack of the series to use (1: the main one) when it holds several"
                          " (echoes, phases, planes); by default the one the NIfTI's grid fits")
-    convert.add_argument("--algorithm-name", default="segnode", help="algorithm name written into each segment")
-    convert.add_argument("--algorithm-version", default=node.__version__, help="algorithm version")
-    convert.add_argument("--series-description", default="segnode SEG")
+    defaults = SegOptions()
+    convert.add_argument("--algorithm-name", default=defaults.algorithm.name,
+                         help="algorithm name written into each segment")
+    convert.add_argument("--algorithm-version", default=defaults.algorithm.version, help="algorithm version")
+    convert.add_argument("--series-description", default=defaults.series_description)
     convert.set_defaults(handler=_convert)
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--config", type=Path, default=Path("/etc/segnode/segnode.toml"), help="node config (TOML)")
+        sub.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                         help=f"node config (TOML; default {DEFAULT_CONFIG})")
         return sub
 
     with_config("run", "run the node in the foreground (as systemd does)").set_defaults(handler=_run)
@@ -61,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     retry = with_config("retry", "send a failed job again")
     retry.add_argument("job", type=int, help="job number (see `segnode jobs`)")
     retry.set_defaults(handler=_retry)
-    ping = with_config("echo", "C-ECHO a configured destination")
+    ping = with_config("echo", "check a configured destination (C-ECHO a DICOM one)")
     ping.add_argument("destination", nargs="?", help="destination name (default: every DICOM destination)")
     ping.set_defaults(handler=_echo)
     return parser
@@ -141,17 +145,15 @@ def _retry(args: argparse.Namespace) -> int:
 
 
 def _echo(args: argparse.Namespace) -> int:
-    from node.destinations.dimse import echo  # pynetdicom is not needed by the other commands
-
     config = load_config(args.config)
     chosen = [config.destination(args.destination)] if args.destination else list(config.destinations)
-    peers = [d for d in chosen if isinstance(d, DicomDestination)]
-    if not peers:
-        raise ConfigError(f"{args.config}: no DICOM destination to echo")
+    if not chosen:
+        raise ConfigError(f"{args.config}: no destination to check")
     failures = 0
-    for peer in peers:
-        problem = echo(peer, calling_ae=config.node.ae_title, timeout=config.send.timeout)
-        print(f"{peer.describe()}: {problem or 'ok'}")
+    for block in chosen:
+        # C-ECHO for a DICOM destination, a writable folder for a folder one: each kind's own check().
+        problem = create(block, calling_ae=config.node.ae_title, timeout=config.send.timeout).check()
+        print(f"{block.describe()}: {problem or 'ok'}")
         failures += problem is not None
     return 1 if failures else 0
 

@@ -33,6 +33,9 @@ __all__ = ["Config", "ConfigError", "DestinationConfig", "DicomDestination", "Fo
 
 log = logging.getLogger(__name__)
 
+#: Where `segnode run` and the other node commands look for the configuration (systemd/segnode.service too).
+DEFAULT_CONFIG = Path("/etc/segnode/segnode.toml")
+
 #: SEG types the builder knows (values of ``node.convert.seg.SegType``; strings, so loading a config stays light).
 SEG_TYPES = ("binary", "labelmap", "fractional")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

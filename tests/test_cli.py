@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import synthetic as syn
+from dcmtk import free_port
 
 import node
 from node.cli import main
@@ -98,3 +99,18 @@ def test_status_and_jobs_on_a_fresh_node_are_one_config_error(tmp_path: Path, ca
     assert result.code == 2 and result.stdout == ""
     line = one_line(result.stderr)
     assert line.startswith(f"segnode {command}: ") and "no state database yet" in line
+
+
+def test_echo_checks_each_destination_through_its_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    with config.open("a") as handle:
+        handle.write(f'[[destinations]]\nname = "copies"\nfolder = "{tmp_path / "out"}"\n')
+    closed = free_port()  # nothing listens there: the DICOM peer is unreachable
+    config.write_text(config.read_text().replace("port = 104", f"port = {closed}"))
+    result = run(capsys, "echo", "--config", str(config))
+    lines = result.stdout.strip().splitlines()
+    assert result.code == 1 and len(lines) == 2
+    assert lines[0].startswith("pacs") and "ok" not in lines[0].rsplit(":", 1)[1]
+    assert lines[1].startswith("copies") and lines[1].endswith(": ok")
+    only_folder = run(capsys, "echo", "copies", "--config", str(config))
+    assert only_folder.code == 0 and only_folder.stdout.strip().endswith(": ok")
