@@ -59,7 +59,7 @@ def test_write_is_fsynced_before_rename_and_folder_after(tmp_path: Path, monkeyp
 
 
 @pytest.mark.parametrize("bad", ["../etc", "1.2/../../3", "..", "", " ", "1.2.a", "1..2", ".1.2", "1.2.",
-                                 "1/2", "1" * 65, "1.2\x00/x"])
+                                 "1/2", "1" * 65, "1.2\x00/x", "1.2.3\n"])
 def test_uids_that_are_not_uids_never_become_paths(tmp_path: Path, bad: str) -> None:
     store = InstanceStore(tmp_path / "data")
     with pytest.raises(InvalidUIDError) as caught:

@@ -1,8 +1,9 @@
 """On-disk layout of received instances: ``<root>/instances/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
 
-Every write is durable before :meth:`InstanceStore.put` returns (temporary sibling, fsync, rename, fsync of the
-folder), so a C-STORE success status sent after it can never be lost to a crash. UIDs are validated before they
-become path components: a peer cannot write outside the store.
+Every write is durable before :meth:`InstanceStore.put` returns (:func:`node.durable.atomic_write`: temporary
+sibling, fsync, rename, fsync of the folder), so a C-STORE success status sent after it can never be lost to a
+crash. UIDs are validated (:func:`node.convert.uids.is_uid`) before they become path components: a peer cannot
+write outside the store.
 """
 
 from __future__ import annotations
@@ -10,20 +11,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import shutil
-import tempfile
 from pathlib import Path
+from typing import IO
 
-from node.durable import TEMP_SUFFIX, fsync_folder, remove_temp_files
+from node.convert.uids import UID_MAX_CHARS, is_uid
+from node.durable import atomic_write, fsync_folder, remove_temp_files
 from node.errors import InputError, TransientError
 
 log = logging.getLogger(__name__)
-
-#: A DICOM UID (PS3.5 9.1): digits and dots, components without leading zeros, at most 64 characters.
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-#: Some senders write UIDs with leading zeros in a component; those are still safe as file names.
-_LENIENT_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -49,10 +45,10 @@ def check_uid(uid: str, what: str) -> str:
     node.state.instances.InvalidUIDError: SOP Instance UID '../etc/passwd' is not a DICOM UID (digits and dots, ...
     """
     cleaned = uid.strip("\x00 ") if isinstance(uid, str) else ""
-    if not cleaned or len(cleaned) > 64 or not _LENIENT_UID.match(cleaned):
-        raise InvalidUIDError(f"{what} {uid!r} is not a DICOM UID (digits and dots, at most 64 characters); "
-                              "the sender must be fixed")
-    if not _UID.match(cleaned):
+    if not is_uid(cleaned, strict=False):
+        raise InvalidUIDError(f"{what} {uid!r} is not a DICOM UID (digits and dots, at most {UID_MAX_CHARS} "
+                              "characters); the sender must be fixed")
+    if not is_uid(cleaned):
         log.debug("%s %s has leading zeros in a component; accepted", what, cleaned)
     return cleaned
 
@@ -105,17 +101,14 @@ class InstanceStore:
             if created:
                 # A new series folder is itself a directory entry: make it durable in instances/ too.
                 fsync_folder(folder.parent)
-            fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=folder)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    for chunk in chunks:
-                        self._write(handle.fileno(), chunk)
-                    os.fsync(handle.fileno())
-                os.replace(temp_name, target)
-            except BaseException:
-                Path(temp_name).unlink(missing_ok=True)
-                raise
-            fsync_folder(folder)
+
+            def write(handle: IO[bytes]) -> None:
+                # Straight to the descriptor: the chunks (memoryviews of the received PDVs) are not copied into
+                # the handle's buffer, which stays empty.
+                for chunk in chunks:
+                    self._write(handle.fileno(), chunk)
+
+            atomic_write(target, write)
         except OSError as exc:
             if is_disk_full(exc):
                 raise StorageFullError(f"{self.root}: no space left for instance {sop_instance_uid} of series "
