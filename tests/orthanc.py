@@ -1,7 +1,7 @@
 """A real PACS for tests: Orthanc on OS-picked loopback ports, driven over its REST API with urllib.
 
     with OrthancServer(tmp_path) as pacs:
-        results = send_files(pacs.destination(), paths)
+        results = create(pacs.destination(), calling_ae="SEGNODE", timeout=30).send(paths)
         assert len(pacs.instances()) == len(paths)
 
 Orthanc is the Debian package ``orthanc`` (``/usr/sbin/Orthanc``). Its storage, index and log live under the

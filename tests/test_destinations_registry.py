@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from orthanc import free_port
 
 from node import destinations
 from node.config import load_config
 from node.destinations import Destination, Outcome, SendResult, backoff_delay
-from node.destinations.dimse import DicomDestination, echo, send_files
+from node.destinations.dimse import DicomDestination
 from node.destinations.folder import FolderDestination
 from node.errors import ConfigError
 
@@ -98,8 +97,6 @@ def test_a_registered_kind_loads_from_a_block_and_sends_through_the_protocol(buc
     assert (destination.name, destination.describe(), destination.check()) == ("b", "b (bucket segs)", None)
     results = destination.send([tmp_path / "a.dcm", tmp_path / "busy.dcm"])
     assert [(r.path.name, r.outcome) for r in results] == [("a.dcm", Outcome.SENT), ("busy.dcm", Outcome.RETRY)]
-    # The compatibility call dispatches by kind too.
-    assert [r.outcome for r in send_files(config.destination("b"), [tmp_path / "c.dcm"])] == [Outcome.SENT]
 
 
 def test_a_registered_kind_validates_its_keys(bucket_kind: None, tmp_path: Path) -> None:
@@ -126,18 +123,6 @@ def test_register_refuses_a_mismatched_or_taken_kind(bucket_kind: None) -> None:
         destinations.register("pail", make_bucket, BucketDestination)
     with pytest.raises(ValueError, match="'folder' is already registered"):
         destinations.register("folder", make_bucket, type("OtherFolder", (), {"kind": "folder"}))
-
-
-def test_old_calls_still_work(tmp_path: Path) -> None:
-    """``send_files`` and ``echo`` stay until the service and the CLI call the registry."""
-    port = free_port()
-    peer = DicomDestination("pacs", "PACS", "127.0.0.1", port)
-    (result,) = send_files(peer, [tmp_path / "x.dcm"], timeout=5)
-    assert (result.outcome, result.reason) == (Outcome.FAILED, f"{tmp_path / 'x.dcm'}: not a readable DICOM file "
-                                               f"([Errno 2] No such file or directory: '{tmp_path / 'x.dcm'}')")
-    assert echo(peer, calling_ae="SEGNODE", timeout=5) == f"PACS pacs (PACS@127.0.0.1:{port}) unreachable: " \
-                                                            "connection refused"
-    assert send_files(FolderDestination("copy", tmp_path / "out"), []) == []
 
 
 def test_backoff_grows_then_caps() -> None:

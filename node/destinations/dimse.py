@@ -8,16 +8,14 @@ first one is created, so that reading a configuration does not import pynetdicom
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 from node import destinations
 from node.checks import ae_title_problem, checked, host_problem, port_problem
 from node.destinations.results import Outcome, SendResult, backoff_delay
 
-__all__ = ["DicomDestination", "Outcome", "SendResult", "backoff_delay", "echo", "send_files"]
+__all__ = ["DicomDestination", "Outcome", "SendResult", "backoff_delay"]
 
 
 @dataclass(frozen=True)
@@ -46,17 +44,3 @@ def create_store_scu(config: DicomDestination, *, calling_ae: str, timeout: floa
 
 
 destinations.register(DicomDestination.kind, create_store_scu, DicomDestination)
-
-
-# -- compatibility: the calls made before destinations were created through the registry ------------------------
-
-
-def send_files(dest: destinations.DestinationConfig, paths: Sequence[Path], *, calling_ae: str = "SEGNODE",
-               timeout: float = 30) -> list[SendResult]:
-    """Deprecated: ``destinations.create(dest, calling_ae=..., timeout=...).send(paths)``, for any kind."""
-    return destinations.create(dest, calling_ae=calling_ae, timeout=timeout).send(paths)
-
-
-def echo(dest: DicomDestination, *, calling_ae: str = "SEGNODE", timeout: float = 30) -> str | None:
-    """Deprecated: ``destinations.create(dest, calling_ae=..., timeout=...).check()``, for any kind."""
-    return destinations.create(dest, calling_ae=calling_ae, timeout=timeout).check()

@@ -70,7 +70,6 @@ class Node:
     def stopping(self) -> threading.Event:
         return self.context.stopping
 
-    # -- life cycle -----------------------------------------------------------------------------------------------
 
     def prepare(self) -> None:
         """Create folders and the database; remove half-written files a crash left (start-up recovery)."""
@@ -158,7 +157,6 @@ class Node:
         finally:
             self.stop()
 
-    # -- stages -------------------------------------------------------------------------------------------------
 
     def _step(self, stage: Stage) -> int:
         """One step of ``stage``; an error it could not handle is logged and counts as no work done."""
@@ -199,7 +197,6 @@ class Node:
         now = time.monotonic()
         return {stage.name: now - stage.last_beat for stage in self.stages}
 
-    # -- commands -----------------------------------------------------------------------------------------------
 
     def requeue(self, job_id: int) -> str:
         """`segnode retry`: re-open a failed job; an input that never became a SEG goes back into the inbox."""
