@@ -19,7 +19,15 @@ import pytest
 
 from node.errors import InputError, StateUnavailableError, TransientError
 from node.state import State, open_state
-from node.state.model import JobState, JobStateError, SendState, SeriesState, StateError
+from node.state.model import (
+    HINT_GRACE_SECONDS,
+    JobState,
+    JobStateError,
+    SendState,
+    SeriesState,
+    StateError,
+    item_signature,
+)
 
 STUDY = "1.2.826.0.1.3680043.8.498.9"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -67,10 +75,18 @@ def state(backend: Backend) -> State:
     return backend.open()
 
 
-def receive(state: State, data: Path, series: str, sop: str, at: float) -> Path:
+def receive(state: State, data: Path, series: str, sop: str, at: float, size: int = 100) -> Path:
     path = data / "instances" / series / f"{sop}.dcm"
-    state.series.record_instance(series, STUDY, sop, CT, path, 100, at)
+    state.series.record_instance(series, STUDY, sop, CT, path, size, at)
     return path
+
+
+def due_uids(state: State, now: float) -> list[str]:
+    """Claim what is due at ``now`` and give the claims back: which series are due, oldest first."""
+    rows = state.series.claim_due(QUIET, now=now)
+    for row in rows:
+        state.series.release(row.series_uid)
+    return [row.series_uid for row in rows]
 
 
 def new_job(state: State, data: Path, name: str = "liver.nii.gz", at: float = T0) -> int:
@@ -127,6 +143,145 @@ def test_hinted_series_is_due_after_the_grace(backend: Backend, state: State) ->
     assert state.series.hint_complete([series_uid(1), series_uid(1)], now=T0 + 1) == 1
     assert state.series.claim_due(QUIET, now=T0 + 2, grace_seconds=2.0) == []
     assert [r.series_uid for r in state.series.claim_due(QUIET, now=T0 + 3, grace_seconds=2.0)] == [series_uid(1)]
+
+
+def test_instances_group_into_a_receiving_series(backend: Backend, state: State) -> None:
+    s1, s2 = series_uid(1), series_uid(2)
+    path = backend.data / "instances" / s1 / "1.1.dcm"
+    assert state.series.record_instance(s1, STUDY, "1.1", CT, path, 100, T0) is False  # a new series: not re-opened
+    receive(state, backend.data, s1, "1.2", T0 + 2)
+    receive(state, backend.data, s2, "2.1", T0 + 1)
+    row = state.series.get(s1)
+    assert row is not None
+    assert (row.state, row.study_uid, row.instance_count, row.reason) == (SeriesState.RECEIVING, STUDY, 2, None)
+    assert (row.first_received_at, row.last_received_at) == (T0, T0 + 2)
+    assert state.series.instances(s1) == [path, path.with_name("1.2.dcm")]
+    assert [r.series_uid for r in state.series.list_series()] == [s1, s2]  # most recently received first
+    assert [r.series_uid for r in state.series.list_series(limit=1)] == [s1]
+    assert state.series.counts() == {SeriesState.RECEIVING: 2, SeriesState.COMPLETE: 0, SeriesState.EXPORTED: 0,
+                                     SeriesState.FAILED: 0}
+
+
+def test_a_resent_instance_replaces_the_earlier_one(backend: Backend, state: State) -> None:
+    path = receive(state, backend.data, series_uid(1), "1.1", T0, size=100)
+    receive(state, backend.data, series_uid(1), "1.1", T0 + 10, size=250)
+    row = state.series.get(series_uid(1))
+    assert row is not None and (row.instance_count, row.last_received_at) == (1, T0 + 10)
+    assert state.series.instances(series_uid(1)) == [path]
+    if backend.name == "sqlite":
+        raw = sqlite3.connect(backend.database)
+        try:
+            assert raw.execute("SELECT size FROM instances").fetchall() == [(250,)]
+        finally:
+            raw.close()
+
+
+def test_a_series_is_due_only_after_the_quiet_period_oldest_first(backend: Backend, state: State) -> None:
+    s1, s2 = series_uid(1), series_uid(2)
+    receive(state, backend.data, s1, "1.1", T0)
+    receive(state, backend.data, s2, "2.1", T0 + 10)
+    assert due_uids(state, T0 + QUIET - 0.5) == []
+    assert due_uids(state, T0 + QUIET) == [s1]
+    assert due_uids(state, T0 + 100) == [s1, s2]
+    [row, _] = state.series.claim_due(QUIET, now=T0 + 100)
+    assert state.series.mark(s1, SeriesState.COMPLETE, if_revision=row.revision)
+    assert state.series.release(s2)
+    assert due_uids(state, T0 + 100) == [s2]
+
+
+def test_a_late_instance_reopens_an_exported_series(backend: Backend, state: State) -> None:
+    s1 = series_uid(1)
+    receive(state, backend.data, s1, "1.1", T0)
+    [due] = state.series.claim_due(QUIET, now=T0 + 100)
+    assert state.series.mark(s1, "complete", if_revision=due.revision)
+    assert state.series.claim_in_state("complete")
+    assert state.series.mark(s1, SeriesState.EXPORTED, if_revision=due.revision)
+    exported = state.series.get(s1)
+    assert exported is not None and exported.export_version == due.revision
+    path = backend.data / "instances" / s1 / "1.2.dcm"
+    assert state.series.record_instance(s1, STUDY, "1.2", CT, path, 100, T0 + 200) is True
+    reopened = state.series.get(s1)
+    assert reopened is not None
+    assert (reopened.state, reopened.last_received_at, reopened.instance_count) == (SeriesState.RECEIVING,
+                                                                                    T0 + 200, 2)
+    assert reopened.revision > exported.revision and reopened.export_version == exported.export_version
+    assert due_uids(state, T0 + 200 + QUIET - 1) == []
+    assert due_uids(state, T0 + 200 + QUIET) == [s1]
+
+
+def test_a_failed_series_keeps_its_reason_until_an_instance_reopens_it(backend: Backend, state: State) -> None:
+    s1 = series_uid(1)
+    receive(state, backend.data, s1, "1.1", T0)
+    state.series.claim_due(QUIET, now=T0 + QUIET)
+    assert state.series.mark(s1, SeriesState.FAILED, reason="slices are not parallel")
+    row = state.series.get(s1)
+    assert row is not None and (row.state, row.reason, row.claimed_by) == (SeriesState.FAILED,
+                                                                          "slices are not parallel", None)
+    assert [r.series_uid for r in state.series.list_series(state="failed")] == [s1]
+    assert state.series.list_series(SeriesState.RECEIVING) == []
+    assert state.series.counts() == {SeriesState.RECEIVING: 0, SeriesState.COMPLETE: 0, SeriesState.EXPORTED: 0,
+                                     SeriesState.FAILED: 1}
+    with pytest.raises(InputError, match="not known"):
+        state.series.mark(series_uid(9), SeriesState.COMPLETE)
+    with pytest.raises(ValueError):
+        state.series.mark(s1, "finished")
+    path = backend.data / "instances" / s1 / "1.2.dcm"
+    assert state.series.record_instance(s1, STUDY, "1.2", CT, path, 100, T0 + 100) is True
+    again = state.series.get(s1)
+    assert again is not None and (again.state, again.reason) == (SeriesState.RECEIVING, None)
+
+
+def test_a_release_hint_makes_the_series_due_after_the_default_grace(backend: Backend, state: State) -> None:
+    receive(state, backend.data, series_uid(1), "1.1", T0)
+    receive(state, backend.data, series_uid(2), "2.1", T0)
+    assert state.series.hint_complete([series_uid(1)], now=T0 + 0.5) == 1
+    assert due_uids(state, T0 + 0.5 + HINT_GRACE_SECONDS - 0.1) == []
+    assert due_uids(state, T0 + 0.5 + HINT_GRACE_SECONDS) == [series_uid(1)]
+
+
+def test_an_instance_after_the_hint_voids_it(backend: Backend, state: State) -> None:
+    """A second association still sending the series: the first one's release must not complete it."""
+    s1, s2 = series_uid(1), series_uid(2)
+    for series in (s1, s2):
+        receive(state, backend.data, series, "1", T0)
+    assert state.series.hint_complete([s1, s2], now=T0 + 0.5) == 2
+    for series in (s1, s2):
+        receive(state, backend.data, series, "2", T0 + 1)  # from the other association
+    assert due_uids(state, T0 + 10) == []
+    assert state.series.hint_complete([s1], now=T0 + 11) == 1  # the other association is released in turn
+    assert due_uids(state, T0 + 11 + HINT_GRACE_SECONDS) == [s1]
+    assert due_uids(state, T0 + 1 + QUIET) == [s1, s2]  # the quiet period still applies to the voided one
+
+
+def test_a_hint_ignores_series_that_are_not_receiving(backend: Backend, state: State) -> None:
+    receive(state, backend.data, series_uid(1), "1.1", T0)
+    state.series.claim_due(QUIET, now=T0 + QUIET)
+    assert state.series.mark(series_uid(1), SeriesState.EXPORTED)
+    assert state.series.hint_complete([series_uid(1), series_uid(9)], now=T0 + 100) == 0
+    assert state.series.hint_complete([], now=T0 + 100) == 0
+    row = state.series.get(series_uid(1))
+    assert row is not None and row.hint_at is None
+
+
+def test_threads_and_nodes_record_at_once_without_losing_rows(backend: Backend, state: State) -> None:
+    other = backend.open("node-b")
+    errors: list[BaseException] = []
+
+    def writer(on: State, series: str) -> None:
+        try:
+            for i in range(20):
+                receive(on, backend.data, series, f"{i + 1}", T0 + i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(on, series_uid(n)))
+               for n, on in enumerate((state, state, other))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert sorted(row.instance_count for row in backend.open("node-c").series.list_series()) == [20, 20, 20]
 
 
 def test_unknown_series(state: State) -> None:
@@ -191,7 +346,8 @@ def test_send_retry_failure_and_segnode_retry(backend: Backend, state: State) ->
     assert job.state is JobState.FAILED and "pacs: 0xA900 refused" in (job.reason or "")
     assert state.jobs.retry(job_id, now=T0 + 70) is JobState.BUILT
     [resend] = state.jobs.claim_sends(now=T0 + 70)
-    assert (resend.destination, resend.attempts) == ("pacs", 0)
+    assert (resend.destination, resend.attempts, resend.state, resend.reason) == ("pacs", 0, SendState.PENDING, None)
+    assert [s.state for s in state.jobs.get(job_id).sends] == [SendState.OK, SendState.PENDING]  # archive: not resent
     with pytest.raises(JobStateError):
         state.jobs.retry(job_id)
 
@@ -199,19 +355,159 @@ def test_send_retry_failure_and_segnode_retry(backend: Backend, state: State) ->
 def test_failed_before_the_seg_is_retried_from_pending(backend: Backend, state: State) -> None:
     job_id = new_job(state, backend.data)
     state.jobs.claim_job(job_id, now=T0)
-    assert state.jobs.mark_failed(job_id, "no series matches", now=T0 + 1)
+    assert state.jobs.mark_matched(job_id, series_uid(1), now=T0 + 1)
+    assert state.jobs.mark_failed(job_id, "grid does not overlap", now=T0 + 1)
     assert state.jobs.claim_jobs(now=T0 + 2) == []
     assert state.jobs.retry(job_id, now=T0 + 3) is JobState.PENDING
+    job = state.jobs.get(job_id)
+    assert (job.state, job.reason, job.series_uid, job.claimed_by) == (JobState.PENDING, None, None, None)
     assert [j.id for j in state.jobs.claim_jobs(now=T0 + 3)] == [job_id]
+    assert state.jobs.mark_matched(job_id, series_uid(1), now=T0 + 4)  # and it goes on from there
+
+
+def test_retry_of_a_waiting_job_makes_it_due_now(backend: Backend, state: State) -> None:
+    sending = built_job(state, backend.data, ["pacs"])
+    [send] = state.jobs.claim_sends(now=T0 + 2)
+    assert state.jobs.mark_send_retry(send.id, "busy", T0 + 600, now=T0 + 3)
+    building = new_job(state, backend.data, "other.nii.gz")
+    state.jobs.claim_job(building, now=T0)
+    assert state.jobs.mark_retry_later(building, "disk full", T0 + 600, now=T0 + 3)
+    assert state.jobs.claim_sends(now=T0 + 5) == [] and state.jobs.claim_jobs(now=T0 + 5) == []
+    assert state.jobs.retry(sending, now=T0 + 5) is JobState.RETRY_WAIT
+    assert state.jobs.retry(building, now=T0 + 5) is JobState.RETRY_WAIT
+    assert [s.destination for s in state.jobs.claim_sends(now=T0 + 5)] == ["pacs"]
+    assert [j.id for j in state.jobs.claim_jobs(now=T0 + 5)] == [building]
 
 
 def test_invalid_transitions_by_the_claim_holder_raise(backend: Backend, state: State) -> None:
     job_id = new_job(state, backend.data)
     state.jobs.claim_job(job_id, now=T0)
-    with pytest.raises(JobStateError):
+    with pytest.raises(JobStateError, match=f"job {job_id}: cannot record the SEG of a job that is pending"):
         state.jobs.mark_built(job_id, backend.data / "x.dcm", SEG_UID, ["pacs"])  # not matched yet
-    with pytest.raises(InputError):
+    sent = built_job(state, backend.data, ["pacs"], name="other.nii.gz")
+    [send] = state.jobs.claim_sends(now=T0 + 2)
+    assert state.jobs.mark_send_ok(send.id, now=T0 + 3)
+    assert state.jobs.claim_job(sent, now=T0 + 4) is None  # a sent job is never built again
+    assert not state.jobs.mark_matched(sent, series_uid(1)) and not state.jobs.mark_failed(sent, "too late")
+    assert state.jobs.get(sent).state is JobState.SENT
+    with pytest.raises(JobStateError, match="cannot retry a job that is sent"):
+        state.jobs.retry(sent)
+    with pytest.raises(JobStateError, match="cannot retry a job that is pending"):
+        state.jobs.retry(job_id)
+    with pytest.raises(InputError, match="job 999 does not exist"):
         state.jobs.get(999)
+    with pytest.raises(InputError):
+        state.jobs.mark_matched(999, series_uid(1))
+    with pytest.raises(InputError):
+        state.jobs.mark_send_ok(999)
+
+
+def test_a_refused_transition_changes_nothing(backend: Backend, state: State) -> None:
+    job_id = new_job(state, backend.data)
+    state.jobs.claim_job(job_id, now=T0)
+    assert state.jobs.mark_matched(job_id, series_uid(1), now=T0 + 1)
+    with pytest.raises(InputError, match="destination names"):
+        state.jobs.mark_built(job_id, backend.data / "x.dcm", SEG_UID, ["pacs", object()])  # type: ignore[list-item]
+    job = state.jobs.get(job_id)
+    assert (job.state, job.seg_path, job.sends, job.claimed_by) == (JobState.MATCHED, None, (), "node-a")
+
+
+def test_create_is_idempotent_per_item_version(backend: Backend, state: State) -> None:
+    item = backend.data / "inbox" / "liver.nii.gz"
+    item.parent.mkdir()
+    item.write_bytes(b"nifti bytes")
+    first = state.jobs.create(item, "nifti")  # signed by item_signature
+    assert state.jobs.create(item, "nifti") == first
+    item.write_bytes(b"a new result under the same name")
+    os.utime(item, ns=(1, 1))
+    second = state.jobs.create(item, "nifti")
+    assert second != first
+    row = state.jobs.get(second)
+    assert (row.state, row.inbox_path, row.item_kind, row.sends, row.attempts) == (JobState.PENDING, item, "nifti",
+                                                                                  (), 0)
+    with pytest.raises(InputError):
+        state.jobs.create(item, "")
+
+
+def test_a_folder_signature_changes_when_a_mask_changes(tmp_path: Path) -> None:
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    (folder / "liver.nii.gz").write_bytes(b"1")
+    before = item_signature(folder)
+    assert item_signature(folder) == before
+    (folder / "spleen.nii.gz").write_bytes(b"2")
+    assert item_signature(folder) != before
+
+
+def test_one_send_per_destination_and_the_job_settles_when_all_are_done(backend: Backend, state: State) -> None:
+    job_id = built_job(state, backend.data, ["pacs", "archive", "pacs"])
+    job = state.jobs.get(job_id)
+    assert (job.state, job.series_uid, job.seg_sop_uid) == (JobState.BUILT, series_uid(1), SEG_UID)
+    assert [(s.destination, s.state, s.attempts) for s in job.sends] == [
+        ("archive", SendState.PENDING, 0), ("pacs", SendState.PENDING, 0)]
+    by_name = {s.destination: s for s in state.jobs.claim_sends(now=T0 + 2)}
+    assert state.jobs.mark_send_ok(by_name["pacs"].id, now=T0 + 3)
+    assert state.jobs.get(job_id).state is JobState.BUILT  # archive is still to be sent
+    assert state.jobs.mark_send_ok(by_name["archive"].id, now=T0 + 4)
+    assert state.jobs.get(job_id).state is JobState.SENT
+    assert state.jobs.claim_sends(now=T0 + 100) == [] and state.jobs.resumable() == []
+
+
+def test_a_send_waits_for_its_next_attempt(backend: Backend, state: State) -> None:
+    job_id = built_job(state, backend.data, ["pacs"])
+    [send] = state.jobs.claim_sends(now=T0 + 2)
+    assert state.jobs.mark_send_retry(send.id, "connection refused", T0 + 60, now=T0 + 3)
+    assert state.jobs.get(job_id).state is JobState.RETRY_WAIT
+    assert state.jobs.claim_sends(now=T0 + 59) == []
+    [due] = state.jobs.claim_sends(now=T0 + 60)
+    assert (due.id, due.attempts, due.reason, due.state) == (send.id, 1, "connection refused", SendState.RETRY_WAIT)
+    assert state.jobs.mark_send_ok(send.id, now=T0 + 61)
+    job = state.jobs.get(job_id)
+    assert (job.state, job.sends[0].attempts, job.sends[0].state) == (JobState.SENT, 2, SendState.OK)
+
+
+def test_one_destination_failing_does_not_stop_the_other(backend: Backend, state: State) -> None:
+    job_id = built_job(state, backend.data, ["pacs", "archive"])
+    [pacs] = state.jobs.claim_sends(now=T0 + 2, limit=1)
+    assert pacs.destination == "pacs"
+    assert state.jobs.mark_send_failed(pacs.id, "0xA900 refused", now=T0 + 3)
+    assert state.jobs.get(job_id).state is JobState.BUILT
+    [archive] = state.jobs.claim_sends(now=T0 + 3)
+    assert archive.destination == "archive" and state.jobs.mark_send_ok(archive.id, now=T0 + 4)
+    job = state.jobs.get(job_id)
+    assert (job.state, job.reason) == (JobState.FAILED, "pacs: 0xA900 refused")
+
+
+def test_states_are_str_enums_stored_as_their_values(backend: Backend, state: State) -> None:
+    job_id = built_job(state, backend.data, ["pacs"])
+    assert isinstance(JobState.BUILT, str) and JobState("built") is JobState.BUILT
+    assert [j.id for j in state.jobs.list_jobs(state="built")] == [job_id]
+    if backend.name == "sqlite":
+        raw = sqlite3.connect(backend.database)
+        try:
+            assert raw.execute("SELECT state FROM jobs").fetchall() == [("built",)]
+        finally:
+            raw.close()
+
+
+def test_resumable_listed_and_counted_jobs(backend: Backend, state: State) -> None:
+    names = ("pending", "matched", "built", "waiting", "sent", "failed")
+    ids = {name: new_job(state, backend.data, f"{name}.nii.gz") for name in names}
+    for name in names[1:]:
+        assert state.jobs.claim_job(ids[name], now=T0) is not None
+        assert state.jobs.mark_matched(ids[name], series_uid(1), now=T0)
+    for name in ("built", "waiting", "sent"):
+        assert state.jobs.mark_built(ids[name], backend.data / "segs" / f"{name}.dcm", SEG_UID, ["pacs"], now=T0 + 1)
+    sends = {s.job_id: s for s in state.jobs.claim_sends(now=T0 + 2)}
+    assert state.jobs.mark_send_retry(sends[ids["waiting"]].id, "busy", T0 + 60, now=T0 + 3)
+    assert state.jobs.mark_send_ok(sends[ids["sent"]].id, now=T0 + 3)
+    assert state.jobs.mark_failed(ids["failed"], "no series matches", now=T0 + 3)
+    resumable = state.jobs.resumable()  # oldest first
+    assert [j.id for j in resumable] == [ids[n] for n in ("pending", "matched", "built", "waiting")]
+    assert [j.state for j in resumable] == [JobState.PENDING, JobState.MATCHED, JobState.BUILT, JobState.RETRY_WAIT]
+    assert [j.id for j in state.jobs.list_jobs()] == sorted(ids.values(), reverse=True)  # newest first
+    assert [j.id for j in state.jobs.list_jobs(limit=2)] == [ids["failed"], ids["sent"]]
+    assert state.jobs.counts() == dict.fromkeys(JobState, 1)
 
 
 # -- claims across nodes ---------------------------------------------------------------------------------------------
@@ -329,6 +625,56 @@ def test_sqlite_stores_paths_inside_the_data_folder_relative(backend: Backend) -
         assert raw.execute("SELECT path FROM instances").fetchone()[0] == f"instances/{series_uid(1)}/1.1.dcm"
     finally:
         raw.close()
+
+
+# -- SQLite's own settings and transactions --------------------------------------------------------------------------
+
+
+def test_sqlite_is_wal_with_foreign_keys_and_a_reopened_state_keeps_its_rows(backend: Backend) -> None:
+    if backend.name != "sqlite":
+        pytest.skip("reads SQLite's settings")
+    from node.state.sqlite_schema import SCHEMA_VERSION, SqliteDatabase
+
+    state = backend.open()
+    receive(state, backend.data, series_uid(1), "1.1", T0)
+    assert isinstance(state.backend, SqliteDatabase)
+    with state.backend.reading("read the settings") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+    state.close()
+    again = backend.open()  # re-opening migrates nothing and keeps the data
+    assert [row.series_uid for row in again.series.list_series()] == [series_uid(1)]
+
+
+def test_a_database_of_a_newer_schema_is_refused_not_misread(backend: Backend) -> None:
+    if backend.name != "sqlite":
+        pytest.skip("writes SQLite's schema version")
+    from node.state.sqlite_schema import SCHEMA_VERSION
+
+    backend.open().close()
+    raw = sqlite3.connect(backend.database)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.close()
+    with pytest.raises(InputError, match="newer than this segnode understands"):
+        backend.open()
+
+
+def test_a_sqlite_write_that_raises_is_rolled_back(backend: Backend, state: State) -> None:
+    if backend.name != "sqlite":
+        pytest.skip("writes through SQLite's connection")
+    from node.state.sqlite_schema import SqliteDatabase
+
+    assert isinstance(state.backend, SqliteDatabase)
+    with pytest.raises(RuntimeError), state.backend.writing("crash before commit") as conn:
+        conn.execute("INSERT INTO series (series_uid, study_uid, state, first_received_at, last_received_at,"
+                     " updated_at) VALUES (?, ?, 'receiving', 1, 1, 1)", (series_uid(1), STUDY))
+        raise RuntimeError("crash before commit")
+    assert state.series.list_series() == []
+    receive(state, backend.data, series_uid(2), "2.1", T0)  # the pooled connection is usable again
+    assert [row.series_uid for row in state.series.list_series()] == [series_uid(2)]
 
 
 # -- migration from the previous schema ------------------------------------------------------------------------------
