@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import synthetic as syn
-
-from node.state import sqlite as db
 
 
 @pytest.fixture
@@ -30,12 +24,3 @@ def segnode_convert(capsys: pytest.CaptureFixture[str]) -> syn.ConvertRunner:
 
     return run
 
-
-@pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    """A fresh state database (node.state.sqlite schema) for one test."""
-    connection = db.connect(tmp_path / "state.sqlite3")
-    try:
-        yield connection
-    finally:
-        connection.close()

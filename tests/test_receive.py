@@ -40,8 +40,9 @@ from node.dicom.scp import (
     store_status,
 )
 from node.errors import InputError, StateUnavailableError
-from node.state import sqlite as db
+from node.state import open_state
 from node.state.instances import InstanceStore, InvalidUIDError, StorageFullError
+from node.state.model import SeriesRow, SeriesState
 
 AE_TITLE = "SEGNODE"
 HOST = "127.0.0.1"
@@ -62,12 +63,9 @@ class Node:
     def next_end(self) -> AssociationEnd:
         return self.ends.get(timeout=EVENT_TIMEOUT_S)
 
-    def series(self, uid: str) -> db.SeriesRow | None:
-        conn = db.connect(self.data / "segnode.sqlite3")
-        try:
-            return db.get_series(conn, uid)
-        finally:
-            conn.close()
+    def series(self, uid: str) -> SeriesRow | None:
+        with open_state(self.data, self.data / "segnode.sqlite3", node_id="test-reader") as state:
+            return state.series.get(uid)
 
     def stored(self) -> list[Path]:
         return sorted(p for p in (self.data / "instances").rglob("*") if p.is_file())
@@ -132,7 +130,7 @@ def test_series_lands_as_files_and_rows(node: Node, tmp_path: Path) -> None:
     assert end.series_uids == end.finished_series == frozenset({info.series_uid})
     row = node.series(info.series_uid)
     assert row is not None
-    assert (row.state, row.instance_count, row.study_uid) == (db.SeriesState.RECEIVING, 4, info.study_uid)
+    assert (row.state, row.instance_count, row.study_uid) == (SeriesState.RECEIVING, 4, info.study_uid)
     assert row.hint_at is not None  # the release hinted completion
 
 
