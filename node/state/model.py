@@ -1,7 +1,7 @@
 """What the node's state holds, whatever stores it: the states (str Enums), the rows, the claim policy.
 
-Every back end (:mod:`node.state.sqlite` today, PostgreSQL later) returns these rows and accepts these states,
-so the pipeline never sees a back end's types. Times are POSIX seconds.
+Every back end (SQLite today, :mod:`node.state.sqlite_schema` and its two stores; PostgreSQL later) returns
+these rows and accepts these states, so the pipeline never sees a back end's types. Times are POSIX seconds.
 """
 
 from __future__ import annotations

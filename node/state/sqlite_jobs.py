@@ -57,18 +57,14 @@ class SqliteJobStore:
         Who claims (unique per running node process).
     lease_seconds
         How long a claim holds before another node may take it over.
-    require_claim
-        Whether completions need this node's claim (False only for the claim-less module functions of
-        :mod:`node.state.jobs`, which raise JobStateError on a closed send instead).
     """
 
-    def __init__(self, database: SqliteDatabase, node_id: str, *, lease_seconds: float = CLAIM_LEASE_SECONDS,
-                 require_claim: bool = True) -> None:
+    def __init__(self, database: SqliteDatabase, node_id: str, *, lease_seconds: float = CLAIM_LEASE_SECONDS
+                 ) -> None:
         self.database = database
         self.paths = StoredPaths(database.data_folder)
         self.node_id = node_id
         self.lease_seconds = lease_seconds
-        self.require_claim = require_claim
 
     # Rows.
 
@@ -155,13 +151,6 @@ class SqliteJobStore:
         with self.database.reading("list resumable jobs") as conn:
             return self._jobs(conn, "SELECT * FROM jobs WHERE state NOT IN ('sent', 'failed') ORDER BY id", ())
 
-    def due_sends(self, now: float | None = None, limit: int | None = None) -> list[SendRow]:
-        """Open sends whose (next) attempt is due, claimed or not, oldest due first (workers use claim_sends)."""
-        query = _SEND_SELECT + f" WHERE {_OPEN_SENDS} AND s.next_at <= ? ORDER BY s.next_at, s.id"
-        query += "" if limit is None else f" LIMIT {int(limit)}"
-        with self.database.reading("list due sends") as conn:
-            return [self._send_row(row) for row in conn.execute(query, (_now(now),)).fetchall()]
-
     # Claims.
 
     def claim_jobs(self, *, now: float | None = None, limit: int | None = None) -> list[JobRow]:
@@ -212,9 +201,7 @@ class SqliteJobStore:
     # Job transitions.
 
     def _holds(self, conn: sqlite3.Connection, table: str, row_id: int, action: str) -> bool:
-        """Whether this node may complete the row: it holds the claim (or claims are not required)."""
-        if not self.require_claim:
-            return True
+        """Whether this node may complete the row: it holds the claim."""
         row = conn.execute(f"SELECT claimed_by FROM {table} WHERE id = ?", (row_id,)).fetchone()
         if row is None:
             raise InputError(f"{table[:-1]} {row_id} does not exist; `segnode jobs` lists the known jobs")
@@ -255,25 +242,21 @@ class SqliteJobStore:
             if not self._holds(conn, "jobs", job_id, "mark it matched"):
                 return False
             self._require_to_build(conn, job_id, "match")
-            lease = stamp + self.lease_seconds if self.require_claim else None
-            self._set_job(conn, job_id, JobState.MATCHED, stamp, series_uid=series_uid, reason=None, lease_until=lease)
+            self._set_job(conn, job_id, JobState.MATCHED, stamp, series_uid=series_uid, reason=None,
+                          lease_until=stamp + self.lease_seconds)
         return True
 
     def mark_built(self, job_id: int, seg_path: Path, seg_sop_uid: str, destinations: Sequence[str], *,
                    now: float | None = None) -> bool:
         """MATCHED -> BUILT (SENT when there is no destination): the SEG is on disk, one send per destination is
         due at once; the claim is released. False when this node no longer holds the claim."""
-        return self._built(job_id, seg_path, seg_sop_uid, destinations, now) is not None
-
-    def _built(self, job_id: int, seg_path: Path, seg_sop_uid: str, destinations: Sequence[str],
-               now: float | None) -> JobState | None:
         stamp = _now(now)
         names = list(dict.fromkeys(destinations))
         if not all(isinstance(name, str) and name for name in names):
             raise InputError(f"job {job_id}: destination names must be non-empty strings, not {names!r}")
         with self.database.writing(f"mark job {job_id} built") as conn:
             if not self._holds(conn, "jobs", job_id, "record its SEG"):
-                return None
+                return False
             self._require(conn, job_id, "record the SEG of", (JobState.MATCHED,))
             state = JobState.BUILT if names else JobState.SENT
             self._set_job(conn, job_id, state, stamp, seg_path=self.paths.store(seg_path), seg_sop_uid=seg_sop_uid,
@@ -281,7 +264,7 @@ class SqliteJobStore:
             for name in names:
                 conn.execute("INSERT INTO sends (job_id, destination, state, next_at, updated_at)"
                              " VALUES (?, ?, 'pending', ?, ?)", (job_id, name, stamp, stamp))
-        return state
+        return True
 
     def mark_retry_later(self, job_id: int, reason: str, next_at: float, *, now: float | None = None) -> bool:
         """A job to build -> RETRY_WAIT after a transient failure (disk full, database busy): one more attempt
@@ -313,26 +296,23 @@ class SqliteJobStore:
 
     # Send transitions.
 
-    def _settle(self, conn: sqlite3.Connection, job_id: int, stamp: float) -> JobState:
+    def _settle(self, conn: sqlite3.Connection, job_id: int, stamp: float) -> None:
         """Derive the job's state from its sends (inside the caller's transaction)."""
         sends = conn.execute("SELECT destination, state, reason FROM sends WHERE job_id = ?", (job_id,)).fetchall()
         states = [SendState(row["state"]) for row in sends]
         if any(s.open for s in states):
-            state = JobState.RETRY_WAIT if SendState.RETRY_WAIT in states else JobState.BUILT
-            self._set_job(conn, job_id, state, stamp)
+            waiting = SendState.RETRY_WAIT in states
+            self._set_job(conn, job_id, JobState.RETRY_WAIT if waiting else JobState.BUILT, stamp)
         elif all(s is SendState.OK for s in states):
-            state = JobState.SENT
-            self._set_job(conn, job_id, state, stamp, reason=None)
+            self._set_job(conn, job_id, JobState.SENT, stamp, reason=None)
         else:
-            state = JobState.FAILED
             reasons = "; ".join(f"{row['destination']}: {row['reason']}" for row in sends
                                 if row["state"] == SendState.FAILED.value)
-            self._set_job(conn, job_id, state, stamp, reason=reasons)
-        return state
+            self._set_job(conn, job_id, JobState.FAILED, stamp, reason=reasons)
 
     def _send(self, send_id: int, state: SendState, reason: str | None, next_at: float | None,
-              now: float | None) -> JobState | None:
-        """Record one attempt's outcome; the job's new state, or None when this node lost the claim."""
+              now: float | None) -> bool:
+        """Record one attempt's outcome and settle the job; False when this node lost the claim."""
         stamp = _now(now)
         with self.database.writing(f"mark send {send_id} {state.value}") as conn:
             row = conn.execute("SELECT s.job_id, s.state, j.state AS job_state FROM sends s JOIN jobs j"
@@ -340,30 +320,29 @@ class SqliteJobStore:
             if row is None:
                 raise InputError(f"send {send_id} does not exist")
             if not self._holds(conn, "sends", send_id, f"mark it {state.value}"):
-                return None
+                return False
             current = SendState(row["state"])
             if not current.open:
                 raise JobStateError(f"send {send_id} of job {row['job_id']} is already {current.value}; "
                                     "`segnode retry` re-opens it")
             conn.execute(f"UPDATE sends SET state = ?, reason = ?, next_at = ?, attempts = attempts + 1,"
                          f" updated_at = ?, {_RELEASE} WHERE id = ?", (state.value, reason, next_at, stamp, send_id))
-            job_state = JobState(row["job_state"])
-            if job_state in (JobState.BUILT, JobState.RETRY_WAIT):
-                job_state = self._settle(conn, row["job_id"], stamp)
-        return job_state
+            if JobState(row["job_state"]) in (JobState.BUILT, JobState.RETRY_WAIT):
+                self._settle(conn, row["job_id"], stamp)
+        return True
 
     def mark_send_ok(self, send_id: int, *, now: float | None = None) -> bool:
         """The destination accepted the SEG. False (nothing changed) when this node no longer holds the claim,
         e.g. a second node took the send over and already marked it."""
-        return self._send(send_id, SendState.OK, None, None, now) is not None
+        return self._send(send_id, SendState.OK, None, None, now)
 
     def mark_send_retry(self, send_id: int, reason: str, next_at: float, *, now: float | None = None) -> bool:
         """The attempt failed in a way that may pass; try again at ``next_at``. False when the claim is lost."""
-        return self._send(send_id, SendState.RETRY_WAIT, reason, next_at, now) is not None
+        return self._send(send_id, SendState.RETRY_WAIT, reason, next_at, now)
 
     def mark_send_failed(self, send_id: int, reason: str, *, now: float | None = None) -> bool:
         """The destination refused the SEG for good (or attempts ran out). False when the claim is lost."""
-        return self._send(send_id, SendState.FAILED, reason, None, now) is not None
+        return self._send(send_id, SendState.FAILED, reason, None, now)
 
     def retry(self, job_id: int, *, now: float | None = None) -> JobState:
         """Re-open a job for ``segnode retry`` (claims on it dropped); returns its new state.

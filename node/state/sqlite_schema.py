@@ -95,31 +95,21 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 BUSY_TIMEOUT_SECONDS = 30.0
 
 
-class StateConnection(sqlite3.Connection):
-    """A connection that knows the data folder its stored relative paths are relative to."""
-
-    data_folder: Path
-
-
-def connect(path: Path, *, check_same_thread: bool = True, timeout: float = BUSY_TIMEOUT_SECONDS,
-            data_folder: Path | None = None) -> StateConnection:
-    """Open (creating or migrating) the state database at ``path``.
+def connect(path: Path, *, timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite3.Connection:
+    """Open (creating or migrating) the state database at ``path``, for :class:`SqliteDatabase`'s pool.
 
     Parameters
     ----------
     path
         The database file; its folder is created when missing.
-    check_same_thread
-        Pass False only when the caller serialises use of the connection itself (e.g. with a lock).
     timeout
         Seconds a write waits for another writer before failing with ``database is locked``.
-    data_folder
-        What stored relative paths are relative to; defaults to the database's folder (``data/segnode.sqlite3``).
 
     Returns
     -------
-    StateConnection
-        In autocommit mode (use :func:`transaction`), WAL journal, foreign keys on, rows as ``sqlite3.Row``.
+    sqlite3.Connection
+        In autocommit mode (use :func:`transaction`), WAL journal, foreign keys on, rows as ``sqlite3.Row``; usable
+        from any thread, one thread at a time (the pool sees to that).
 
     Raises
     ------
@@ -130,10 +120,7 @@ def connect(path: Path, *, check_same_thread: bool = True, timeout: float = BUSY
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=check_same_thread,
-                           factory=StateConnection)
-    assert isinstance(conn, StateConnection)
-    conn.data_folder = path.parent if data_folder is None else Path(data_folder)
+    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
     try:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
@@ -146,15 +133,6 @@ def connect(path: Path, *, check_same_thread: bool = True, timeout: float = BUSY
         conn.close()
         raise
     return conn
-
-
-def data_folder_of(conn: sqlite3.Connection) -> Path:
-    """The data folder of a connection from :func:`connect` (else the folder of its main database file)."""
-    folder = getattr(conn, "data_folder", None)
-    if folder is not None:
-        return Path(folder)
-    main = next(row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main")
-    return Path(main).parent if main else Path.cwd()
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
@@ -182,19 +160,8 @@ def _statements(script: str) -> Iterator[str]:
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One write transaction: committed when the block ends, rolled back when it raises.
 
-    Starts with ``BEGIN IMMEDIATE`` so the write lock is taken up front (no deadlock upgrading a read). Nested use
-    becomes a savepoint, so a helper can be called inside a caller's transaction.
+    Starts with ``BEGIN IMMEDIATE`` so the write lock is taken up front (no deadlock upgrading a read).
     """
-    if conn.in_transaction:
-        conn.execute("SAVEPOINT nested")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK TO nested")
-            conn.execute("RELEASE nested")
-            raise
-        conn.execute("RELEASE nested")
-        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
@@ -228,7 +195,7 @@ def translated(what: str) -> Iterator[None]:
 
 class SqliteDatabase:
     """Connections to one state database for any thread: a small pool, each connection used by one thread at a
-    time; errors translated (:func:`translated`) unless ``translate_errors`` is False.
+    time; errors translated (:func:`translated`).
 
     Parameters
     ----------
@@ -240,49 +207,21 @@ class SqliteDatabase:
         Seconds a write waits for another writer.
     """
 
-    def __init__(self, path: Path, data_folder: Path, *, timeout: float = BUSY_TIMEOUT_SECONDS,
-                 translate_errors: bool = True) -> None:
+    def __init__(self, path: Path, data_folder: Path, *, timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
         self.path = Path(path)
         self.data_folder = Path(data_folder)
         self.timeout = timeout
-        self.translate_errors = translate_errors
-        self._fixed: sqlite3.Connection | None = None
         self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
-        with self._errors(f"{self.path}: open"):
+        with translated(f"{self.path}: open"):
             self._idle.append(self._open())
 
-    @classmethod
-    def on_connection(cls, conn: sqlite3.Connection) -> SqliteDatabase:
-        """A database object using the caller's ``conn`` as it is (the caller closes it; errors not translated)."""
-        database = cls.__new__(cls)
-        database.path = Path("<caller's connection>")
-        database.data_folder = data_folder_of(conn)
-        database.timeout = BUSY_TIMEOUT_SECONDS
-        database.translate_errors = False
-        database._fixed = conn
-        database._idle = []
-        database._lock = threading.Lock()
-        database._closed = False
-        return database
-
     def _open(self) -> sqlite3.Connection:
-        return connect(self.path, check_same_thread=False, timeout=self.timeout, data_folder=self.data_folder)
-
-    @contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
-        if not self.translate_errors:
-            yield
-            return
-        with translated(what):
-            yield
+        return connect(self.path, timeout=self.timeout)
 
     @contextmanager
     def _borrowed(self) -> Iterator[sqlite3.Connection]:
-        if self._fixed is not None:
-            yield self._fixed
-            return
         with self._lock:
             if self._closed:
                 raise StateUnavailableError(f"{self.path}: state closed (the node is stopping); retry later")
@@ -301,19 +240,17 @@ class SqliteDatabase:
     @contextmanager
     def reading(self, what: str) -> Iterator[sqlite3.Connection]:
         """A connection for reads (each statement sees a consistent snapshot)."""
-        with self._errors(f"{self.path}: {what}"), self._borrowed() as conn:
+        with translated(f"{self.path}: {what}"), self._borrowed() as conn:
             yield conn
 
     @contextmanager
     def writing(self, what: str) -> Iterator[sqlite3.Connection]:
         """A connection inside one write transaction (``BEGIN IMMEDIATE``), committed when the block ends."""
-        with self._errors(f"{self.path}: {what}"), self._borrowed() as conn, transaction(conn):
+        with translated(f"{self.path}: {what}"), self._borrowed() as conn, transaction(conn):
             yield conn
 
     def close(self) -> None:
         """Close every idle connection; borrowed ones close when returned. A closed database refuses work."""
-        if self._fixed is not None:
-            return
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []

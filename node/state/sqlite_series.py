@@ -56,18 +56,14 @@ class SqliteSeriesIndex:
         Who claims (unique per running node process).
     lease_seconds
         How long a claim holds before another node may take it over.
-    require_claim
-        Whether :meth:`mark` needs this node's claim (False only for the claim-less module functions of
-        :mod:`node.state.sqlite`).
     """
 
-    def __init__(self, database: SqliteDatabase, node_id: str, *, lease_seconds: float = CLAIM_LEASE_SECONDS,
-                 require_claim: bool = True) -> None:
+    def __init__(self, database: SqliteDatabase, node_id: str, *, lease_seconds: float = CLAIM_LEASE_SECONDS
+                 ) -> None:
         self.database = database
         self.paths = StoredPaths(database.data_folder)
         self.node_id = node_id
         self.lease_seconds = lease_seconds
-        self.require_claim = require_claim
 
     def record_instance(self, series_uid: str, study_uid: str, sop_uid: str, sop_class_uid: str, path: Path,
                         size: int, received_at: float) -> bool:
@@ -120,22 +116,13 @@ class SqliteSeriesIndex:
                 hinted += cursor.rowcount
         return hinted
 
-    def due(self, quiet_seconds: float, *, now: float | None = None,
-            grace_seconds: float = HINT_GRACE_SECONDS) -> list[SeriesRow]:
-        """Series due for completion, claimed or not, oldest first (for a look; workers use :meth:`claim_due`).
+    def claim_due(self, quiet_seconds: float, *, now: float | None = None,
+                  grace_seconds: float = HINT_GRACE_SECONDS, limit: int | None = None) -> list[SeriesRow]:
+        """Claim the series due for completion that no other node holds, oldest first.
 
         Due: still receiving, and the last instance older than the quiet period, or hinted and quiet since the
         hint for ``grace_seconds``.
         """
-        stamp = _now(now)
-        with self.database.reading("due series") as conn:
-            rows = conn.execute(_SERIES_SELECT + f" WHERE {_DUE} ORDER BY s.last_received_at",
-                                {"quiet_before": stamp - quiet_seconds, "hinted_before": stamp - grace_seconds})
-            return [_series_row(row) for row in rows.fetchall()]
-
-    def claim_due(self, quiet_seconds: float, *, now: float | None = None,
-                  grace_seconds: float = HINT_GRACE_SECONDS, limit: int | None = None) -> list[SeriesRow]:
-        """Claim the series due for completion (as :meth:`due`) that no other node holds, oldest first."""
         stamp = _now(now)
         return self._claim(_DUE, {"quiet_before": stamp - quiet_seconds, "hinted_before": stamp - grace_seconds},
                            stamp, limit, "s.last_received_at")
@@ -192,7 +179,7 @@ class SqliteSeriesIndex:
                                (series_uid,)).fetchone()
             if row is None:
                 raise InputError(f"series {series_uid} is not known to this node; check the UID with `segnode status`")
-            if self.require_claim and row["claimed_by"] != self.node_id:
+            if row["claimed_by"] != self.node_id:
                 log.warning("series %s: claim lost to %s; not marked %s here", series_uid,
                             row["claimed_by"] or "a node that finished it", state.value)
                 return False
