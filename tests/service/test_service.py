@@ -294,7 +294,7 @@ def test_sigterm_exits_promptly(tmp_path: Path) -> None:
 
 def test_export_command_runs_a_tool_whose_mask_folder_becomes_one_seg(tmp_path: Path, series: syn.SeriesInfo,
                                                                       burst: Callable[[str], Burst]) -> None:
-    tool = Path(__file__).with_name("fake_segmenter.py")
+    tool = Path(__file__).resolve().parents[1] / "fake_segmenter.py"
     node = burst(f'[export]\ncommand = "{sys.executable} {tool} {{nifti}} {{inbox}} {{series_uid}}"\n'
                  "command_timeout = 60\n")
     data = node.data

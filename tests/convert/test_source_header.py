@@ -29,7 +29,7 @@ from pydicom.sr.codedict import codes
 from node.convert.source_header import REQUIRED_UIDS, TYPE2_FROM_SOURCE, clean_source_header
 from node.errors import InputError
 
-REAL_DICOM = Path(os.environ.get("SEGNODE_REAL_DICOM", Path(__file__).resolve().parents[2] / "shared" / "real-dicom"))
+REAL_DICOM = Path(os.environ.get("SEGNODE_REAL_DICOM", Path(__file__).resolve().parents[3] / "shared" / "real-dicom"))
 # The tests set invalid values on purpose; pydicom warns when they are assigned.
 pytestmark = [pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning"),
               pytest.mark.filterwarnings("ignore:The value length:UserWarning"),
