@@ -101,9 +101,13 @@ def measure(command: Sequence[str], log_path: Path, timeout: float) -> Run:
     record = log_path.with_suffix(".rusage.json")
     record.unlink(missing_ok=True)
     with log_path.open("wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", LAUNCHER, str(record), *command],
-                                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", LAUNCHER, str(record), *command],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -111,11 +115,14 @@ def measure(command: Sequence[str], log_path: Path, timeout: float) -> Run:
             proc.wait()
             print(f"  timed out after {timeout:g} s: {command[0]}")
     if not record.is_file():
-        return Run(wall_s=float("nan"), cpu_s=float("nan"), max_rss_mb=float("nan"),
-                   exit_code=proc.returncode or -1)
+        return Run(wall_s=float("nan"), cpu_s=float("nan"), max_rss_mb=float("nan"), exit_code=proc.returncode or -1)
     measured = json.loads(record.read_text())
-    return Run(wall_s=measured["wall_s"], cpu_s=measured["cpu_s"], max_rss_mb=measured["max_rss_kb"] / 1024.0,
-               exit_code=measured["exit_code"])
+    return Run(
+        wall_s=measured["wall_s"],
+        cpu_s=measured["cpu_s"],
+        max_rss_mb=measured["max_rss_kb"] / 1024.0,
+        exit_code=measured["exit_code"],
+    )
 
 
 def dcmqi_binary() -> str:
@@ -152,7 +159,7 @@ def describe_seg(path: Path) -> dict[str, Any]:
     }
     pixels = int(ds.Rows) * int(ds.Columns)
     # Counted from the packed bits: unpacking a full-size BINARY SEG would take a byte per voxel (~1 GB).
-    if (int(ds.BitsAllocated) == 1 and pixels % 8 == 0 and not ds.file_meta.TransferSyntaxUID.is_compressed):
+    if int(ds.BitsAllocated) == 1 and pixels % 8 == 0 and not ds.file_meta.TransferSyntaxUID.is_compressed:
         packed = np.frombuffer(ds.PixelData, np.uint8, count=frames * pixels // 8).reshape(frames, -1)
         info["empty_frames"] = int(np.count_nonzero(~packed.any(axis=1)))
         info["voxels"] = int(np.bitwise_count(packed).sum(dtype=np.int64))
@@ -175,7 +182,7 @@ def profile_segnode(command: Sequence[str], workdir: Path, top: int) -> None:
         pstats.Stats(str(out), stream=buffer).strip_dirs().sort_stats(key).print_stats(top)
         text = buffer.getvalue()
         print(f"\n--- top {top} by {key} ---")
-        print(text[text.find("   ncalls"):].rstrip())
+        print(text[text.find("   ncalls") :].rstrip())
 
 
 def print_versions(tools: Sequence[Tool], dcm2niix: str) -> None:
@@ -183,25 +190,31 @@ def print_versions(tools: Sequence[Tool], dcm2niix: str) -> None:
     for tool in tools:
         print(f"  {tool.name}: {tool.version}")
     print(f"  dcm2niix: {first_line([dcm2niix, '--version'])}")
-    print(f"  python {platform.python_version()}, highdicom {package_version('highdicom')}, pydicom"
-          f" {package_version('pydicom')}, numpy {package_version('numpy')}, nibabel {package_version('nibabel')},"
-          f" dcmqi (PyPI) {package_version('dcmqi')}; {os.cpu_count()} CPUs, {platform.machine()}")
+    print(
+        f"  python {platform.python_version()}, highdicom {package_version('highdicom')}, pydicom"
+        f" {package_version('pydicom')}, numpy {package_version('numpy')}, nibabel {package_version('nibabel')},"
+        f" dcmqi (PyPI) {package_version('dcmqi')}; {os.cpu_count()} CPUs, {platform.machine()}"
+    )
 
 
 def print_results(tools: Sequence[Tool], inputs: Inputs, failed: bool) -> None:
     """The table, the two ratios, and the sanity check of both SEGs against the label map."""
     results = {tool.name: describe_seg(tool.output) for tool in tools}
-    print(f"{'tool':8s} {'best s':>7s} {'runs s':>12s} {'cpu s':>6s} {'peak MB':>8s} {'frames':>7s}"
-          f" {'(empty)':>7s} {'segments':>8s} {'voxels':>10s} {'size MB':>8s}  transfer syntax")
+    print(
+        f"{'tool':8s} {'best s':>7s} {'runs s':>12s} {'cpu s':>6s} {'peak MB':>8s} {'frames':>7s}"
+        f" {'(empty)':>7s} {'segments':>8s} {'voxels':>10s} {'size MB':>8s}  transfer syntax"
+    )
     for tool in tools:
         info = results[tool.name]
         runs = " ".join(f"{r.wall_s:.1f}" for r in tool.runs)
         cpu = min(r.cpu_s for r in tool.runs)
         tail = "   (no output)"
         if info["exists"]:
-            tail = (f"{info['frames']:7d} {info['empty_frames'] if info['empty_frames'] is not None else '?':>7}"
-                    f" {info['segments']:8d} {info['voxels'] if info['voxels'] is not None else '?':>10}"
-                    f" {info['size_mb']:8.1f}  {info['transfer_syntax']} ({info['type']})")
+            tail = (
+                f"{info['frames']:7d} {info['empty_frames'] if info['empty_frames'] is not None else '?':>7}"
+                f" {info['segments']:8d} {info['voxels'] if info['voxels'] is not None else '?':>10}"
+                f" {info['size_mb']:8.1f}  {info['transfer_syntax']} ({info['type']})"
+            )
         print(f"{tool.name:8s} {tool.best_wall:7.2f} {runs:>12s} {cpu:6.1f} {tool.peak_rss:8.1f} {tail}")
     if failed:
         return
@@ -225,13 +238,17 @@ def print_results(tools: Sequence[Tool], inputs: Inputs, failed: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=512)
     parser.add_argument("--cols", type=int, default=512)
     parser.add_argument("--slices", type=int, default=300)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"small series for a smoke run: {QUICK['rows']}x{QUICK['cols']}x{QUICK['slices']}")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"small series for a smoke run: {QUICK['rows']}x{QUICK['cols']}x{QUICK['slices']}",
+    )
     parser.add_argument("--fov-mm", type=float, default=400.0, help="field of view (pixel spacing = fov / size)")
     parser.add_argument("--slice-mm", type=float, default=1.25, help="slice spacing and thickness")
     parser.add_argument("--seed", type=int, default=7)
@@ -247,8 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.rows, args.cols, args.slices = QUICK["rows"], QUICK["cols"], QUICK["slices"]
-    spec = CtSpec(rows=args.rows, cols=args.cols, slices=args.slices, fov_mm=args.fov_mm,
-                      slice_mm=args.slice_mm, seed=args.seed)
+    spec = CtSpec(
+        rows=args.rows, cols=args.cols, slices=args.slices, fov_mm=args.fov_mm, slice_mm=args.slice_mm, seed=args.seed
+    )
     workdir: Path = args.workdir or Path(f"/tmp/segnode-bench-{spec.rows}x{spec.cols}x{spec.slices}")
     workdir.mkdir(parents=True, exist_ok=True)
     segnode = args.segnode or str(Path(sys.executable).parent / "segnode")
@@ -256,8 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which(args.dcm2niix) is None:
         raise SystemExit(f"{args.dcm2niix} not found: apt-get install dcm2niix (or pass --dcm2niix PATH)")
 
-    print(f"series {spec.rows}x{spec.cols}x{spec.slices}, pixel {spec.pixel_mm:.4g} mm, slice {spec.slice_mm:g} mm;"
-          f" workdir {workdir}")
+    print(
+        f"series {spec.rows}x{spec.cols}x{spec.slices}, pixel {spec.pixel_mm:.4g} mm, slice {spec.slice_mm:g} mm;"
+        f" workdir {workdir}"
+    )
     inputs = prepare_inputs(spec, workdir, args.dcm2niix, args.fresh)
     # Warm the page cache so that neither tool pays for the first read from disk.
     for path in [*inputs.dicom_dir.iterdir(), inputs.labels]:
@@ -269,14 +289,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
 
     def segnode_args(out: Path) -> list[str]:
-        return ["convert", "--dicom", str(inputs.dicom_dir), "--nifti", str(inputs.labels), "--out", str(out),
-                "--labels", str(inputs.segnode_labels), "--type", "binary"]
+        return [
+            "convert",
+            "--dicom",
+            str(inputs.dicom_dir),
+            "--nifti",
+            str(inputs.labels),
+            "--out",
+            str(out),
+            "--labels",
+            str(inputs.segnode_labels),
+            "--type",
+            "binary",
+        ]
 
     commands = {
         "segnode": [segnode, *segnode_args(tools[0].output)],
-        "dcmqi": [dcmqi, "--inputImageList", str(inputs.labels), "--inputDICOMDirectory", str(inputs.dicom_dir),
-                  "--outputDICOM", str(tools[1].output), "--inputMetadata", str(inputs.dcmqi_meta),
-                  "--useLabelIDAsSegmentNumber"],
+        "dcmqi": [
+            dcmqi,
+            "--inputImageList",
+            str(inputs.labels),
+            "--inputDICOMDirectory",
+            str(inputs.dicom_dir),
+            "--outputDICOM",
+            str(tools[1].output),
+            "--inputMetadata",
+            str(inputs.dcmqi_meta),
+            "--useLabelIDAsSegmentNumber",
+        ],
     }
     (workdir / "out").mkdir(exist_ok=True)
     failed = False
@@ -286,8 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_path = workdir / "out" / f"{tool.name}_r{round_number}.log"
             run = measure(commands[tool.name], log_path, args.timeout)
             tool.runs.append(run)
-            print(f"round {round_number} {tool.name:8s} {run.wall_s:7.2f} s  {run.max_rss_mb:8.1f} MB"
-                  f"  exit {run.exit_code}")
+            print(
+                f"round {round_number} {tool.name:8s} {run.wall_s:7.2f} s  {run.max_rss_mb:8.1f} MB"
+                f"  exit {run.exit_code}"
+            )
             if run.exit_code != 0 or not tool.output.is_file():
                 failed = True
                 print(f"  {tool.name} failed; last lines of {log_path}:")
@@ -296,9 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             break
 
     print_versions(tools, args.dcm2niix)
-    print(f"\ninputs: {spec.slices} slices of {spec.rows}x{spec.cols}, {inputs.label_count} labels,"
-          f" {inputs.labelled_voxels} labelled voxels ({inputs.labelled_fraction:.0%} of the body);"
-          f" {args.rounds} round(s): best time, peak memory\n")
+    print(
+        f"\ninputs: {spec.slices} slices of {spec.rows}x{spec.cols}, {inputs.label_count} labels,"
+        f" {inputs.labelled_voxels} labelled voxels ({inputs.labelled_fraction:.0%} of the body);"
+        f" {args.rounds} round(s): best time, peak memory\n"
+    )
     print_results(tools, inputs, failed)
     if failed:
         return 1

@@ -69,8 +69,14 @@ def make_receiver(case: Case, root: Path, settings: NodeSettings) -> Receiver:
     return storescp(root, free_port(), nodelay=case.nodelay)
 
 
-def measure(case: Case, series: CtSeries, root: Path, settings: NodeSettings, timeout: float,
-            during: Callable[[Receiver], Callable[[], None]] | None = None) -> tuple[float, float]:
+def measure(
+    case: Case,
+    series: CtSeries,
+    root: Path,
+    settings: NodeSettings,
+    timeout: float,
+    during: Callable[[Receiver], Callable[[], None]] | None = None,
+) -> tuple[float, float]:
     """One timed send into a fresh receiver: (wall seconds, receiver CPU seconds during the send).
 
     BenchError when a tool fails or an instance is missing. ``during(receiver)`` is started after the receiver is
@@ -84,16 +90,19 @@ def measure(case: Case, series: CtSeries, root: Path, settings: NodeSettings, ti
         finish = during(receiver) if during is not None else None
         cpu_before = cpu_seconds(receiver)
         try:
-            result = send(receiver.port, receiver.ae_title, groups, root / "storescu", nodelay=case.nodelay,
-                          timeout=timeout)
+            result = send(
+                receiver.port, receiver.ae_title, groups, root / "storescu", nodelay=case.nodelay, timeout=timeout
+            )
         finally:
             cpu = cpu_seconds(receiver) - cpu_before
             if finish is not None:
                 finish()
         if not result.ok:
             tails = "\n".join(p.read_text(errors="replace")[-1500:] for p in result.logs)
-            raise BenchError(f"{case.label}: storescu exited with {result.returncodes}:\n{tails}\n"
-                             f"receiver log:\n{receiver.log_tail()}")
+            raise BenchError(
+                f"{case.label}: storescu exited with {result.returncodes}:\n{tails}\n"
+                f"receiver log:\n{receiver.log_tail()}"
+            )
         # Counted before the receiver stops: a success status means the instance was already on disk.
         if isinstance(receiver, NodeProcess):
             stored = receiver.instance_count(series.series_uid)
@@ -136,15 +145,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_series_arguments(parser, kind="ingest", slices=200, quick=QUICK, quick_note=", 1 round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every case (default 3); median reported")
     parser.add_argument("--concurrency", type=int, default=4, help="associations at once in the concurrent cases")
-    parser.add_argument("--no-as-shipped", action="store_true",
-                        help="skip the storescp run without TCP_NODELAY (slow: ~40 ms stall per instance)")
-    parser.add_argument("--no-reference", action="store_true",
-                        help="skip the bare pynetdicom SCP (write only, no fsync, no index): pynetdicom's own cost")
-    parser.add_argument("--export", action="store_true",
-                        help="leave series export on in the node (off by default: this measures intake only)")
+    parser.add_argument(
+        "--no-as-shipped",
+        action="store_true",
+        help="skip the storescp run without TCP_NODELAY (slow: ~40 ms stall per instance)",
+    )
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the bare pynetdicom SCP (write only, no fsync, no index): pynetdicom's own cost",
+    )
+    parser.add_argument(
+        "--export",
+        action="store_true",
+        help="leave series export on in the node (off by default: this measures intake only)",
+    )
     add_profile_arguments(parser, what="node round (1 association)", rate=1000)
-    parser.add_argument("--profile-all", action="store_true",
-                        help="sample every non-idle thread (default: only the thread holding the GIL)")
+    parser.add_argument(
+        "--profile-all",
+        action="store_true",
+        help="sample every non-idle thread (default: only the thread holding the GIL)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per send before it is killed")
     args = parser.parse_args(argv)
     series_size(args, QUICK)
@@ -192,8 +213,10 @@ def run(args: argparse.Namespace, series: CtSeries, workdir: Path) -> int:
     if not args.no_as_shipped:
         cases.append(Case("storescp as shipped (no TCP_NODELAY), 1 assoc.", "storescp", 1, nodelay=False))
     if not args.no_reference:
-        cases += [Case("bare pynetdicom SCP (reference), 1 association", "pynetdicom", 1),
-                  Case(f"bare pynetdicom SCP (reference), {n} associations", "pynetdicom", n)]
+        cases += [
+            Case("bare pynetdicom SCP (reference), 1 association", "pynetdicom", 1),
+            Case(f"bare pynetdicom SCP (reference), {n} associations", "pynetdicom", n),
+        ]
     total_mb = series.total_bytes / 1e6
     count = len(series.files)
     print(f"series: {count} instances, {args.rows}x{args.cols}, {total_mb:.1f} MB, {series.folder}")
@@ -204,14 +227,19 @@ def run(args: argparse.Namespace, series: CtSeries, workdir: Path) -> int:
         # Alternate who goes first, so drift (page cache, CPU frequency) does not favour one side.
         order = cases if round_index % 2 == 0 else swap_pairs(cases)
         for case in order:
-            slug = (f"{case.receiver}-{case.associations}" + ("" if case.nodelay else "-nagle")
-                    + ("" if case.receive_processes is None else f"-p{case.receive_processes}"))
-            seconds, cpu = measure(case, series, workdir / "runs" / f"{round_index + 1}-{slug}", settings,
-                                   args.timeout)
+            slug = (
+                f"{case.receiver}-{case.associations}"
+                + ("" if case.nodelay else "-nagle")
+                + ("" if case.receive_processes is None else f"-p{case.receive_processes}")
+            )
+            seconds, cpu = measure(case, series, workdir / "runs" / f"{round_index + 1}-{slug}", settings, args.timeout)
             case.seconds.append(seconds)
             case.cpu.append(cpu)
-            print(f"round {round_index + 1}: {case.label:<48} {seconds:7.2f} s  {count / seconds:7.1f} inst/s"
-                  f"  {total_mb / seconds:7.1f} MB/s  receiver CPU {cpu:5.2f} s", flush=True)
+            print(
+                f"round {round_index + 1}: {case.label:<48} {seconds:7.2f} s  {count / seconds:7.1f} inst/s"
+                f"  {total_mb / seconds:7.1f} MB/s  receiver CPU {cpu:5.2f} s",
+                flush=True,
+            )
     print_table(cases, count, total_mb)
     by_key = {(c.receiver, c.associations, c.nodelay, c.receive_processes): c for c in cases}
     node_one, node_many = by_key[("node", 1, True, None)].median, by_key[("node", n, True, None)].median
@@ -219,16 +247,26 @@ def run(args: argparse.Namespace, series: CtSeries, workdir: Path) -> int:
     many = node_many / by_key[("storescp", n, True, None)].median
     print(f"\nnode/storescp time ratio, 1 association:  {one:.2f}  (target <= 3: {'met' if one <= 3 else 'NOT met'})")
     print(f"node/storescp time ratio, {n} associations: {many:.2f}")
-    print(f"node, {n} associations vs 1: {node_one / node_many:.2f}x the throughput"
-          f"  (target > 1, faster still with several: {'met' if node_many < node_one else 'NOT met'})")
+    print(
+        f"node, {n} associations vs 1: {node_one / node_many:.2f}x the throughput"
+        f"  (target > 1, faster still with several: {'met' if node_many < node_one else 'NOT met'})"
+    )
     if args.profile:
         raw = workdir / "py-spy.txt"
         raw.unlink(missing_ok=True)
         case = Case("segnode, 1 association (py-spy)", "node", 1)
-        seconds, cpu = measure(case, series, workdir / "runs" / "profile", settings, args.timeout,
-                               during=py_spy_hook(raw, args.profile_rate, gil_only=not args.profile_all))
-        print(f"\nprofiled node round: {seconds:.2f} s ({count / seconds:.1f} inst/s), node CPU {cpu:.2f} s, with"
-              f" py-spy attached; {raw}")
+        seconds, cpu = measure(
+            case,
+            series,
+            workdir / "runs" / "profile",
+            settings,
+            args.timeout,
+            during=py_spy_hook(raw, args.profile_rate, gil_only=not args.profile_all),
+        )
+        print(
+            f"\nprofiled node round: {seconds:.2f} s ({count / seconds:.1f} inst/s), node CPU {cpu:.2f} s, with"
+            f" py-spy attached; {raw}"
+        )
         if raw.is_file():
             print_profile(raw, args.top, "active-thread" if args.profile_all else "GIL-holding")
     return 0
@@ -240,8 +278,10 @@ def print_table(cases: Sequence[Case], count: int, total_mb: float) -> None:
         m = case.median
         runs = " ".join(f"{s:.2f}" for s in case.seconds)
         print(f"{case.label:<48} {m:9.2f} {count / m:8.1f} {total_mb / m:8.1f} {median(case.cpu):9.2f}  {runs}")
-    print("(median wall time from the first storescu start to the last exit; rcv CPU: the receiving process's"
-          " user+system CPU time during the send)")
+    print(
+        "(median wall time from the first storescu start to the last exit; rcv CPU: the receiving process's"
+        " user+system CPU time during the send)"
+    )
 
 
 if __name__ == "__main__":

@@ -60,8 +60,9 @@ POLL_SECONDS = 0.05
 # --- the label map -----------------------------------------------------------------------------------------------
 
 
-def paint_label_map(shape: tuple[int, int, int], affine: npt.NDArray[np.float64], seed: int,
-                    labels: int = LABELS) -> npt.NDArray[np.uint8]:
+def paint_label_map(
+    shape: tuple[int, int, int], affine: npt.NDArray[np.float64], seed: int, labels: int = LABELS
+) -> npt.NDArray[np.uint8]:
     """``labels`` ellipsoids (label values 1..labels) inside a trunk-sized region of the export grid.
 
     Large structures are painted first and small ones last, so every label keeps voxels; sizes are in mm (from the
@@ -72,16 +73,25 @@ def paint_label_map(shape: tuple[int, int, int], affine: npt.NDArray[np.float64]
     extent_mm = np.asarray(shape) * spacing
     out = np.zeros(shape, dtype=np.uint8)
     # Radii in mm: a few large organs, many medium ones, the rest small (ribs, vertebrae, vessels).
-    radii = np.concatenate([rng.uniform(35, 60, size=(12, 3)), rng.uniform(15, 30, size=(45, 3)),
-                            rng.uniform(6, 14, size=(labels - 57, 3))])[:labels]
+    radii = np.concatenate(
+        [
+            rng.uniform(35, 60, size=(12, 3)),
+            rng.uniform(15, 30, size=(45, 3)),
+            rng.uniform(6, 14, size=(labels - 57, 3)),
+        ]
+    )[:labels]
     radii[:, 2] *= 1.5  # organs are longer head-to-foot than wide
     for index, radius_mm in enumerate(radii):
         value = index + 1
         # Centres inside an elliptic "body" of 80% x 55% of the field of view, anywhere along the slices.
         angle, r = rng.uniform(0, 2 * np.pi), np.sqrt(rng.uniform(0, 1))
-        centre_mm = extent_mm / 2 + np.array([0.35 * extent_mm[0] * r * np.cos(angle),
-                                              0.25 * extent_mm[1] * r * np.sin(angle),
-                                              rng.uniform(-0.4, 0.4) * extent_mm[2]])
+        centre_mm = extent_mm / 2 + np.array(
+            [
+                0.35 * extent_mm[0] * r * np.cos(angle),
+                0.25 * extent_mm[1] * r * np.sin(angle),
+                rng.uniform(-0.4, 0.4) * extent_mm[2],
+            ]
+        )
         centre = centre_mm / spacing
         half = np.maximum(radius_mm / spacing, 1.0)
         low = np.maximum(np.floor(centre - half).astype(int), 0)
@@ -91,7 +101,7 @@ def paint_label_map(shape: tuple[int, int, int], affine: npt.NDArray[np.float64]
             high = low + 1
         axes = [(np.arange(lo, hi) - c) / h for lo, hi, c, h in zip(low, high, centre, half, strict=True)]
         inside = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2 <= 1.0
-        region = out[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
+        region = out[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
         region[inside] = value
         if not inside.any():
             region[tuple((h - lo - 1) // 2 for lo, h in zip(low, high, strict=True))] = value
@@ -101,8 +111,7 @@ def paint_label_map(shape: tuple[int, int, int], affine: npt.NDArray[np.float64]
     return out
 
 
-def write_into_inbox(labels: npt.NDArray[np.uint8], affine: npt.NDArray[np.float64], inbox: Path,
-                     name: str) -> float:
+def write_into_inbox(labels: npt.NDArray[np.uint8], affine: npt.NDArray[np.float64], inbox: Path, name: str) -> float:
     """Write the label map as ``inbox/.NAME.tmp``, then rename it to ``inbox/NAME``; returns time.time() after the
     rename (the start of the measured latency)."""
     image: Any = nib.Nifti1Image(labels, affine)  # type: ignore[no-untyped-call]
@@ -155,8 +164,13 @@ def seg_facts(orthanc: OrthancServer, instance_id: str) -> SegFacts:
     referenced = ""
     if "ReferencedSeriesSequence" in ds and len(ds.ReferencedSeriesSequence):
         referenced = str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
-    return SegFacts(segments=len(getattr(ds, "SegmentSequence", [])), frames=int(getattr(ds, "NumberOfFrames", 1)),
-                    size_mb=len(data) / 1e6, sop_class=str(ds.SOPClassUID), referenced_series=referenced)
+    return SegFacts(
+        segments=len(getattr(ds, "SegmentSequence", [])),
+        frames=int(getattr(ds, "NumberOfFrames", 1)),
+        size_mb=len(data) / 1e6,
+        sop_class=str(ds.SOPClassUID),
+        referenced_series=referenced,
+    )
 
 
 # --- the node's log ----------------------------------------------------------------------------------------------
@@ -184,8 +198,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_series_arguments(parser, kind="latency", slices=300, quick=QUICK)
     parser.add_argument("--rounds", type=int, default=2, help="label maps sent, each distinct (default 2)")
     parser.add_argument("--settle", type=float, default=0.5, help="the node's [inbox] settle_seconds")
-    parser.add_argument("--seg-type", choices=["binary", "labelmap", "fractional"], default="binary",
-                        help="the node's [seg] type (default binary)")
+    parser.add_argument(
+        "--seg-type",
+        choices=["binary", "labelmap", "fractional"],
+        default="binary",
+        help="the node's [seg] type (default binary)",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for each SEG in Orthanc")
     add_profile_arguments(parser, what="round (not counted) with the node", rate=200)
     args = parser.parse_args(argv)
@@ -234,15 +252,20 @@ def run(args: argparse.Namespace, series: CtSeries, workdir: Path) -> int:
     return 0
 
 
-def push_and_measure(args: argparse.Namespace, orthanc: OrthancServer, series: CtSeries,
-                     run_dir: Path) -> list[float]:
+def push_and_measure(args: argparse.Namespace, orthanc: OrthancServer, series: CtSeries, run_dir: Path) -> list[float]:
     """Start the node, push the series, wait for its export, then measure every round."""
-    settings = NodeSettings(settle_seconds=args.settle, quiet_seconds=2.0, seg_type=args.seg_type,
-                            destination=(orthanc.aet, HOST, orthanc.dicom_port))
+    settings = NodeSettings(
+        settle_seconds=args.settle,
+        quiet_seconds=2.0,
+        seg_type=args.seg_type,
+        destination=(orthanc.aet, HOST, orthanc.dicom_port),
+    )
     node = NodeProcess(run_dir / "node", free_port(), settings)
     with node:
-        print(f"node: settle_seconds = {args.settle:g} (part of every latency below), quiet_seconds ="
-              f" {settings.quiet_seconds:g}, SEG type {args.seg_type}; Orthanc DICOM port {orthanc.dicom_port}")
+        print(
+            f"node: settle_seconds = {args.settle:g} (part of every latency below), quiet_seconds ="
+            f" {settings.quiet_seconds:g}, SEG type {args.seg_type}; Orthanc DICOM port {orthanc.dicom_port}"
+        )
         result = send(node.port, node.ae_title, [series.files], run_dir / "storescu")
         if not result.ok:
             raise BenchError(f"storescu to the node exited with {result.returncodes}; see {result.logs[0]}")
@@ -266,13 +289,20 @@ def push_and_measure(args: argparse.Namespace, orthanc: OrthancServer, series: C
     return latencies
 
 
-def measure_rounds(args: argparse.Namespace, orthanc: OrthancServer, node: NodeProcess, series: CtSeries,
-                   shape: tuple[int, ...], affine: npt.NDArray[np.float64]) -> list[float]:
+def measure_rounds(
+    args: argparse.Namespace,
+    orthanc: OrthancServer,
+    node: NodeProcess,
+    series: CtSeries,
+    shape: tuple[int, ...],
+    affine: npt.NDArray[np.float64],
+) -> list[float]:
     """The measured rounds, then (with ``--profile``) one more under py-spy that is not counted."""
     assert len(shape) == 3
     grid = (shape[0], shape[1], shape[2])
-    latencies = [one_round(index + 1, orthanc, node, series, grid, affine, args.timeout)
-                 for index in range(args.rounds)]
+    latencies = [
+        one_round(index + 1, orthanc, node, series, grid, affine, args.timeout) for index in range(args.rounds)
+    ]
     if args.profile:
         raw = node.root / "py-spy.txt"
         assert node.pid is not None
@@ -288,14 +318,23 @@ def measure_rounds(args: argparse.Namespace, orthanc: OrthancServer, node: NodeP
     return latencies
 
 
-def one_round(number: int, orthanc: OrthancServer, node: NodeProcess, series: CtSeries,
-              grid: tuple[int, int, int], affine: npt.NDArray[np.float64], timeout: float) -> float:
+def one_round(
+    number: int,
+    orthanc: OrthancServer,
+    node: NodeProcess,
+    series: CtSeries,
+    grid: tuple[int, int, int],
+    affine: npt.NDArray[np.float64],
+    timeout: float,
+) -> float:
     """Drop a fresh label map into the inbox; seconds from its rename until Orthanc has the SEG (checked)."""
     name = f"{series.series_uid}.nii.gz"
     started = time.perf_counter()
     labels = paint_label_map(grid, affine, seed=1000 + number)
-    print(f"\nround {number}: label map painted in {time.perf_counter() - started:.1f} s,"
-          f" {np.count_nonzero(labels) / labels.size:.1%} of voxels labelled")
+    print(
+        f"\nround {number}: label map painted in {time.perf_counter() - started:.1f} s,"
+        f" {np.count_nonzero(labels) / labels.size:.1%} of voxels labelled"
+    )
     since = last_change(orthanc)
     renamed_at = write_into_inbox(labels, affine, node.inbox, name)
     instance_id, seen_at, _ = wait_new_instance(orthanc, since, timeout)
@@ -304,11 +343,15 @@ def one_round(number: int, orthanc: OrthancServer, node: NodeProcess, series: Ct
     built_at = log_time(node.log_path, f"{name}: SEG ", renamed_at)
     split = ""
     if built_at is not None:
-        split = (f" (rename → SEG built and queued {built_at - renamed_at:.2f} s, incl. settle;"
-                 f" → in Orthanc {seen_at - built_at:.2f} s)")
+        split = (
+            f" (rename → SEG built and queued {built_at - renamed_at:.2f} s, incl. settle;"
+            f" → in Orthanc {seen_at - built_at:.2f} s)"
+        )
     print(f"round {number}: latency {latency:.2f} s{split}")
-    print(f"round {number}: SEG in Orthanc: {facts.segments} segments, {facts.frames} frames,"
-          f" {facts.size_mb:.1f} MB, SOP class {facts.sop_class}")
+    print(
+        f"round {number}: SEG in Orthanc: {facts.segments} segments, {facts.frames} frames,"
+        f" {facts.size_mb:.1f} MB, SOP class {facts.sop_class}"
+    )
     if facts.segments != LABELS:
         raise BenchError(f"the SEG in Orthanc has {facts.segments} segments, expected {LABELS}")
     if facts.referenced_series != series.series_uid:

@@ -24,39 +24,127 @@ from ct_series import CtSpec, write_ct_series
 
 #: TotalSegmentator v2 ``total`` task, label value = index + 1 (totalsegmentator/map_to_binary.py, class_map).
 TOTALSEG_TOTAL: tuple[str, ...] = (
-    "spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stomach", "pancreas",
-    "adrenal_gland_right", "adrenal_gland_left", "lung_upper_lobe_left", "lung_lower_lobe_left",
-    "lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right", "esophagus", "trachea",
-    "thyroid_gland", "small_bowel", "duodenum", "colon", "urinary_bladder", "prostate", "kidney_cyst_left",
-    "kidney_cyst_right", "sacrum", "vertebrae_S1",
+    "spleen",
+    "kidney_right",
+    "kidney_left",
+    "gallbladder",
+    "liver",
+    "stomach",
+    "pancreas",
+    "adrenal_gland_right",
+    "adrenal_gland_left",
+    "lung_upper_lobe_left",
+    "lung_lower_lobe_left",
+    "lung_upper_lobe_right",
+    "lung_middle_lobe_right",
+    "lung_lower_lobe_right",
+    "esophagus",
+    "trachea",
+    "thyroid_gland",
+    "small_bowel",
+    "duodenum",
+    "colon",
+    "urinary_bladder",
+    "prostate",
+    "kidney_cyst_left",
+    "kidney_cyst_right",
+    "sacrum",
+    "vertebrae_S1",
     *(f"vertebrae_L{i}" for i in range(5, 0, -1)),
     *(f"vertebrae_T{i}" for i in range(12, 0, -1)),
     *(f"vertebrae_C{i}" for i in range(7, 0, -1)),
-    "heart", "aorta", "pulmonary_vein", "brachiocephalic_trunk", "subclavian_artery_right",
-    "subclavian_artery_left", "common_carotid_artery_right", "common_carotid_artery_left",
-    "brachiocephalic_vein_left", "brachiocephalic_vein_right", "atrial_appendage_left", "superior_vena_cava",
-    "inferior_vena_cava", "portal_vein_and_splenic_vein", "iliac_artery_left", "iliac_artery_right",
-    "iliac_vena_left", "iliac_vena_right", "humerus_left", "humerus_right", "scapula_left", "scapula_right",
-    "clavicula_left", "clavicula_right", "femur_left", "femur_right", "hip_left", "hip_right", "spinal_cord",
-    "gluteus_maximus_left", "gluteus_maximus_right", "gluteus_medius_left", "gluteus_medius_right",
-    "gluteus_minimus_left", "gluteus_minimus_right", "autochthon_left", "autochthon_right", "iliopsoas_left",
-    "iliopsoas_right", "brain", "skull",
+    "heart",
+    "aorta",
+    "pulmonary_vein",
+    "brachiocephalic_trunk",
+    "subclavian_artery_right",
+    "subclavian_artery_left",
+    "common_carotid_artery_right",
+    "common_carotid_artery_left",
+    "brachiocephalic_vein_left",
+    "brachiocephalic_vein_right",
+    "atrial_appendage_left",
+    "superior_vena_cava",
+    "inferior_vena_cava",
+    "portal_vein_and_splenic_vein",
+    "iliac_artery_left",
+    "iliac_artery_right",
+    "iliac_vena_left",
+    "iliac_vena_right",
+    "humerus_left",
+    "humerus_right",
+    "scapula_left",
+    "scapula_right",
+    "clavicula_left",
+    "clavicula_right",
+    "femur_left",
+    "femur_right",
+    "hip_left",
+    "hip_right",
+    "spinal_cord",
+    "gluteus_maximus_left",
+    "gluteus_maximus_right",
+    "gluteus_medius_left",
+    "gluteus_medius_right",
+    "gluteus_minimus_left",
+    "gluteus_minimus_right",
+    "autochthon_left",
+    "autochthon_right",
+    "iliopsoas_left",
+    "iliopsoas_right",
+    "brain",
+    "skull",
     *(f"rib_left_{i}" for i in range(1, 13)),
     *(f"rib_right_{i}" for i in range(1, 13)),
-    "sternum", "costal_cartilages",
+    "sternum",
+    "costal_cartilages",
 )
 assert len(TOTALSEG_TOTAL) == 117
 
 #: Structures drawn as large blobs; the rest are medium, and these are small (ribs, vertebrae, glands...).
-LARGE = ("lung", "liver", "colon", "small_bowel", "stomach", "heart", "brain", "skull", "hip_", "gluteus_maximus",
-         "autochthon", "iliopsoas", "urinary_bladder", "femur")
-SMALL = ("rib_", "vertebrae_", "adrenal", "kidney_cyst", "thyroid", "gallbladder", "prostate", "clavicula",
-         "subclavian", "carotid", "brachiocephalic", "atrial", "pulmonary_vein", "gluteus_minimus", "sternum",
-         "esophagus", "trachea", "spinal_cord", "iliac_", "sacrum", "costal")
+LARGE = (
+    "lung",
+    "liver",
+    "colon",
+    "small_bowel",
+    "stomach",
+    "heart",
+    "brain",
+    "skull",
+    "hip_",
+    "gluteus_maximus",
+    "autochthon",
+    "iliopsoas",
+    "urinary_bladder",
+    "femur",
+)
+SMALL = (
+    "rib_",
+    "vertebrae_",
+    "adrenal",
+    "kidney_cyst",
+    "thyroid",
+    "gallbladder",
+    "prostate",
+    "clavicula",
+    "subclavian",
+    "carotid",
+    "brachiocephalic",
+    "atrial",
+    "pulmonary_vein",
+    "gluteus_minimus",
+    "sternum",
+    "esophagus",
+    "trachea",
+    "spinal_cord",
+    "iliac_",
+    "sacrum",
+    "costal",
+)
 
 #: CID 7150 "Anatomical Structure" (SCT 91723000, which replaced 123037004 there): the generic fallback code.
-ANATOMICAL_STRUCTURE = {"CodeValue": "91723000", "CodingSchemeDesignator": "SCT",
-                        "CodeMeaning": "Anatomical Structure"}
+ANATOMICAL_STRUCTURE = {"CodeValue": "91723000", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Anatomical Structure"}
+
 
 @dataclass(frozen=True)
 class Inputs:
@@ -75,12 +163,19 @@ class Inputs:
 def run_dcm2niix(dicom_dir: Path, out_dir: Path, dcm2niix: str) -> Path:
     """``dcm2niix -z y``, as a TotalSegmentator user would; returns the one NIfTI it wrote."""
     out_dir.mkdir(parents=True)
-    done = subprocess.run([dcm2niix, "-z", "y", "-f", "ct", "-o", str(out_dir), str(dicom_dir)],
-                          capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [dcm2niix, "-z", "y", "-f", "ct", "-o", str(out_dir), str(dicom_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     written = sorted(out_dir.glob("*.nii.gz"))
     if done.returncode != 0 or len(written) != 1:
-        raise SystemExit(f"dcm2niix failed (exit {done.returncode}, {len(written)} NIfTI written):\n"
-                         f"{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        raise SystemExit(
+            f"dcm2niix failed (exit {done.returncode}, {len(written)} NIfTI written):\n"
+            f"{done.stdout[-2000:]}{done.stderr[-2000:]}"
+        )
     return written[0]
 
 
@@ -100,8 +195,14 @@ def _rotation(rng: np.random.Generator) -> npt.NDArray[np.float64]:
     return rotation
 
 
-def paint_blob(labels: npt.NDArray[np.uint8], value: int, centre: npt.NDArray[np.int64],
-               radii_mm: npt.NDArray[np.float64], zooms: npt.NDArray[np.float64], rng: np.random.Generator) -> None:
+def paint_blob(
+    labels: npt.NDArray[np.uint8],
+    value: int,
+    centre: npt.NDArray[np.int64],
+    radii_mm: npt.NDArray[np.float64],
+    zooms: npt.NDArray[np.float64],
+    rng: np.random.Generator,
+) -> None:
     """Paint a rotated, lumpy ellipsoid of ``value`` around voxel ``centre``; only its bounding box is computed."""
     reach = np.ceil(radii_mm.max() * 1.25 / zooms).astype(np.int64)
     low = np.maximum(centre - reach, 0)
@@ -116,7 +217,7 @@ def paint_blob(labels: npt.NDArray[np.uint8], value: int, centre: npt.NDArray[np
     phase = rng.uniform(0, 2 * np.pi, size=2)
     lumps = 0.18 * np.sin(3 * u + phase[0]) * np.cos(2 * v + phase[1])
     inside = u * u + v * v + w * w <= 1.0 + lumps
-    region = labels[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
+    region = labels[low[0] : high[0], low[1] : high[1], low[2] : high[2]]
     region[inside] = value
 
 
@@ -136,8 +237,10 @@ def make_label_map(ct_nifti: Path, out: Path, seed: int) -> tuple[int, float, in
     zooms = np.array(image.header.get_zooms()[:3], dtype=np.float64)
     rng = np.random.default_rng(seed)
     labels = np.zeros(body.shape, dtype=np.uint8)
-    order = sorted(range(len(TOTALSEG_TOTAL)), key=lambda n: (not TOTALSEG_TOTAL[n].startswith(LARGE),
-                                                              TOTALSEG_TOTAL[n].startswith(SMALL), n))
+    order = sorted(
+        range(len(TOTALSEG_TOTAL)),
+        key=lambda n: (not TOTALSEG_TOTAL[n].startswith(LARGE), TOTALSEG_TOTAL[n].startswith(SMALL), n),
+    )
     for n in order:
         centre = body_voxels[rng.integers(len(body_voxels))]
         paint_blob(labels, n + 1, centre, _radii_mm(TOTALSEG_TOTAL[n], rng), zooms, rng)
@@ -168,8 +271,11 @@ def _colour(n: int) -> list[int]:
 
 
 def _code_json(code: Any) -> dict[str, str]:
-    return {"CodeValue": str(code.value), "CodingSchemeDesignator": str(code.scheme_designator),
-            "CodeMeaning": str(code.meaning)}
+    return {
+        "CodeValue": str(code.value),
+        "CodingSchemeDesignator": str(code.scheme_designator),
+        "CodeMeaning": str(code.meaning),
+    }
 
 
 def segment_attributes(names: Sequence[str]) -> list[dict[str, Any]]:
@@ -180,16 +286,26 @@ def segment_attributes(names: Sequence[str]) -> list[dict[str, Any]]:
         from node.convert.anatomy import segment_specs
         from node.convert.label_tables import LabelEntry
     except ImportError:
-        return [{"labelID": n, "SegmentLabel": name[:64], "SegmentDescription": name[:64], **common,
-                 "SegmentedPropertyCategoryCodeSequence": ANATOMICAL_STRUCTURE,
-                 "SegmentedPropertyTypeCodeSequence": ANATOMICAL_STRUCTURE, "recommendedDisplayRGBValue": _colour(n)}
-                for n, name in enumerate(names, start=1)]
-    specs = segment_specs(range(1, len(names) + 1),
-                          {n: LabelEntry(name=name) for n, name in enumerate(names, start=1)})
+        return [
+            {
+                "labelID": n,
+                "SegmentLabel": name[:64],
+                "SegmentDescription": name[:64],
+                **common,
+                "SegmentedPropertyCategoryCodeSequence": ANATOMICAL_STRUCTURE,
+                "SegmentedPropertyTypeCodeSequence": ANATOMICAL_STRUCTURE,
+                "recommendedDisplayRGBValue": _colour(n),
+            }
+            for n, name in enumerate(names, start=1)
+        ]
+    specs = segment_specs(range(1, len(names) + 1), {n: LabelEntry(name=name) for n, name in enumerate(names, start=1)})
     entries = []
     for spec in specs:
         entry: dict[str, Any] = {
-            "labelID": spec.label, "SegmentLabel": spec.name[:64], "SegmentDescription": spec.name[:64], **common,
+            "labelID": spec.label,
+            "SegmentLabel": spec.name[:64],
+            "SegmentDescription": spec.name[:64],
+            **common,
             "SegmentedPropertyCategoryCodeSequence": _code_json(spec.category),
             "SegmentedPropertyTypeCodeSequence": _code_json(spec.type),
             "recommendedDisplayRGBValue": list(spec.color),
@@ -226,17 +342,24 @@ def write_label_tables(names: Sequence[str], segnode_path: Path, dcmqi_path: Pat
 def prepare_inputs(spec: CtSpec, workdir: Path, dcm2niix: str, fresh: bool) -> Inputs:
     """Build the inputs, or reuse the ones in ``workdir`` when they were made with the same spec."""
     stamp = workdir / "inputs.json"
-    inputs = Inputs(dicom_dir=workdir / "dicom", nifti=workdir / "nifti" / "ct.nii.gz",
-                    labels=workdir / "seg" / "total.nii.gz", segnode_labels=workdir / "seg" / "total_labels.json",
-                    dcmqi_meta=workdir / "seg" / "total_dcmqi_meta.json")
+    inputs = Inputs(
+        dicom_dir=workdir / "dicom",
+        nifti=workdir / "nifti" / "ct.nii.gz",
+        labels=workdir / "seg" / "total.nii.gz",
+        segnode_labels=workdir / "seg" / "total_labels.json",
+        dcmqi_meta=workdir / "seg" / "total_dcmqi_meta.json",
+    )
     if not fresh and stamp.is_file():
         saved = json.loads(stamp.read_text())
         if saved.get("spec") == asdict(spec) and "stats" in saved and inputs.labels.is_file():
             print(f"reusing inputs in {workdir} (--fresh to rebuild)")
             stats = saved["stats"]
-            return replace(inputs, label_count=int(stats["label_count"]),
-                           labelled_fraction=float(stats["labelled_fraction"]),
-                           labelled_voxels=int(stats["labelled_voxels"]))
+            return replace(
+                inputs,
+                label_count=int(stats["label_count"]),
+                labelled_fraction=float(stats["labelled_fraction"]),
+                labelled_voxels=int(stats["labelled_voxels"]),
+            )
     for sub in ("dicom", "nifti", "seg"):
         shutil.rmtree(workdir / sub, ignore_errors=True)
     stamp.unlink(missing_ok=True)
@@ -252,8 +375,9 @@ def prepare_inputs(spec: CtSpec, workdir: Path, dcm2niix: str, fresh: bool) -> I
     inputs.labels.parent.mkdir(parents=True)
     count, fraction, voxels = make_label_map(inputs.nifti, inputs.labels, spec.seed)
     write_label_tables(TOTALSEG_TOTAL, inputs.segnode_labels, inputs.dcmqi_meta)
-    print(f"label map: {count} labels, {fraction:.0%} of body voxels labelled,"
-          f" in {time.perf_counter() - started:.1f} s")
+    print(
+        f"label map: {count} labels, {fraction:.0%} of body voxels labelled, in {time.perf_counter() - started:.1f} s"
+    )
     inputs = replace(inputs, label_count=count, labelled_fraction=fraction, labelled_voxels=voxels)
     stats = {"label_count": count, "labelled_fraction": fraction, "labelled_voxels": voxels}
     stamp.write_text(json.dumps({"spec": asdict(spec), "stats": stats}))

@@ -126,8 +126,9 @@ def phantom_slices(spec: CtSpec, rng: np.random.Generator) -> npt.NDArray[np.uin
     return out
 
 
-def add_series_arguments(parser: argparse.ArgumentParser, *, kind: str, slices: int, quick: CtSpec,
-                         quick_note: str = "") -> None:
+def add_series_arguments(
+    parser: argparse.ArgumentParser, *, kind: str, slices: int, quick: CtSpec, quick_note: str = ""
+) -> None:
     """The options every bench has for its synthetic CT: size, ``--quick``, ``--workdir``, ``--fresh``."""
     parser.add_argument("--slices", type=int, default=slices, help=f"slices in the series (default {slices})")
     parser.add_argument("--rows", type=int, default=512)
@@ -168,16 +169,20 @@ def write_ct_series(spec: CtSpec, folder: Path, *, fresh: bool = False) -> CtSer
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [f"{-half + spec.pixel_mm / 2:.4f}", f"{-half + spec.pixel_mm / 2:.4f}",
-                                   f"{z:.4f}"]
+        ds.ImagePositionPatient = [f"{-half + spec.pixel_mm / 2:.4f}", f"{-half + spec.pixel_mm / 2:.4f}", f"{z:.4f}"]
         ds.SliceLocation = f"{z:.4f}"
         ds.PixelData = pixels[k].tobytes()
         name = f"CT{k + 1:06d}.dcm"
         ds.save_as(folder / name, enforce_file_format=True)
         names.append(name)
     series = CtSeries(folder, tuple(folder / n for n in names), str(ds.SeriesInstanceUID), str(ds.StudyInstanceUID))
-    manifest.write_text(json.dumps({"spec": asdict(spec), "files": names, "series_uid": series.series_uid,
-                                    "study_uid": series.study_uid}, indent=1) + "\n")
+    manifest.write_text(
+        json.dumps(
+            {"spec": asdict(spec), "files": names, "series_uid": series.series_uid, "study_uid": series.study_uid},
+            indent=1,
+        )
+        + "\n"
+    )
     log.info("wrote %d slices in %.1f s", spec.slices, time.perf_counter() - started)
     return series
 

@@ -66,9 +66,26 @@ class PySpy:
             raise BenchError("py-spy is not installed; pip install py-spy (into this venv) or drop --profile")
         self.out.unlink(missing_ok=True)
         self._process = subprocess.Popen(
-            [binary, "record", "--pid", str(self.pid), "--format", "raw", "--rate", str(self.rate), "--output",
-             str(self.out), "--nonblocking", "--function", "--subprocesses", *(["--gil"] if self.gil_only else [])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            [
+                binary,
+                "record",
+                "--pid",
+                str(self.pid),
+                "--format",
+                "raw",
+                "--rate",
+                str(self.rate),
+                "--output",
+                str(self.out),
+                "--nonblocking",
+                "--function",
+                "--subprocesses",
+                *(["--gil"] if self.gil_only else []),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
         time.sleep(1.0)  # py-spy needs a moment to attach; what is measured starts after this
 
     def stop(self) -> None:
@@ -117,7 +134,8 @@ def cpu_seconds(peer: PeerProcess) -> float:
 
 def add_profile_arguments(parser: argparse.ArgumentParser, *, what: str, rate: int) -> None:
     """``--profile`` (one extra run of ``what``, sampled with py-spy), ``--profile-rate`` and ``--top``."""
-    parser.add_argument("--profile", action="store_true",
-                        help=f"one extra {what} sampled with py-spy; prints top functions")
+    parser.add_argument(
+        "--profile", action="store_true", help=f"one extra {what} sampled with py-spy; prints top functions"
+    )
     parser.add_argument("--profile-rate", type=int, default=rate, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25, help="functions listed by --profile")

@@ -60,14 +60,30 @@ class NodeProcess(EchoPeer):
     def write_config(self) -> None:
         s = self.settings
         lines = [
-            "[node]", f'ae_title = "{s.ae_title}"', f'bind = "{HOST}"', f"port = {self.port}",
+            "[node]",
+            f'ae_title = "{s.ae_title}"',
+            f'bind = "{HOST}"',
+            f"port = {self.port}",
             f'log_level = "{s.log_level}"',
-            *([f"receive_processes = {s.receive_processes}"] if s.receive_processes is not None else []), "",
-            "[paths]", 'data = "data"', 'inbox = "data/inbox"', 'export = "data/export"', "",
-            "[series]", f"quiet_seconds = {s.quiet_seconds}", "",
-            "[inbox]", f"settle_seconds = {s.settle_seconds}", "",
-            "[export]", f"enabled = {'true' if s.export_enabled else 'false'}", "",
-            "[seg]", f'type = "{s.seg_type}"', "",
+            *([f"receive_processes = {s.receive_processes}"] if s.receive_processes is not None else []),
+            "",
+            "[paths]",
+            'data = "data"',
+            'inbox = "data/inbox"',
+            'export = "data/export"',
+            "",
+            "[series]",
+            f"quiet_seconds = {s.quiet_seconds}",
+            "",
+            "[inbox]",
+            f"settle_seconds = {s.settle_seconds}",
+            "",
+            "[export]",
+            f"enabled = {'true' if s.export_enabled else 'false'}",
+            "",
+            "[seg]",
+            f'type = "{s.seg_type}"',
+            "",
         ]
         if s.destination is not None:
             ae, host, port = s.destination

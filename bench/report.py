@@ -39,7 +39,9 @@ def print_versions(extra: Mapping[str, str] | None = None) -> None:
     print(f"  DCMTK: {first_line(['storescu', '--version'])}")
     for name, version in (extra or {}).items():
         print(f"  {name}: {version}")
-    print(f"  python {platform.python_version()}, pynetdicom {package_version('pynetdicom')}, pydicom"
-          f" {package_version('pydicom')}, highdicom {package_version('highdicom')}, numpy"
-          f" {package_version('numpy')}, nibabel {package_version('nibabel')}")
+    print(
+        f"  python {platform.python_version()}, pynetdicom {package_version('pynetdicom')}, pydicom"
+        f" {package_version('pydicom')}, highdicom {package_version('highdicom')}, numpy"
+        f" {package_version('numpy')}, nibabel {package_version('nibabel')}"
+    )
     print(f"  machine: {os.cpu_count()} CPUs, {platform.machine()}, {platform.release()}")

@@ -35,12 +35,33 @@ def split(files: Sequence[Path], parts: int) -> list[list[Path]]:
 
 def storescu_command(port: int, called_ae: str, files: Sequence[Path], *, timeout: float) -> list[str]:
     seconds = str(max(1, int(timeout)))
-    return ["storescu", "-aet", "BENCH", "-aec", called_ae, "-to", seconds, "-ta", seconds, "-td", seconds,
-            HOST, str(port), *(str(f) for f in files)]
+    return [
+        "storescu",
+        "-aet",
+        "BENCH",
+        "-aec",
+        called_ae,
+        "-to",
+        seconds,
+        "-ta",
+        seconds,
+        "-td",
+        seconds,
+        HOST,
+        str(port),
+        *(str(f) for f in files),
+    ]
 
 
-def send(port: int, called_ae: str, groups: Sequence[Sequence[Path]], log_dir: Path, *, nodelay: bool = True,
-         timeout: float = 600.0) -> SendResult:
+def send(
+    port: int,
+    called_ae: str,
+    groups: Sequence[Sequence[Path]],
+    log_dir: Path,
+    *,
+    nodelay: bool = True,
+    timeout: float = 600.0,
+) -> SendResult:
     """Start one storescu per group at once (one association each); time from the first start to the last exit."""
     log_dir.mkdir(parents=True, exist_ok=True)
     env = dcmtk_env(nodelay=nodelay)
@@ -55,9 +76,15 @@ def send(port: int, called_ae: str, groups: Sequence[Sequence[Path]], log_dir: P
             logs.append(path)
         started = time.perf_counter()
         for i, group in enumerate(groups):
-            processes.append(subprocess.Popen(storescu_command(port, called_ae, group, timeout=60),
-                                              stdout=handles[i], stderr=subprocess.STDOUT,
-                                              stdin=subprocess.DEVNULL, env=env))
+            processes.append(
+                subprocess.Popen(
+                    storescu_command(port, called_ae, group, timeout=60),
+                    stdout=handles[i],
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                )
+            )
         deadline = started + timeout
         codes: list[int] = []
         for process in processes:

@@ -37,22 +37,32 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--nifti", type=Path, required=True, help="label map (.nii/.nii.gz) or folder of masks")
     convert.add_argument("--out", type=Path, required=True, help="SEG file to write")
     convert.add_argument("--labels", type=Path, help="label table JSON (names/colours/codes, dcmqi JSON too)")
-    convert.add_argument("--type", choices=[t.value for t in SegType], default=SegType.BINARY.value,
-                         help="SEG type (default binary: displayed by most viewers and PACS)")
+    convert.add_argument(
+        "--type",
+        choices=[t.value for t in SegType],
+        default=SegType.BINARY.value,
+        help="SEG type (default binary: displayed by most viewers and PACS)",
+    )
     convert.add_argument("--series", help="SeriesInstanceUID to use when the folder holds several series")
-    convert.add_argument("--stack", type=int, help="stack of the series to use (1: the main one) when it holds several"
-                         " (echoes, phases, planes); by default the one the NIfTI's grid fits")
+    convert.add_argument(
+        "--stack",
+        type=int,
+        help="stack of the series to use (1: the main one) when it holds several"
+        " (echoes, phases, planes); by default the one the NIfTI's grid fits",
+    )
     defaults = SegOptions()
-    convert.add_argument("--algorithm-name", default=defaults.algorithm.name,
-                         help="algorithm name written into each segment")
+    convert.add_argument(
+        "--algorithm-name", default=defaults.algorithm.name, help="algorithm name written into each segment"
+    )
     convert.add_argument("--algorithm-version", default=defaults.algorithm.version, help="algorithm version")
     convert.add_argument("--series-description", default=defaults.series_description)
     convert.set_defaults(handler=_convert)
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                         help=f"node config (TOML; default {DEFAULT_CONFIG})")
+        sub.add_argument(
+            "--config", type=Path, default=DEFAULT_CONFIG, help=f"node config (TOML; default {DEFAULT_CONFIG})"
+        )
         return sub
 
     with_config("run", "run the node in the foreground (as systemd does)").set_defaults(handler=_run)
@@ -73,8 +83,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _convert(args: argparse.Namespace) -> int:
     stacks = find_stacks(args.dicom, args.series)
-    series = (choose_stack(stacks, args.stack, str(args.dicom)) if args.stack is not None
-              else pick_stack(stacks, args.nifti))
+    series = (
+        choose_stack(stacks, args.stack, str(args.dicom)) if args.stack is not None else pick_stack(stacks, args.nifti)
+    )
     options = SegOptions(
         seg_type=SegType(args.type),
         algorithm=AlgorithmInfo(name=args.algorithm_name, version=args.algorithm_version),
@@ -100,8 +111,10 @@ def _run(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     destinations = ", ".join(d.describe() for d in config.destinations) or "none"
-    print(f"{args.config}: ok; {config.node.ae_title} on {config.node.bind}:{config.node.port},"
-          f" data {config.paths.data}, destinations: {destinations}")
+    print(
+        f"{args.config}: ok; {config.node.ae_title} on {config.node.bind}:{config.node.port},"
+        f" data {config.paths.data}, destinations: {destinations}"
+    )
     return 0
 
 

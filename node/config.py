@@ -28,8 +28,15 @@ from node.destinations.dimse import DicomDestination
 from node.destinations.folder import FolderDestination
 from node.errors import ConfigError
 
-__all__ = ["Config", "ConfigError", "DestinationConfig", "DicomDestination", "FolderDestination", "ae_title_problem",
-           "load_config"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DestinationConfig",
+    "DicomDestination",
+    "FolderDestination",
+    "ae_title_problem",
+    "load_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +243,16 @@ class _Reader:
             return self.path_value(key, value)
         raise TypeError(f"config field {key} has unsupported type {kind!r}")  # a bug in this module, not the file
 
-    def values(self, cls: type[Any], where: str, table: Mapping[str, Any], *, skip: frozenset[str] = frozenset(),
-               unknown_hint: str, missing_hint: str = "") -> dict[str, Any]:
+    def values(
+        self,
+        cls: type[Any],
+        where: str,
+        table: Mapping[str, Any],
+        *,
+        skip: frozenset[str] = frozenset(),
+        unknown_hint: str,
+        missing_hint: str = "",
+    ) -> dict[str, Any]:
         """The keys of ``table`` as ``cls``'s fields want them: known, coerced, checked; ``skip`` already read."""
         hints = get_type_hints(cls)
         known = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
@@ -285,12 +300,19 @@ class _Reader:
         if cls is None:
             raise self.fail(f"{where} kind", f"one of {known_kinds}", kind)
         fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        required = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-                    if f.name != "name" and f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING]
-        values = self.values(cls, where, table, skip=frozenset({"kind", "name"}),
-                             unknown_hint=f"a {cls.title} destination has only {_listing(fields)}",
-                             missing_hint=f"a {cls.title} destination needs {_listing(required)}")
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if f.name != "name" and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        values = self.values(
+            cls,
+            where,
+            table,
+            skip=frozenset({"kind", "name"}),
+            unknown_hint=f"a {cls.title} destination has only {_listing(fields)}",
+            missing_hint=f"a {cls.title} destination needs {_listing(required)}",
+        )
         make: Callable[..., DestinationConfig] = cls  # a dataclass, whatever the kind
         return make(name=name, **values)
 
@@ -310,8 +332,11 @@ class _Reader:
             seen.add(destination.name)
         send: SendConfig = sections["send"]
         if send.backoff_max < send.backoff_initial:
-            raise self.fail("[send] backoff_max", f"a number of at least backoff_initial ({send.backoff_initial:g})",
-                            send.backoff_max)
+            raise self.fail(
+                "[send] backoff_max",
+                f"a number of at least backoff_initial ({send.backoff_initial:g})",
+                send.backoff_max,
+            )
         return Config(destinations=destinations, source=self.path, **sections)
 
 

@@ -20,8 +20,12 @@ def logging_config(level: str | int, *, process: str = "") -> dict[str, Any]:
         # Python warnings (pydicom on an odd header value, highdicom on a name that is not PN-shaped) are library
         # chatter about input segnode already handles: debug detail, never extra lines on a user's terminal.
         # pydicom logs the same complaints as it warns them, so it is quieted the same way.
-        "loggers": {"pynetdicom": {"level": "WARNING"}, "highdicom": {"level": "WARNING"},
-                    "py.warnings": {"level": chatter}, "pydicom": {"level": chatter}},
+        "loggers": {
+            "pynetdicom": {"level": "WARNING"},
+            "highdicom": {"level": "WARNING"},
+            "py.warnings": {"level": chatter},
+            "pydicom": {"level": chatter},
+        },
     }
 
 

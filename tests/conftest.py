@@ -23,4 +23,3 @@ def segnode_convert(capsys: pytest.CaptureFixture[str]) -> syn.ConvertRunner:
         return syn.CliResult(code=code, stdout=out, stderr=err)
 
     return run
-

@@ -25,8 +25,19 @@ from pathlib import Path
 import pytest
 from peers import HOST, PeerProcess, dcmtk_env, free_port
 
-__all__ = ["HOST", "StoreSCP", "ToolResult", "dcmtk_env", "echoscu", "free_port", "requires_dcmtk", "run_tool",
-           "storescu", "storescu_config", "wait_for_echo"]
+__all__ = [
+    "HOST",
+    "StoreSCP",
+    "ToolResult",
+    "dcmtk_env",
+    "echoscu",
+    "free_port",
+    "requires_dcmtk",
+    "run_tool",
+    "storescu",
+    "storescu_config",
+    "wait_for_echo",
+]
 
 TOOL_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 20.0
@@ -54,24 +65,61 @@ class ToolResult:
 def run_tool(args: Sequence[str], *, timeout: float = TOOL_TIMEOUT_S) -> ToolResult:
     """Run one DCMTK command with TCP_NODELAY=1 and a timeout; output captured (never raises on failure)."""
     try:
-        completed = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, env=dcmtk_env(),
-                                   stdin=subprocess.DEVNULL, check=False)
+        completed = subprocess.run(
+            list(args),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=dcmtk_env(),
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
         out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         return ToolResult(tuple(args), -9, f"{out}\n[timed out after {timeout:g} s]")
     return ToolResult(tuple(args), completed.returncode, completed.stdout + completed.stderr)
 
 
-def echoscu(port: int, *, called_ae: str = "ANY-SCP", calling_ae: str = "ECHOSCU", host: str = HOST,
-            timeout: float = TOOL_TIMEOUT_S) -> ToolResult:
+def echoscu(
+    port: int,
+    *,
+    called_ae: str = "ANY-SCP",
+    calling_ae: str = "ECHOSCU",
+    host: str = HOST,
+    timeout: float = TOOL_TIMEOUT_S,
+) -> ToolResult:
     """C-ECHO the peer at ``host:port``."""
     seconds = str(max(1, int(timeout)))
-    return run_tool(["echoscu", "-aet", calling_ae, "-aec", called_ae, "-to", seconds, "-ta", seconds,
-                     "-td", seconds, host, str(port)], timeout=timeout + 5)
+    return run_tool(
+        [
+            "echoscu",
+            "-aet",
+            calling_ae,
+            "-aec",
+            called_ae,
+            "-to",
+            seconds,
+            "-ta",
+            seconds,
+            "-td",
+            seconds,
+            host,
+            str(port),
+        ],
+        timeout=timeout + 5,
+    )
 
 
-def storescu(port: int, files: Sequence[Path], *, called_ae: str = "ANY-SCP", calling_ae: str = "STORESCU",
-             host: str = HOST, extra_args: Sequence[str] = ("-R",), timeout: float = TOOL_TIMEOUT_S) -> ToolResult:
+def storescu(
+    port: int,
+    files: Sequence[Path],
+    *,
+    called_ae: str = "ANY-SCP",
+    calling_ae: str = "STORESCU",
+    host: str = HOST,
+    extra_args: Sequence[str] = ("-R",),
+    timeout: float = TOOL_TIMEOUT_S,
+) -> ToolResult:
     """C-STORE ``files`` to ``host:port`` in one association, with debug output (so :meth:`ToolResult.statuses` works).
 
     The default ``-R`` proposes each file's SOP class with the uncompressed transfer syntaxes only: a compressed
@@ -80,8 +128,27 @@ def storescu(port: int, files: Sequence[Path], *, called_ae: str = "ANY-SCP", ca
     shows in the statuses.
     """
     seconds = str(max(1, int(timeout)))
-    return run_tool(["storescu", "-d", "-aet", calling_ae, "-aec", called_ae, "-to", seconds, "-ta", seconds,
-                     "-td", seconds, *extra_args, host, str(port), *(str(f) for f in files)], timeout=timeout + 5)
+    return run_tool(
+        [
+            "storescu",
+            "-d",
+            "-aet",
+            calling_ae,
+            "-aec",
+            called_ae,
+            "-to",
+            seconds,
+            "-ta",
+            seconds,
+            "-td",
+            seconds,
+            *extra_args,
+            host,
+            str(port),
+            *(str(f) for f in files),
+        ],
+        timeout=timeout + 5,
+    )
 
 
 def storescu_config(folder: Path, sop_class_uid: str, transfer_syntaxes: Sequence[str]) -> list[str]:
@@ -132,8 +199,15 @@ class StoreSCP(PeerProcess):
 
     name = "storescp"
 
-    def __init__(self, folder: Path, *, ae_title: str = "STORESCP", port: int | None = None,
-                 options: Sequence[str] = ("-v", "+xa", "-pm"), nodelay: bool = True) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        ae_title: str = "STORESCP",
+        port: int | None = None,
+        options: Sequence[str] = ("-v", "+xa", "-pm"),
+        nodelay: bool = True,
+    ) -> None:
         self.folder = Path(folder)
         self.ae_title = ae_title
         self.port = port or free_port()

@@ -27,8 +27,7 @@ def wait_for(what: str, condition: Callable[[], object], timeout: float = WAIT_S
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
-def write_config(folder: Path, port: int, destinations: str, *, quiet: float = 1.0,
-                 receive_processes: int = 2) -> Path:
+def write_config(folder: Path, port: int, destinations: str, *, quiet: float = 1.0, receive_processes: int = 2) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "node.toml"
     path.write_text(f"""
@@ -61,8 +60,10 @@ def folder_destination(name: str = "out") -> str:
 
 
 def dicom_destination(orthanc: OrthancServer) -> str:
-    return (f'[[destinations]]\nname = "pacs"\nae_title = "{orthanc.aet}"\nhost = "127.0.0.1"\n'
-            f"port = {orthanc.dicom_port}\n")
+    return (
+        f'[[destinations]]\nname = "pacs"\nae_title = "{orthanc.aet}"\nhost = "127.0.0.1"\n'
+        f"port = {orthanc.dicom_port}\n"
+    )
 
 
 def start_node(config_path: Path) -> Node:
@@ -72,8 +73,12 @@ def start_node(config_path: Path) -> Node:
 
 
 def run_node_process(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "node", "run", "--config", str(config)],
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "node", "run", "--config", str(config)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 class Burst:

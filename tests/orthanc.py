@@ -65,9 +65,14 @@ class OrthancServer:
         so it rejects that SOP class unless this is True, as a real PACS of that age would.
     """
 
-    def __init__(self, tmp_path: Path, *, aet: str = "ORTHANC",
-                 known_modalities: Mapping[str, tuple[str, str, int]] | None = None,
-                 accept_unknown_sop_classes: bool = False) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        aet: str = "ORTHANC",
+        known_modalities: Mapping[str, tuple[str, str, int]] | None = None,
+        accept_unknown_sop_classes: bool = False,
+    ) -> None:
         binary = orthanc_binary()
         if binary is None:
             raise OrthancError("Orthanc is not installed (apt-get install orthanc)")
@@ -89,8 +94,9 @@ class OrthancServer:
         self.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -154,9 +160,14 @@ class OrthancServer:
             with self.log_path.open("ab") as log:
                 log.write(f"=== start {attempt + 1} on DICOM {self.dicom_port}, HTTP {self.http_port} ===\n".encode())
                 log.flush()
-                self._process = subprocess.Popen([self.binary, "--verbose", str(self.config_path)], stdout=log,
-                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                 cwd=self.root, start_new_session=True)
+                self._process = subprocess.Popen(
+                    [self.binary, "--verbose", str(self.config_path)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=self.root,
+                    start_new_session=True,
+                )
             if self._wait_ready(timeout):
                 return
             self._terminate()
@@ -196,8 +207,15 @@ class OrthancServer:
 
     # -- REST -----------------------------------------------------------------------------------------------------
 
-    def rest(self, method: str, path: str, body: bytes | None = None, *, content_type: str = "application/json",
-             timeout: float = REST_TIMEOUT_S) -> bytes:
+    def rest(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        content_type: str = "application/json",
+        timeout: float = REST_TIMEOUT_S,
+    ) -> bytes:
         """One REST call; raises :class:`OrthancError` (with the log tail) on an HTTP error status."""
         request = urllib.request.Request(f"http://{HOST}:{self.http_port}{path}", data=body, method=method)
         if body is not None:
@@ -217,8 +235,7 @@ class OrthancServer:
 
     def upload(self, path: Path) -> str:
         """Store one DICOM file through REST; returns Orthanc's instance id."""
-        answer = json.loads(self.rest("POST", "/instances", Path(path).read_bytes(),
-                                      content_type="application/dicom"))
+        answer = json.loads(self.rest("POST", "/instances", Path(path).read_bytes(), content_type="application/dicom"))
         return str(answer["ID"])
 
     def instances(self) -> list[str]:
@@ -252,14 +269,15 @@ class OrthancServer:
 
     def add_modality(self, name: str, ae_title: str, host: str, port: int) -> None:
         """Let Orthanc C-STORE to a peer started after Orthanc (e.g. a node on a port picked later)."""
-        self.rest("PUT", f"/modalities/{name}",
-                  json.dumps({"AET": ae_title, "Host": host, "Port": port}).encode())
+        self.rest("PUT", f"/modalities/{name}", json.dumps({"AET": ae_title, "Host": host, "Port": port}).encode())
 
     def push_series(self, resource_id: str, modality_name: str, *, timeout: float = 60.0) -> Any:
         """C-STORE a study, series or instance (Orthanc ids) to a known modality; returns when it is done."""
         body = {"Resources": [resource_id], "Synchronous": True, "Timeout": int(timeout)}
-        return json.loads(self.rest("POST", f"/modalities/{modality_name}/store", json.dumps(body).encode(),
-                                    timeout=timeout + 10) or b"null")
+        return json.loads(
+            self.rest("POST", f"/modalities/{modality_name}/store", json.dumps(body).encode(), timeout=timeout + 10)
+            or b"null"
+        )
 
     def echo(self, modality_name: str) -> bool:
         """Whether Orthanc's C-ECHO to a known modality succeeds."""

@@ -49,8 +49,7 @@ def dcmtk_env(*, nodelay: bool = True) -> dict[str, str]:
     return env
 
 
-def stop_process(process: subprocess.Popen[bytes], *, graceful: bool = True,
-                 timeout: float = STOP_TIMEOUT_S) -> int:
+def stop_process(process: subprocess.Popen[bytes], *, graceful: bool = True, timeout: float = STOP_TIMEOUT_S) -> int:
     """SIGTERM (SIGKILL when not ``graceful``), then SIGKILL if it lingers past ``timeout``; the exit code."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
@@ -95,15 +94,20 @@ class PeerProcess:
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log_file:
-            self._process = subprocess.Popen(list(self.command()), stdout=log_file, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, env=self.env(), start_new_session=True)
+            self._process = subprocess.Popen(
+                list(self.command()),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env(),
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 code = self._process.returncode
                 self._process = None
-                raise PeerError(f"{self.name} exited with {code} at start-up; see {self.log_path}:\n"
-                                f"{self.log_tail()}")
+                raise PeerError(f"{self.name} exited with {code} at start-up; see {self.log_path}:\n{self.log_tail()}")
             if self.ready():
                 return
             time.sleep(0.05)
@@ -130,6 +134,7 @@ class PeerProcess:
         self.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self.stop()

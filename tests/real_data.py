@@ -107,10 +107,20 @@ class Case:
 
 def load_cases(folder: Path) -> list[Case]:
     entries = json.loads((folder / "cases.json").read_text(encoding="utf-8"))
-    return [Case(id=str(e["id"]), kind=str(e["kind"]), modality=str(e["modality"]), sop_class=str(e["sop_class"]),
-                 instances=int(e["instances"]), frames=int(e["frames"]),
-                 series_uids=tuple(str(u) for u in e["series_uid"]), special=str(e.get("special", "")),
-                 archive=folder / f"{e['id']}.tar.xz") for e in entries]
+    return [
+        Case(
+            id=str(e["id"]),
+            kind=str(e["kind"]),
+            modality=str(e["modality"]),
+            sop_class=str(e["sop_class"]),
+            instances=int(e["instances"]),
+            frames=int(e["frames"]),
+            series_uids=tuple(str(u) for u in e["series_uid"]),
+            special=str(e.get("special", "")),
+            archive=folder / f"{e['id']}.tar.xz",
+        )
+        for e in entries
+    ]
 
 
 def unpack(case: Case, into: Path) -> Path:
@@ -163,15 +173,23 @@ class Plane:
         """(rows, cols, 3) LPS centres: ``IPP + c·Δcol·col_dir + r·Δrow·row_dir``."""
         r = np.arange(self.rows, dtype=np.float64)[:, None, None]
         c = np.arange(self.cols, dtype=np.float64)[None, :, None]
-        return np.asarray(np.asarray(self.position) + c * self.col_spacing * np.asarray(self.col_dir)
-                          + r * self.row_spacing * np.asarray(self.row_dir), dtype=np.float64)
+        return np.asarray(
+            np.asarray(self.position)
+            + c * self.col_spacing * np.asarray(self.col_dir)
+            + r * self.row_spacing * np.asarray(self.row_dir),
+            dtype=np.float64,
+        )
 
     def corners(self) -> FloatArray:
         """(4, 3) centres of the corner pixels."""
         r = np.array([0, 0, self.rows - 1, self.rows - 1], dtype=np.float64)[:, None]
         c = np.array([0, self.cols - 1, 0, self.cols - 1], dtype=np.float64)[:, None]
-        return np.asarray(np.asarray(self.position) + c * self.col_spacing * np.asarray(self.col_dir)
-                          + r * self.row_spacing * np.asarray(self.row_dir), dtype=np.float64)
+        return np.asarray(
+            np.asarray(self.position)
+            + c * self.col_spacing * np.asarray(self.col_dir)
+            + r * self.row_spacing * np.asarray(self.row_dir),
+            dtype=np.float64,
+        )
 
     def describe(self) -> str:
         frame = f" frame {self.frame}" if self.frame is not None else ""
@@ -205,14 +223,25 @@ def _frames(ds: Dataset) -> Iterator[_Frame]:
     shared = list(ds.get("SharedFunctionalGroupsSequence", []))
     for index, per_frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
         groups = [per_frame, *shared]
-        yield _Frame(index, per_frame, groups,
-                     position=_group_value(groups, "PlanePositionSequence", "ImagePositionPatient"),
-                     orientation=_group_value(groups, "PlaneOrientationSequence", "ImageOrientationPatient"),
-                     spacing=_group_value(groups, "PixelMeasuresSequence", "PixelSpacing"))
+        yield _Frame(
+            index,
+            per_frame,
+            groups,
+            position=_group_value(groups, "PlanePositionSequence", "ImagePositionPatient"),
+            orientation=_group_value(groups, "PlaneOrientationSequence", "ImageOrientationPatient"),
+            spacing=_group_value(groups, "PixelMeasuresSequence", "PixelSpacing"),
+        )
 
 
-_SINGLE_FRAME_KEYS = ("ImageType", "EchoNumbers", "TemporalPositionIdentifier", "DiffusionBValue",
-                      "DiffusionGradientOrientation", "StackID", "AcquisitionNumber")
+_SINGLE_FRAME_KEYS = (
+    "ImageType",
+    "EchoNumbers",
+    "TemporalPositionIdentifier",
+    "DiffusionBValue",
+    "DiffusionGradientOrientation",
+    "StackID",
+    "AcquisitionNumber",
+)
 
 
 def _header_planes(path: Path, ds: Dataset) -> list[Plane]:
@@ -222,27 +251,59 @@ def _header_planes(path: Path, ds: Dataset) -> list[Plane]:
         for index, _, groups, position, orientation, spacing in _frames(ds):
             if position is None or orientation is None or spacing is None:
                 continue
-            key = (("object", str(ds.SOPInstanceUID)),
-                   ("frame type", str(_group_value(groups, "MRImageFrameTypeSequence", "FrameType")
-                                      or _group_value(groups, "CTImageFrameTypeSequence", "FrameType") or "")),
-                   ("echo time", str(_group_value(groups, "MREchoSequence", "EffectiveEchoTime") or "")),
-                   ("stack", str(_group_value(groups, "FrameContentSequence", "StackID") or "")),
-                   ("temporal", str(_group_value(groups, "FrameContentSequence", "TemporalPositionIndex") or "")))
+            key = (
+                ("object", str(ds.SOPInstanceUID)),
+                (
+                    "frame type",
+                    str(
+                        _group_value(groups, "MRImageFrameTypeSequence", "FrameType")
+                        or _group_value(groups, "CTImageFrameTypeSequence", "FrameType")
+                        or ""
+                    ),
+                ),
+                ("echo time", str(_group_value(groups, "MREchoSequence", "EffectiveEchoTime") or "")),
+                ("stack", str(_group_value(groups, "FrameContentSequence", "StackID") or "")),
+                ("temporal", str(_group_value(groups, "FrameContentSequence", "TemporalPositionIndex") or "")),
+            )
             orient = _floats(orientation)
-            planes.append(Plane(sop_uid=str(ds.SOPInstanceUID), frame=index + 1, path=path,
-                                position=_vec(_floats(position)), col_dir=_vec(orient[:3]), row_dir=_vec(orient[3:]),
-                                row_spacing=float(spacing[0]), col_spacing=float(spacing[1]), rows=int(ds.Rows),
-                                cols=int(ds.Columns), key=key, image_type=image_type))
+            planes.append(
+                Plane(
+                    sop_uid=str(ds.SOPInstanceUID),
+                    frame=index + 1,
+                    path=path,
+                    position=_vec(_floats(position)),
+                    col_dir=_vec(orient[:3]),
+                    row_dir=_vec(orient[3:]),
+                    row_spacing=float(spacing[0]),
+                    col_spacing=float(spacing[1]),
+                    rows=int(ds.Rows),
+                    cols=int(ds.Columns),
+                    key=key,
+                    image_type=image_type,
+                )
+            )
         return planes
     if not all(k in ds for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows")):
         return []
     orient = _floats(ds.ImageOrientationPatient)
     single_key: tuple[tuple[str, str], ...] = tuple((k, str(ds.get(k, ""))) for k in _SINGLE_FRAME_KEYS)
     position = _vec(_floats(ds.ImagePositionPatient))
-    return [Plane(sop_uid=str(ds.SOPInstanceUID), frame=None, path=path, position=position,
-                  col_dir=_vec(orient[:3]), row_dir=_vec(orient[3:]), row_spacing=float(ds.PixelSpacing[0]),
-                  col_spacing=float(ds.PixelSpacing[1]), rows=int(ds.Rows), cols=int(ds.Columns), key=single_key,
-                  image_type=image_type)]
+    return [
+        Plane(
+            sop_uid=str(ds.SOPInstanceUID),
+            frame=None,
+            path=path,
+            position=position,
+            col_dir=_vec(orient[:3]),
+            row_dir=_vec(orient[3:]),
+            row_spacing=float(ds.PixelSpacing[0]),
+            col_spacing=float(ds.PixelSpacing[1]),
+            rows=int(ds.Rows),
+            cols=int(ds.Columns),
+            key=single_key,
+            image_type=image_type,
+        )
+    ]
 
 
 def _vec(values: Sequence[float]) -> tuple[float, float, float]:
@@ -282,8 +343,13 @@ def read_planes(folder: Path) -> SourceFiles:
 
 
 def _geometry_key(plane: Plane) -> tuple[Any, ...]:
-    return (tuple(round(v, 3) for v in (*plane.col_dir, *plane.row_dir)), plane.rows, plane.cols,
-            round(plane.row_spacing, 4), round(plane.col_spacing, 4))
+    return (
+        tuple(round(v, 3) for v in (*plane.col_dir, *plane.row_dir)),
+        plane.rows,
+        plane.cols,
+        round(plane.row_spacing, 4),
+        round(plane.col_spacing, 4),
+    )
 
 
 def _has_repeats(planes: Sequence[Plane]) -> bool:
@@ -389,13 +455,19 @@ def ground_truth(stack: Sequence[Plane], labels: int = 2) -> GroundTruth:
     steps = np.abs(slice_steps(stack)) if len(stack) > 1 else np.array([])
     normal_floor = 0.75 * float(np.median(steps)) if steps.size else 10.0
     normal_radius = max(extent[2] / 4, normal_floor)
-    ellipsoid = Ellipsoid(centre=_vec(centre), axes=tuple(_vec(a) for a in axes),
-                          radii=(extent[0] / 4, extent[1] / 4, normal_radius))
+    ellipsoid = Ellipsoid(
+        centre=_vec(centre), axes=tuple(_vec(a) for a in axes), radii=(extent[0] / 4, extent[1] / 4, normal_radius)
+    )
     shapes: list[Ellipsoid | Box] = [ellipsoid]
     if labels == 2:
         box_centre = centre + 0.32 * extent[0] * axes[0] - 0.3 * extent[1] * axes[1]
-        shapes.append(Box(centre=_vec(box_centre), axes=tuple(_vec(a) for a in axes),
-                          half=(0.08 * extent[0], 0.08 * extent[1], 0.6 * normal_radius)))
+        shapes.append(
+            Box(
+                centre=_vec(box_centre),
+                axes=tuple(_vec(a) for a in axes),
+                half=(0.08 * extent[0], 0.08 * extent[1], 0.6 * normal_radius),
+            )
+        )
     return GroundTruth(tuple(shapes))
 
 
@@ -517,8 +589,13 @@ class Conversion:
 def run_dcm2niix(folder: Path, out: Path) -> Conversion:
     """dcm2niix ``-z y -f %s_%d``: every NIfTI written (plain ones and ``_Eq_``/``_Tilt_`` resampled ones)."""
     out.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(["dcm2niix", "-z", "y", "-f", "%s_%d", "-o", str(out), str(folder)], capture_output=True,
-                            text=True, timeout=TOOL_TIMEOUT_S, check=False)
+    result = subprocess.run(
+        ["dcm2niix", "-z", "y", "-f", "%s_%d", "-o", str(out), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_S,
+        check=False,
+    )
     files = tuple(sorted(out.glob("*.nii.gz")))
     if not files:
         return Conversion("dcm2niix", (), f"exit {result.returncode}: {result.stdout[-500:]} {result.stderr[-500:]}")
@@ -532,10 +609,14 @@ def is_resampled_dcm2niix(path: Path) -> bool:
 def run_dicom2nifti(folder: Path, out: Path) -> Conversion:
     """dicom2nifti with its defaults (reorient to LAS); its refusal text when it refuses the series."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    code = ("import sys, dicom2nifti; "
-            "dicom2nifti.dicom_series_to_nifti(sys.argv[1], sys.argv[2], reorient_nifti=True)")
-    result = subprocess.run([sys.executable, "-c", code, str(folder), str(out)], capture_output=True, text=True,
-                            timeout=TOOL_TIMEOUT_S, check=False)
+    code = "import sys, dicom2nifti; dicom2nifti.dicom_series_to_nifti(sys.argv[1], sys.argv[2], reorient_nifti=True)"
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(folder), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_S,
+        check=False,
+    )
     if result.returncode != 0 or not out.exists():
         lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
         return Conversion("dicom2nifti", (), lines[-1] if lines else f"exit {result.returncode}")
@@ -557,11 +638,17 @@ def run_segimage2itkimage(seg: Path, out: Path) -> dict[int, Path]:
     if tool is None:
         raise FileNotFoundError("segimage2itkimage (dcmqi) is not installed")
     out.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([tool, "--inputDICOM", str(seg), "--outputDirectory", str(out), "--outputType", "nifti",
-                             "--prefix", "seg"], capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False)
+    result = subprocess.run(
+        [tool, "--inputDICOM", str(seg), "--outputDirectory", str(out), "--outputType", "nifti", "--prefix", "seg"],
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_S,
+        check=False,
+    )
     if result.returncode != 0:
-        raise AssertionError(f"segimage2itkimage failed ({result.returncode}): {result.stdout[-1500:]}"
-                             f" {result.stderr[-1500:]}")
+        raise AssertionError(
+            f"segimage2itkimage failed ({result.returncode}): {result.stdout[-1500:]} {result.stderr[-1500:]}"
+        )
     files: dict[int, Path] = {}
     for path in sorted(out.iterdir()):
         if path.name.endswith((".nii", ".nii.gz")):
@@ -607,10 +694,17 @@ def read_seg_frames(path: Path) -> tuple[Dataset, list[SegFrame]]:
         except (AttributeError, IndexError) as exc:
             raise AssertionError(f"{path.name}: frame {index + 1} has no Derivation/Source Image Sequence") from exc
         number = source.get("ReferencedFrameNumber")
-        frames.append(SegFrame(number=index + 1, segment=int(segment),
-                               source=(str(source.ReferencedSOPInstanceUID), None if number is None else int(number)),
-                               position=np.asarray(_floats(position)), orientation=np.asarray(_floats(orientation)),
-                               spacing=np.asarray(_floats(spacing)), mask=pixels[index] > threshold))
+        frames.append(
+            SegFrame(
+                number=index + 1,
+                segment=int(segment),
+                source=(str(source.ReferencedSOPInstanceUID), None if number is None else int(number)),
+                position=np.asarray(_floats(position)),
+                orientation=np.asarray(_floats(orientation)),
+                spacing=np.asarray(_floats(spacing)),
+                mask=pixels[index] > threshold,
+            )
+        )
     return ds, frames
 
 
@@ -634,8 +728,9 @@ def _normalise_plane_id(plane_id: PlaneId, multiframe: bool) -> PlaneId:
     return (plane_id[0], plane_id[1] if multiframe else None)
 
 
-def seg_labels_on_planes(frames: Sequence[SegFrame], stack: Sequence[Plane], *,
-                         segment_to_label: dict[int, int], problems: list[str]) -> IntArray:
+def seg_labels_on_planes(
+    frames: Sequence[SegFrame], stack: Sequence[Plane], *, segment_to_label: dict[int, int], problems: list[str]
+) -> IntArray:
     """(planes, rows, cols) labels the SEG puts on the stack, placed by each frame's own source reference and
     checked against its own PlanePositionSequence (mm)."""
     by_id = {p.id: i for i, p in enumerate(stack)}
@@ -650,14 +745,19 @@ def seg_labels_on_planes(frames: Sequence[SegFrame], stack: Sequence[Plane], *,
         plane = stack[by_id[source]]
         distance = float(np.linalg.norm(frame.position - np.asarray(plane.position)))
         if distance > POSITION_TOLERANCE_MM:
-            problems.append(f"SEG frame {frame.number} at {frame.position.tolist()} is {distance:.4g} mm from its"
-                            f" source plane {plane.describe()}")
+            problems.append(
+                f"SEG frame {frame.number} at {frame.position.tolist()} is {distance:.4g} mm from its"
+                f" source plane {plane.describe()}"
+            )
         if np.abs(frame.orientation - np.asarray((*plane.col_dir, *plane.row_dir))).max() > ORIENTATION_TOLERANCE:
-            problems.append(f"SEG frame {frame.number} orientation {frame.orientation.tolist()} differs from its"
-                            " source's")
+            problems.append(
+                f"SEG frame {frame.number} orientation {frame.orientation.tolist()} differs from its source's"
+            )
         if np.abs(frame.spacing - np.asarray((plane.row_spacing, plane.col_spacing))).max() > 1e-4:
-            problems.append(f"SEG frame {frame.number} pixel spacing {frame.spacing.tolist()} differs from its"
-                            f" source's {[plane.row_spacing, plane.col_spacing]}")
+            problems.append(
+                f"SEG frame {frame.number} pixel spacing {frame.spacing.tolist()} differs from its"
+                f" source's {[plane.row_spacing, plane.col_spacing]}"
+            )
         if frame.mask.shape != (plane.rows, plane.cols):
             problems.append(f"SEG frame {frame.number} is {frame.mask.shape}, source {plane.rows}x{plane.cols}")
             continue
@@ -673,8 +773,9 @@ def seg_labels_on_planes(frames: Sequence[SegFrame], stack: Sequence[Plane], *,
     return got
 
 
-def _highdicom_labels(seg_path: Path, stack: Sequence[Plane], segment_to_label: dict[int, int],
-                      problems: list[str]) -> IntArray | None:
+def _highdicom_labels(
+    seg_path: Path, stack: Sequence[Plane], segment_to_label: dict[int, int], problems: list[str]
+) -> IntArray | None:
     """The same (planes, rows, cols) labels as highdicom's reader gives them (a second, independent reader)."""
     seg: Any = hd.seg.segread(seg_path)
     first = stack[0]
@@ -683,13 +784,17 @@ def _highdicom_labels(seg_path: Path, stack: Sequence[Plane], segment_to_label: 
         if first.frame is None:
             referenced = {str(uid) for _, _, uid in seg.get_source_image_uids()}
             uids = [p.sop_uid for p in stack if p.sop_uid in referenced]
-            pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=numbers,
-                                                       assert_missing_frames_are_empty=True)
+            pixels = seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=uids, segment_numbers=numbers, assert_missing_frames_are_empty=True
+            )
             rows = [i for i, p in enumerate(stack) if p.sop_uid in referenced]
         else:
-            pixels = seg.get_pixels_by_source_frame(source_sop_instance_uid=first.sop_uid,
-                                                    source_frame_numbers=[int(p.frame or 0) for p in stack],
-                                                    segment_numbers=numbers, assert_missing_frames_are_empty=True)
+            pixels = seg.get_pixels_by_source_frame(
+                source_sop_instance_uid=first.sop_uid,
+                source_frame_numbers=[int(p.frame or 0) for p in stack],
+                segment_numbers=numbers,
+                assert_missing_frames_are_empty=True,
+            )
             rows = list(range(len(stack)))
     except (ValueError, KeyError, AttributeError, RuntimeError) as exc:
         problems.append(f"highdicom could not read the SEG by source: {type(exc).__name__}: {exc}")
@@ -706,8 +811,10 @@ def describe_mismatch(got: IntArray, expected: IntArray) -> str:
     wrong = np.argwhere(got != expected)
     per_label = {int(v): (int((got == v).sum()), int((expected == v).sum())) for v in np.unique(expected) if v}
     first = [tuple(int(x) for x in w) for w in wrong[:4]]
-    return (f"{len(wrong)} of {got.size} pixels differ, first at (plane, row, col) {first};"
-            f" voxels per label (SEG, expected) {per_label}")
+    return (
+        f"{len(wrong)} of {got.size} pixels differ, first at (plane, row, col) {first};"
+        f" voxels per label (SEG, expected) {per_label}"
+    )
 
 
 def dice(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
@@ -729,11 +836,12 @@ def centroid_mm(mask: npt.NDArray[np.bool_], stack: Sequence[Plane]) -> FloatArr
 def source_voxel_diagonal(stack: Sequence[Plane]) -> float:
     steps = np.abs(slice_steps(stack)) if len(stack) > 1 else np.array([0.0])
     first = stack[0]
-    return float(math.sqrt(first.row_spacing ** 2 + first.col_spacing ** 2 + float(steps.max()) ** 2))
+    return float(math.sqrt(first.row_spacing**2 + first.col_spacing**2 + float(steps.max()) ** 2))
 
 
-def check_seg(seg_path: Path, stack: Sequence[Plane], label_map: LabelMap, truth: GroundTruth, *,
-              exact: bool | None = None) -> SegReport:
+def check_seg(
+    seg_path: Path, stack: Sequence[Plane], label_map: LabelMap, truth: GroundTruth, *, exact: bool | None = None
+) -> SegReport:
     """Compare a SEG with what it must hold over ``stack``, in patient space.
 
     Exact grids (every pixel centre of the stack is a voxel centre of the label map): the SEG must hold, at every
@@ -758,8 +866,9 @@ def check_seg(seg_path: Path, stack: Sequence[Plane], label_map: LabelMap, truth
     report = SegReport(exact=exact, frames=len(frames), planes_with_frames=len(referenced), problems=problems)
     # Resampled: the ground truth where the label map's field of view reaches (a tool cannot label what it was
     # not given).
-    expected = np.stack([label_map.sample(p) if exact else truth.labels_at(p.pixel_centres()) * label_map.covers(p)
-                         for p in stack])
+    expected = np.stack(
+        [label_map.sample(p) if exact else truth.labels_at(p.pixel_centres()) * label_map.covers(p) for p in stack]
+    )
     for label in present:
         report.voxels[label] = (int((got == label).sum()), int((expected == label).sum()))
     if exact:
@@ -771,13 +880,16 @@ def check_seg(seg_path: Path, stack: Sequence[Plane], label_map: LabelMap, truth
             a, b = got == label, expected == label
             report.dice[label] = round(dice(a, b), 4)
             if report.dice[label] < MIN_DICE_RESAMPLED:
-                problems.append(f"label {label}: Dice {report.dice[label]} < {MIN_DICE_RESAMPLED} against the ground"
-                                " truth at the source pixel centres")
+                problems.append(
+                    f"label {label}: Dice {report.dice[label]} < {MIN_DICE_RESAMPLED} against the ground"
+                    " truth at the source pixel centres"
+                )
             if a.any() and b.any():
                 shift = float(np.linalg.norm(centroid_mm(a, stack) - centroid_mm(b, stack)))
                 if shift > limit:
-                    problems.append(f"label {label}: centroid {shift:.3g} mm from the ground truth's (limit"
-                                    f" {limit:.3g} mm)")
+                    problems.append(
+                        f"label {label}: centroid {shift:.3g} mm from the ground truth's (limit {limit:.3g} mm)"
+                    )
             elif b.any():
                 problems.append(f"label {label}: absent from the SEG")
     return report
@@ -800,8 +912,9 @@ def check_seg_identity(seg_path: Path, stack: Sequence[Plane], series_uid: str) 
     return problems
 
 
-def check_against_itk_masks(files: dict[int, Path], truth: GroundTruth, segment_to_label: dict[int, int],
-                            *, max_mismatch_fraction: float = 2e-3) -> list[str]:
+def check_against_itk_masks(
+    files: dict[int, Path], truth: GroundTruth, segment_to_label: dict[int, int], *, max_mismatch_fraction: float = 2e-3
+) -> list[str]:
     """dcmqi's per-segment NIfTI masks against the ground truth at their own voxel centres (mm)."""
     problems = []
     for number, path in sorted(files.items()):
@@ -817,8 +930,10 @@ def check_against_itk_masks(files: dict[int, Path], truth: GroundTruth, segment_
         if not expected.any():
             problems.append(f"segment {number}: the ground truth is empty on dcmqi's grid ({shape})")
         elif wrong > allowed:
-            problems.append(f"segment {number}: {wrong} voxels of dcmqi's mask differ from the ground truth"
-                            f" (mask {int(got.sum())}, truth {int(expected.sum())}, allowed {allowed})")
+            problems.append(
+                f"segment {number}: {wrong} voxels of dcmqi's mask differ from the ground truth"
+                f" (mask {int(got.sum())}, truth {int(expected.sum())}, allowed {allowed})"
+            )
     return problems
 
 
@@ -839,4 +954,3 @@ def refusal_problems(code: int, stderr: str, names: Iterable[str]) -> list[str]:
     if lines and not any(name and name in lines[0] for name in names):
         problems.append(f"the line names none of the inputs {sorted(set(names))}: {lines[0]!r}")
     return problems
-

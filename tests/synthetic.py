@@ -61,8 +61,15 @@ POSITION_TOLERANCE_MM = 1e-3
 TOOL_TIMEOUT_S = 120.0
 
 # Type 2 attributes of the patient/study modules that some exporters leave out entirely.
-TYPE2_OPTIONAL = ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate", "StudyTime",
-                  "ReferringPhysicianName")
+TYPE2_OPTIONAL = (
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 
 
 def _unit(vector: Sequence[float]) -> FloatArray:
@@ -75,8 +82,7 @@ def _rotation(axis: Sequence[float], degrees: float) -> FloatArray:
     k = _unit(axis)
     angle = math.radians(degrees)
     cross = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
-    return np.asarray(np.eye(3) + math.sin(angle) * cross + (1.0 - math.cos(angle)) * (cross @ cross),
-                      dtype=np.float64)
+    return np.asarray(np.eye(3) + math.sin(angle) * cross + (1.0 - math.cos(angle)) * (cross @ cross), dtype=np.float64)
 
 
 def vec3(array: npt.ArrayLike) -> Vec3:
@@ -133,49 +139,142 @@ class GridSpec(_InPlaneAxes):
     # -- presets -----------------------------------------------------------------------------------------------
 
     @classmethod
-    def _centred(cls, col_dir: Sequence[float], row_dir: Sequence[float], *, rows: int, cols: int, slices: int,
-                 row_spacing: float, col_spacing: float, slice_step: float,
-                 centre: Sequence[float] | None) -> GridSpec:
+    def _centred(
+        cls,
+        col_dir: Sequence[float],
+        row_dir: Sequence[float],
+        *,
+        rows: int,
+        cols: int,
+        slices: int,
+        row_spacing: float,
+        col_spacing: float,
+        slice_step: float,
+        centre: Sequence[float] | None,
+    ) -> GridSpec:
         col, row = _unit(col_dir), _unit(row_dir)
         normal = np.cross(col, row)
         middle = np.asarray(PRESET_CENTRE_LPS if centre is None else centre, dtype=np.float64)
-        origin = (middle - (cols - 1) / 2 * col_spacing * col - (rows - 1) / 2 * row_spacing * row
-                  - (slices - 1) / 2 * slice_step * normal)
-        return cls(rows=rows, cols=cols, slices=slices, row_spacing=row_spacing, col_spacing=col_spacing,
-                   slice_step=slice_step, col_dir=vec3(col), row_dir=vec3(row), origin=vec3(origin))
+        origin = (
+            middle
+            - (cols - 1) / 2 * col_spacing * col
+            - (rows - 1) / 2 * row_spacing * row
+            - (slices - 1) / 2 * slice_step * normal
+        )
+        return cls(
+            rows=rows,
+            cols=cols,
+            slices=slices,
+            row_spacing=row_spacing,
+            col_spacing=col_spacing,
+            slice_step=slice_step,
+            col_dir=vec3(col),
+            row_dir=vec3(row),
+            origin=vec3(origin),
+        )
 
     @classmethod
-    def axial(cls, *, rows: int = 40, cols: int = 40, slices: int = 12, row_spacing: float = 1.0,
-              col_spacing: float = 1.0, slice_step: float = 2.0, centre: Sequence[float] | None = None) -> GridSpec:
+    def axial(
+        cls,
+        *,
+        rows: int = 40,
+        cols: int = 40,
+        slices: int = 12,
+        row_spacing: float = 1.0,
+        col_spacing: float = 1.0,
+        slice_step: float = 2.0,
+        centre: Sequence[float] | None = None,
+    ) -> GridSpec:
         """Rows run posterior, columns to the patient's left, slices inferior → superior (negative step: reverse)."""
-        return cls._centred((1, 0, 0), (0, 1, 0), rows=rows, cols=cols, slices=slices, row_spacing=row_spacing,
-                            col_spacing=col_spacing, slice_step=slice_step, centre=centre)
+        return cls._centred(
+            (1, 0, 0),
+            (0, 1, 0),
+            rows=rows,
+            cols=cols,
+            slices=slices,
+            row_spacing=row_spacing,
+            col_spacing=col_spacing,
+            slice_step=slice_step,
+            centre=centre,
+        )
 
     @classmethod
-    def sagittal(cls, *, rows: int = 40, cols: int = 40, slices: int = 12, row_spacing: float = 1.0,
-                 col_spacing: float = 1.0, slice_step: float = 2.0,
-                 centre: Sequence[float] | None = None) -> GridSpec:
+    def sagittal(
+        cls,
+        *,
+        rows: int = 40,
+        cols: int = 40,
+        slices: int = 12,
+        row_spacing: float = 1.0,
+        col_spacing: float = 1.0,
+        slice_step: float = 2.0,
+        centre: Sequence[float] | None = None,
+    ) -> GridSpec:
         """Columns run posterior, rows inferior; the normal points to the patient's right."""
-        return cls._centred((0, 1, 0), (0, 0, -1), rows=rows, cols=cols, slices=slices, row_spacing=row_spacing,
-                            col_spacing=col_spacing, slice_step=slice_step, centre=centre)
+        return cls._centred(
+            (0, 1, 0),
+            (0, 0, -1),
+            rows=rows,
+            cols=cols,
+            slices=slices,
+            row_spacing=row_spacing,
+            col_spacing=col_spacing,
+            slice_step=slice_step,
+            centre=centre,
+        )
 
     @classmethod
-    def coronal(cls, *, rows: int = 40, cols: int = 40, slices: int = 12, row_spacing: float = 1.0,
-                col_spacing: float = 1.0, slice_step: float = 2.0,
-                centre: Sequence[float] | None = None) -> GridSpec:
+    def coronal(
+        cls,
+        *,
+        rows: int = 40,
+        cols: int = 40,
+        slices: int = 12,
+        row_spacing: float = 1.0,
+        col_spacing: float = 1.0,
+        slice_step: float = 2.0,
+        centre: Sequence[float] | None = None,
+    ) -> GridSpec:
         """Columns run to the patient's left, rows inferior; the normal points posterior."""
-        return cls._centred((1, 0, 0), (0, 0, -1), rows=rows, cols=cols, slices=slices, row_spacing=row_spacing,
-                            col_spacing=col_spacing, slice_step=slice_step, centre=centre)
+        return cls._centred(
+            (1, 0, 0),
+            (0, 0, -1),
+            rows=rows,
+            cols=cols,
+            slices=slices,
+            row_spacing=row_spacing,
+            col_spacing=col_spacing,
+            slice_step=slice_step,
+            centre=centre,
+        )
 
     @classmethod
-    def oblique(cls, *, rows: int = 40, cols: int = 40, slices: int = 12, row_spacing: float = 1.0,
-                col_spacing: float = 1.0, slice_step: float = 2.0, centre: Sequence[float] | None = None,
-                tilt_degrees: float = 23.0, spin_degrees: float = 37.0) -> GridSpec:
+    def oblique(
+        cls,
+        *,
+        rows: int = 40,
+        cols: int = 40,
+        slices: int = 12,
+        row_spacing: float = 1.0,
+        col_spacing: float = 1.0,
+        slice_step: float = 2.0,
+        centre: Sequence[float] | None = None,
+        tilt_degrees: float = 23.0,
+        spin_degrees: float = 37.0,
+    ) -> GridSpec:
         """An axial stack tilted about the L-R axis and then spun about the S-I axis: no axis is a permutation."""
         rotation = _rotation((0, 0, 1), spin_degrees) @ _rotation((1, 0, 0), tilt_degrees)
-        return cls._centred(rotation @ np.array([1.0, 0, 0]), rotation @ np.array([0, 1.0, 0]), rows=rows,
-                            cols=cols, slices=slices, row_spacing=row_spacing, col_spacing=col_spacing,
-                            slice_step=slice_step, centre=centre)
+        return cls._centred(
+            rotation @ np.array([1.0, 0, 0]),
+            rotation @ np.array([0, 1.0, 0]),
+            rows=rows,
+            cols=cols,
+            slices=slices,
+            row_spacing=row_spacing,
+            col_spacing=col_spacing,
+            slice_step=slice_step,
+            centre=centre,
+        )
 
     def replace(self, **changes: Any) -> GridSpec:
         """A copy with some fields changed (``dataclasses.replace``)."""
@@ -211,8 +310,9 @@ class GridSpec(_InPlaneAxes):
 
     def centres_lps(self) -> FloatArray:
         """(slices, rows, cols, 3) pixel centres in LPS mm."""
-        index = np.stack(np.meshgrid(np.arange(self.slices), np.arange(self.rows), np.arange(self.cols),
-                                     indexing="ij"), axis=-1).astype(np.float64)
+        index = np.stack(
+            np.meshgrid(np.arange(self.slices), np.arange(self.rows), np.arange(self.cols), indexing="ij"), axis=-1
+        ).astype(np.float64)
         affine = self.affine_lps()
         return index @ affine[:3, :3].T + affine[:3, 3]
 
@@ -223,8 +323,11 @@ class GridSpec(_InPlaneAxes):
 
     def inscribed_radius(self) -> float:
         """Radius of the largest ball around :meth:`centre_lps` inside the box of pixel centres."""
-        return 0.5 * min((self.slices - 1) * abs(self.slice_step), (self.rows - 1) * self.row_spacing,
-                         (self.cols - 1) * self.col_spacing)
+        return 0.5 * min(
+            (self.slices - 1) * abs(self.slice_step),
+            (self.rows - 1) * self.row_spacing,
+            (self.cols - 1) * self.col_spacing,
+        )
 
     def snap(self, points_lps: npt.ArrayLike) -> FloatArray:
         """Each point moved to the nearest pixel centre of this grid (the grid continued outside its extent)."""
@@ -238,9 +341,16 @@ class GridSpec(_InPlaneAxes):
 
     def plane(self, k: int) -> PlaneSpec:
         """Slice ``k`` as a plane, ``|slice_step|`` thick."""
-        return PlaneSpec(rows=self.rows, cols=self.cols, row_spacing=self.row_spacing, col_spacing=self.col_spacing,
-                         col_dir=self.col_dir, row_dir=self.row_dir, position=vec3(self.position(k)),
-                         thickness=abs(self.slice_step))
+        return PlaneSpec(
+            rows=self.rows,
+            cols=self.cols,
+            row_spacing=self.row_spacing,
+            col_spacing=self.col_spacing,
+            col_dir=self.col_dir,
+            row_dir=self.row_dir,
+            position=vec3(self.position(k)),
+            thickness=abs(self.slice_step),
+        )
 
     def planes(self) -> tuple[PlaneSpec, ...]:
         """The slices as planes, in slice-index order, each ``|slice_step|`` thick."""
@@ -284,10 +394,15 @@ class PlaneSpec(_InPlaneAxes):
 
     def centres_lps(self) -> FloatArray:
         """(rows, cols, 3) pixel centres ``position + c·Δcol·col_dir + r·Δrow·row_dir`` in LPS mm."""
-        r, c = np.meshgrid(np.arange(self.rows, dtype=np.float64), np.arange(self.cols, dtype=np.float64),
-                           indexing="ij")
-        return np.asarray(np.asarray(self.position) + c[..., None] * self.col_spacing * np.asarray(self.col_dir)
-                          + r[..., None] * self.row_spacing * np.asarray(self.row_dir), dtype=np.float64)
+        r, c = np.meshgrid(
+            np.arange(self.rows, dtype=np.float64), np.arange(self.cols, dtype=np.float64), indexing="ij"
+        )
+        return np.asarray(
+            np.asarray(self.position)
+            + c[..., None] * self.col_spacing * np.asarray(self.col_dir)
+            + r[..., None] * self.row_spacing * np.asarray(self.row_dir),
+            dtype=np.float64,
+        )
 
 
 # -- phantom ------------------------------------------------------------------------------------------------------
@@ -334,14 +449,23 @@ class Phantom:
         radius = grid.inscribed_radius() * scale
         centre = grid.centre_lps()
         shapes = tuple(
-            Shape(label=int(value), name=name, kind=kind, centre=vec3(centre + radius * np.asarray(offset)),
-                  half_size=vec3(radius * np.asarray(half)))
-            for value, (name, kind, offset, half) in zip(values, _STANDARD_SHAPES, strict=True))
+            Shape(
+                label=int(value),
+                name=name,
+                kind=kind,
+                centre=vec3(centre + radius * np.asarray(offset)),
+                half_size=vec3(radius * np.asarray(half)),
+            )
+            for value, (name, kind, offset, half) in zip(values, _STANDARD_SHAPES, strict=True)
+        )
         return cls(shapes)
 
     def translated(self, offset_mm: Sequence[float]) -> Phantom:
-        return Phantom(tuple(dataclasses.replace(s, centre=vec3(np.asarray(s.centre) + np.asarray(offset_mm)))
-                             for s in self.shapes))
+        return Phantom(
+            tuple(
+                dataclasses.replace(s, centre=vec3(np.asarray(s.centre) + np.asarray(offset_mm))) for s in self.shapes
+            )
+        )
 
     @property
     def values(self) -> list[int]:
@@ -495,9 +619,17 @@ def _seq(*items: Dataset) -> DicomSequence:
     return DicomSequence(list(items))
 
 
-def _classic_image(plane: PlaneSpec, pixels: npt.NDArray[np.uint16], base: Dataset, *, sop_uid: str,
-                   instance_number: int, modality: Modality, attributes: Mapping[str, Any] | None = None,
-                   slice_location: float | None = None) -> Dataset:
+def _classic_image(
+    plane: PlaneSpec,
+    pixels: npt.NDArray[np.uint16],
+    base: Dataset,
+    *,
+    sop_uid: str,
+    instance_number: int,
+    modality: Modality,
+    attributes: Mapping[str, Any] | None = None,
+    slice_location: float | None = None,
+) -> Dataset:
     """One single-frame CT/MR image of ``plane``; ``attributes`` go over the default header (None deletes one).
 
     SliceLocation is ``slice_location``, by default the position along the plane's normal."""
@@ -546,8 +678,10 @@ def _plane_groups(plane: PlaneSpec) -> dict[str, DicomSequence]:
     measures = _item(PixelSpacing=[_ds(v) for v in plane.pixel_spacing])
     if plane.thickness is not None:
         measures.SliceThickness = _ds(plane.thickness)
-    return {"PixelMeasuresSequence": _seq(measures),
-            "PlaneOrientationSequence": _seq(_item(ImageOrientationPatient=[_ds(v) for v in plane.image_orientation]))}
+    return {
+        "PixelMeasuresSequence": _seq(measures),
+        "PlaneOrientationSequence": _seq(_item(ImageOrientationPatient=[_ds(v) for v in plane.image_orientation])),
+    }
 
 
 def _image_type(modality: Modality) -> list[str]:
@@ -556,8 +690,12 @@ def _image_type(modality: Modality) -> list[str]:
 
 
 def _frame_type(modality: Modality) -> Dataset:
-    frame_type = _item(FrameType=_image_type(modality), PixelPresentation="MONOCHROME",
-                       VolumetricProperties="VOLUME", VolumeBasedCalculationTechnique="NONE")
+    frame_type = _item(
+        FrameType=_image_type(modality),
+        PixelPresentation="MONOCHROME",
+        VolumetricProperties="VOLUME",
+        VolumeBasedCalculationTechnique="NONE",
+    )
     if modality == "MR":
         frame_type.ComplexImageComponent = "MAGNITUDE"
         frame_type.AcquisitionContrast = "T1"
@@ -625,17 +763,26 @@ def _shared_groups(modality: Modality) -> Dataset:
     shared.FrameAnatomySequence = _seq(_item(AnatomicRegionSequence=_seq(region), FrameLaterality="U"))
     shared.FrameVOILUTSequence = _seq(_item(WindowCenter="40", WindowWidth="400"))
     if modality == "CT":
-        shared.PixelValueTransformationSequence = _seq(_item(RescaleIntercept="-1024", RescaleSlope="1",
-                                                             RescaleType="HU"))
+        shared.PixelValueTransformationSequence = _seq(
+            _item(RescaleIntercept="-1024", RescaleSlope="1", RescaleType="HU")
+        )
         shared.CTImageFrameTypeSequence = _seq(_frame_type("CT"))
         shared.IrradiationEventIdentificationSequence = _seq(_item(IrradiationEventUID=generate_uid()))
-        shared.CTAcquisitionTypeSequence = _seq(_item(AcquisitionType="SEQUENCED", ConstantVolumeFlag="NO",
-                                                      FluoroscopyFlag="NO"))
+        shared.CTAcquisitionTypeSequence = _seq(
+            _item(AcquisitionType="SEQUENCED", ConstantVolumeFlag="NO", FluoroscopyFlag="NO")
+        )
     else:
         shared.MRImageFrameTypeSequence = _seq(_frame_type("MR"))
-        shared.MRTimingAndRelatedParametersSequence = _seq(_item(RepetitionTime=500.0, FlipAngle=90.0,
-                                                                 EchoTrainLength=1, GradientOutputType="NONE",
-                                                                 RFEchoTrainLength=1, GradientEchoTrainLength=0))
+        shared.MRTimingAndRelatedParametersSequence = _seq(
+            _item(
+                RepetitionTime=500.0,
+                FlipAngle=90.0,
+                EchoTrainLength=1,
+                GradientOutputType="NONE",
+                RFEchoTrainLength=1,
+                GradientEchoTrainLength=0,
+            )
+        )
     return shared
 
 
@@ -649,12 +796,25 @@ def _dimensions(ds: Dataset, *, temporal: bool, echoes: bool) -> None:
         pointers.append(("TemporalPositionIndex", "FrameContentSequence"))
     if echoes:
         pointers.append(("EffectiveEchoTime", "MREchoSequence"))
-    ds.DimensionIndexSequence = _seq(*(_item(DimensionOrganizationUID=uid, DimensionIndexPointer=Tag(index),
-                                             FunctionalGroupPointer=Tag(group)) for index, group in pointers))
+    ds.DimensionIndexSequence = _seq(
+        *(
+            _item(DimensionOrganizationUID=uid, DimensionIndexPointer=Tag(index), FunctionalGroupPointer=Tag(group))
+            for index, group in pointers
+        )
+    )
 
 
-def _enhanced_object(base: Dataset, *, sop_uid: str, modality: Modality, frames: int, first: PlaneSpec,
-                     temporal: bool = False, echoes: bool = False, shared_geometry: bool = True) -> Dataset:
+def _enhanced_object(
+    base: Dataset,
+    *,
+    sop_uid: str,
+    modality: Modality,
+    frames: int,
+    first: PlaneSpec,
+    temporal: bool = False,
+    echoes: bool = False,
+    shared_geometry: bool = True,
+) -> Dataset:
     """A copy of ``base`` as an Enhanced CT/MR object of ``frames`` frames like ``first``: header, dimensions and
     shared functional groups (with ``first``'s plane groups if ``shared_geometry``); the caller adds the rest."""
     ds = copy.deepcopy(base)
@@ -669,33 +829,58 @@ def _enhanced_object(base: Dataset, *, sop_uid: str, modality: Modality, frames:
     return ds
 
 
-def _frame_group(plane: PlaneSpec, *, stack_id: str, in_stack_position: int, index: Sequence[int],
-                 temporal_position: int | None = None) -> Dataset:
+def _frame_group(
+    plane: PlaneSpec,
+    *,
+    stack_id: str,
+    in_stack_position: int,
+    index: Sequence[int],
+    temporal_position: int | None = None,
+) -> Dataset:
     """A per-frame functional groups item: FrameContentSequence (``index``: DimensionIndexValues) and
     PlanePositionSequence of ``plane``."""
-    content = _item(FrameAcquisitionDateTime="20240102101500", FrameReferenceDateTime="20240102101500",
-                    FrameAcquisitionDuration=1.0, StackID=stack_id, InStackPositionNumber=in_stack_position,
-                    TemporalPositionIndex=temporal_position, DimensionIndexValues=list(index))
-    return _item(FrameContentSequence=_seq(content),
-                 PlanePositionSequence=_seq(_item(ImagePositionPatient=[_ds(v) for v in plane.position])))
+    content = _item(
+        FrameAcquisitionDateTime="20240102101500",
+        FrameReferenceDateTime="20240102101500",
+        FrameAcquisitionDuration=1.0,
+        StackID=stack_id,
+        InStackPositionNumber=in_stack_position,
+        TemporalPositionIndex=temporal_position,
+        DimensionIndexValues=list(index),
+    )
+    return _item(
+        FrameContentSequence=_seq(content),
+        PlanePositionSequence=_seq(_item(ImagePositionPatient=[_ds(v) for v in plane.position])),
+    )
 
 
-def _enhanced_ct(grid: GridSpec, image: npt.NDArray[np.uint16], base: Dataset, *, storage_order: Sequence[int],
-                 sop_uid: str) -> Dataset:
+def _enhanced_ct(
+    grid: GridSpec, image: npt.NDArray[np.uint16], base: Dataset, *, storage_order: Sequence[int], sop_uid: str
+) -> Dataset:
     """One Enhanced CT Image with frames stored in ``storage_order`` (a list of slice indices)."""
     ds = _enhanced_object(base, sop_uid=sop_uid, modality="CT", frames=grid.slices, first=grid.plane(0))
-    ds.PerFrameFunctionalGroupsSequence = DicomSequence([
-        _frame_group(grid.plane(k), stack_id="1", in_stack_position=k + 1, index=[1, k + 1]) for k in storage_order])
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(
+        [_frame_group(grid.plane(k), stack_id="1", in_stack_position=k + 1, index=[1, k + 1]) for k in storage_order]
+    )
     ds.PixelData = np.ascontiguousarray(image[list(storage_order)]).tobytes()
     ds.file_meta = _file_meta(ds)
     return ds
 
 
-def write_series(grid: GridSpec, folder: Path, *, enhanced: bool = False,
-                 instance_numbers: Literal["ascending", "reversed", "shuffled"] = "ascending",
-                 shuffle_file_names: bool = False, subfolders: int = 0, modality: Modality = "CT",
-                 omit_type2: bool = False, uids: Mapping[str, str] | None = None, seed: int = 0,
-                 phantom: Phantom | None = None) -> SeriesInfo:
+def write_series(
+    grid: GridSpec,
+    folder: Path,
+    *,
+    enhanced: bool = False,
+    instance_numbers: Literal["ascending", "reversed", "shuffled"] = "ascending",
+    shuffle_file_names: bool = False,
+    subfolders: int = 0,
+    modality: Modality = "CT",
+    omit_type2: bool = False,
+    uids: Mapping[str, str] | None = None,
+    seed: int = 0,
+    phantom: Phantom | None = None,
+) -> SeriesInfo:
     """Write ``grid`` as a DICOM series into ``folder`` (created if missing).
 
     Parameters
@@ -742,10 +927,17 @@ def write_series(grid: GridSpec, folder: Path, *, enhanced: bool = False,
         path = target("IM_0001")
         ds.save_as(path, enforce_file_format=True)
         frame_of_slice = {k: i + 1 for i, k in enumerate(order)}
-        return SeriesInfo(grid=grid, folder=folder, paths=(path,), study_uid=all_uids["study"],
-                          series_uid=all_uids["series"], frame_of_reference_uid=all_uids["frame_of_reference"],
-                          sop_uids=(sop_uid,), sop_class_uid=sop_class,
-                          frame_numbers=tuple(frame_of_slice[k] for k in range(grid.slices)))
+        return SeriesInfo(
+            grid=grid,
+            folder=folder,
+            paths=(path,),
+            study_uid=all_uids["study"],
+            series_uid=all_uids["series"],
+            frame_of_reference_uid=all_uids["frame_of_reference"],
+            sop_uids=(sop_uid,),
+            sop_class_uid=sop_class,
+            frame_numbers=tuple(frame_of_slice[k] for k in range(grid.slices)),
+        )
     # order[i] is the slice that gets InstanceNumber i + 1.
     instance_of_slice = {k: i + 1 for i, k in enumerate(order)}
     paths: list[Path] = []
@@ -753,15 +945,29 @@ def write_series(grid: GridSpec, folder: Path, *, enhanced: bool = False,
     for k in range(grid.slices):
         sop_uid = generate_uid()
         number = instance_of_slice[k]
-        ds = _classic_image(grid.plane(k), image[k], base, instance_number=number, sop_uid=sop_uid,
-                            modality=modality, slice_location=float(grid.position(k) @ grid.normal))
+        ds = _classic_image(
+            grid.plane(k),
+            image[k],
+            base,
+            instance_number=number,
+            sop_uid=sop_uid,
+            modality=modality,
+            slice_location=float(grid.position(k) @ grid.normal),
+        )
         path = target(f"IM_{number:04d}")
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
         sop_uids.append(sop_uid)
-    return SeriesInfo(grid=grid, folder=folder, paths=tuple(paths), study_uid=all_uids["study"],
-                      series_uid=all_uids["series"], frame_of_reference_uid=all_uids["frame_of_reference"],
-                      sop_uids=tuple(sop_uids), sop_class_uid=sop_class)
+    return SeriesInfo(
+        grid=grid,
+        folder=folder,
+        paths=tuple(paths),
+        study_uid=all_uids["study"],
+        series_uid=all_uids["series"],
+        frame_of_reference_uid=all_uids["frame_of_reference"],
+        sop_uids=tuple(sop_uids),
+        sop_class_uid=sop_class,
+    )
 
 
 # -- NIfTI --------------------------------------------------------------------------------------------------------
@@ -810,8 +1016,14 @@ def _codes_of(image: Any) -> tuple[int, int]:
     return int(header["sform_code"]), int(header["qform_code"])
 
 
-def save_nifti(data: npt.NDArray[Any], affine_ras: npt.ArrayLike, path: Path, *, codes: tuple[int, int] = (1, 1),
-               header_from: Any = None) -> Path:
+def save_nifti(
+    data: npt.NDArray[Any],
+    affine_ras: npt.ArrayLike,
+    path: Path,
+    *,
+    codes: tuple[int, int] = (1, 1),
+    header_from: Any = None,
+) -> Path:
     """Save ``data`` with ``affine_ras`` as sform and qform (codes (sform, qform)), like a segmentation tool does."""
     affine = np.asarray(affine_ras, dtype=np.float64)
     header = header_from.header.copy() if header_from is not None else nib.Nifti1Header()
@@ -825,9 +1037,16 @@ def save_nifti(data: npt.NDArray[Any], affine_ras: npt.ArrayLike, path: Path, *,
     return path
 
 
-def label_nifti_on_grid(reference: NiftiReference, phantom: Phantom, path: Path, *,
-                        dtype: npt.DTypeLike = np.uint8, snap: GridSpec | None = None, header_from: Any = None,
-                        trailing_singleton: bool = False) -> Path:
+def label_nifti_on_grid(
+    reference: NiftiReference,
+    phantom: Phantom,
+    path: Path,
+    *,
+    dtype: npt.DTypeLike = np.uint8,
+    snap: GridSpec | None = None,
+    header_from: Any = None,
+    trailing_singleton: bool = False,
+) -> Path:
     """Write the phantom as a label map on ``reference``'s grid (same affine, same sform/qform codes).
 
     TotalSegmentator and nnU-Net write their output with the input's header; this does the same. With
@@ -842,19 +1061,32 @@ def label_nifti_on_grid(reference: NiftiReference, phantom: Phantom, path: Path,
     return save_nifti(labels, affine, path, codes=codes, header_from=source)
 
 
-def masks_folder(reference: NiftiReference, phantom: Phantom, folder: Path, *, snap: GridSpec | None = None,
-                 dtype: npt.DTypeLike = np.uint8, empty: Sequence[str] = ()) -> list[Path]:
+def masks_folder(
+    reference: NiftiReference,
+    phantom: Phantom,
+    folder: Path,
+    *,
+    snap: GridSpec | None = None,
+    dtype: npt.DTypeLike = np.uint8,
+    empty: Sequence[str] = (),
+) -> list[Path]:
     """One binary mask per phantom label, ``<name>.nii.gz`` (TotalSegmentator's layout), plus empty masks."""
     affine, _, image = _reference_geometry(reference)
     labels = labels_on_nifti_grid(reference, phantom, snap=snap)
     codes = _codes_of(image) if image is not None else (1, 1)
     paths = []
     for value, name in sorted(phantom.names.items()):
-        paths.append(save_nifti((labels == value).astype(dtype), affine, folder / f"{name}.nii.gz", codes=codes,
-                                header_from=image))
+        paths.append(
+            save_nifti(
+                (labels == value).astype(dtype), affine, folder / f"{name}.nii.gz", codes=codes, header_from=image
+            )
+        )
     for name in empty:
-        paths.append(save_nifti(np.zeros(labels.shape, dtype=dtype), affine, folder / f"{name}.nii.gz",
-                                codes=codes, header_from=image))
+        paths.append(
+            save_nifti(
+                np.zeros(labels.shape, dtype=dtype), affine, folder / f"{name}.nii.gz", codes=codes, header_from=image
+            )
+        )
     return paths
 
 
@@ -872,8 +1104,9 @@ def reoriented(image: Any, ornt: npt.ArrayLike | str | Sequence[str]) -> Any:
     return image.as_reoriented(nib.orientations.ornt_transform(current, target))
 
 
-def lower_resolution(affine_ras: npt.ArrayLike, shape: Sequence[int], *, factor: float = 2.0,
-                     shift: float = 0.5) -> tuple[FloatArray, tuple[int, int, int]]:
+def lower_resolution(
+    affine_ras: npt.ArrayLike, shape: Sequence[int], *, factor: float = 2.0, shift: float = 0.5
+) -> tuple[FloatArray, tuple[int, int, int]]:
     """A coarser grid over the same region: voxels ``factor`` times larger along each axis.
 
     ``shift`` moves the origin by that fraction of the *original* voxel along each axis; 0.5 with factor 2 puts
@@ -908,8 +1141,13 @@ def run_dcm2niix(dicom_dir: Path, out_dir: Path, *, timeout: float = TOOL_TIMEOU
     if exe is None:
         raise FileNotFoundError("dcm2niix is not installed")
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([exe, "-z", "y", "-f", "%s_%d", "-o", str(out_dir), str(dicom_dir)],
-                            capture_output=True, text=True, timeout=timeout, check=False)
+    result = subprocess.run(
+        [exe, "-z", "y", "-f", "%s_%d", "-o", str(out_dir), str(dicom_dir)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     paths = sorted(out_dir.glob("*.nii.gz"))
     if result.returncode != 0 or not paths:
         raise RuntimeError(f"dcm2niix failed ({result.returncode}): {result.stdout[-2000:]} {result.stderr[-2000:]}")
@@ -918,11 +1156,15 @@ def run_dcm2niix(dicom_dir: Path, out_dir: Path, *, timeout: float = TOOL_TIMEOU
 
 def run_dicom2nifti(dicom_dir: Path, out_path: Path, *, timeout: float = TOOL_TIMEOUT_S) -> Path:
     """Convert with dicom2nifti (``dicom_series_to_nifti(..., reorient_nifti=True)``) in a bounded subprocess."""
-    code = ("import sys, dicom2nifti; "
-            "dicom2nifti.dicom_series_to_nifti(sys.argv[1], sys.argv[2], reorient_nifti=True)")
+    code = "import sys, dicom2nifti; dicom2nifti.dicom_series_to_nifti(sys.argv[1], sys.argv[2], reorient_nifti=True)"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([sys.executable, "-c", code, str(dicom_dir), str(out_path)], capture_output=True,
-                            text=True, timeout=timeout, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(dicom_dir), str(out_path)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if result.returncode != 0 or not out_path.exists():
         raise RuntimeError(f"dicom2nifti failed ({result.returncode}): {result.stderr[-2000:]}")
     return out_path
@@ -934,8 +1176,9 @@ def run_dciodvfy(path: Path, *, timeout: float = TOOL_TIMEOUT_S) -> list[str]:
     if exe is None:
         raise FileNotFoundError("dciodvfy is not installed")
     # dciodvfy echoes attribute values as they are: a value in another character set is not UTF-8.
-    result = subprocess.run([exe, str(path)], capture_output=True, text=True, errors="replace", timeout=timeout,
-                            check=False)
+    result = subprocess.run(
+        [exe, str(path)], capture_output=True, text=True, errors="replace", timeout=timeout, check=False
+    )
     lines = (result.stdout + result.stderr).splitlines()
     # Errors inside an element are printed after its tag: "(0x0028,0x0010) ... - Error - ...".
     errors = [line for line in lines if line.startswith("Error") or " - Error - " in line]
@@ -982,8 +1225,9 @@ def _functional(ds: Dataset, frame: int, group: str, attribute: str) -> Any:
 def segment_names(seg: Dataset | Path) -> dict[int, str]:
     """Segment number → SegmentLabel, without a LABELMAP's background segment 0."""
     ds = seg if isinstance(seg, Dataset) else pydicom.dcmread(seg, stop_before_pixels=True)
-    return {int(item.SegmentNumber): str(item.SegmentLabel) for item in ds.SegmentSequence
-            if int(item.SegmentNumber) != 0}
+    return {
+        int(item.SegmentNumber): str(item.SegmentLabel) for item in ds.SegmentSequence if int(item.SegmentNumber) != 0
+    }
 
 
 def _segment_label_map(ds: Dataset, mapping: Mapping[int, int] | Mapping[str, int] | None) -> dict[int, int]:
@@ -1001,8 +1245,10 @@ def _segment_label_map(ds: Dataset, mapping: Mapping[int, int] | Mapping[str, in
         description = str(getattr(item, "SegmentDescription", ""))
         found = [v for k, v in mapping.items() if k in (name, description)]
         if len(found) != 1:
-            raise AssertionError(f"segment {item.SegmentNumber} ({name!r}/{description!r}) matches "
-                                 f"{len(found)} names of {sorted(map(str, keys))}")
+            raise AssertionError(
+                f"segment {item.SegmentNumber} ({name!r}/{description!r}) matches "
+                f"{len(found)} names of {sorted(map(str, keys))}"
+            )
         result[int(item.SegmentNumber)] = int(found[0])
     return result
 
@@ -1011,10 +1257,12 @@ def _slice_of_position(grid: GridSpec, position: FloatArray, frame: int) -> int:
     along = float((position - np.asarray(grid.origin)) @ grid.normal) / grid.slice_step
     k = round(along)
     if not 0 <= k < grid.slices or np.linalg.norm(grid.position(k) - position) > POSITION_TOLERANCE_MM:
-        raise AssertionError(f"SEG frame {frame + 1} at {position.tolist()} is not on a slice of the source grid"
-                             f" (nearest slice {k}, distance "
-                             f"{float(np.linalg.norm(grid.position(min(max(k, 0), grid.slices - 1)) - position)):.4g}"
-                             " mm)")
+        raise AssertionError(
+            f"SEG frame {frame + 1} at {position.tolist()} is not on a slice of the source grid"
+            f" (nearest slice {k}, distance "
+            f"{float(np.linalg.norm(grid.position(min(max(k, 0), grid.slices - 1)) - position)):.4g}"
+            " mm)"
+        )
     return k
 
 
@@ -1037,11 +1285,13 @@ def _seg_frame_geometry(seg: Dataset, rows: int, cols: int) -> Iterator[tuple[in
 def _check_in_plane(frame: int, orientation: Any, spacing: Any, expected: _InPlaneAxes, whose: str) -> None:
     """A SEG frame's orientation and pixel spacing equal ``expected``'s within 1e-4 (``whose``: for the message)."""
     if np.abs(np.asarray(orientation, dtype=np.float64) - expected.image_orientation).max() > 1e-4:
-        raise AssertionError(f"SEG frame {frame + 1} orientation {list(orientation)} differs from {whose}"
-                             f" {expected.image_orientation}")
+        raise AssertionError(
+            f"SEG frame {frame + 1} orientation {list(orientation)} differs from {whose} {expected.image_orientation}"
+        )
     if np.abs(np.asarray(spacing, dtype=np.float64) - expected.pixel_spacing).max() > 1e-4:
-        raise AssertionError(f"SEG frame {frame + 1} pixel spacing {list(spacing)} differs from {whose}"
-                             f" {expected.pixel_spacing}")
+        raise AssertionError(
+            f"SEG frame {frame + 1} pixel spacing {list(spacing)} differs from {whose} {expected.pixel_spacing}"
+        )
 
 
 def seg_frames_on_source(seg: Dataset, grid: GridSpec) -> list[int]:
@@ -1069,15 +1319,18 @@ def seg_frames_on_planes(seg: Dataset, planes: Sequence[PlaneSpec]) -> list[int]
         distance = np.linalg.norm(positions - np.asarray(position, dtype=np.float64), axis=1)
         k = int(np.argmin(distance))
         if distance[k] > POSITION_TOLERANCE_MM:
-            raise AssertionError(f"SEG frame {frame + 1} at {list(position)} is on no source plane (nearest plane"
-                                 f" {k} at {positions[k].tolist()}, {distance[k]:.4g} mm away)")
+            raise AssertionError(
+                f"SEG frame {frame + 1} at {list(position)} is on no source plane (nearest plane"
+                f" {k} at {positions[k].tolist()}, {distance[k]:.4g} mm away)"
+            )
         _check_in_plane(frame, orientation, spacing, planes[k], "its plane's")
         found.append(k)
     return found
 
 
-def _seg_labels(seg_path: Path, place: Any, shape: tuple[int, int, int],
-                mapping: Mapping[int, int] | Mapping[str, int] | None) -> IntArray:
+def _seg_labels(
+    seg_path: Path, place: Any, shape: tuple[int, int, int], mapping: Mapping[int, int] | Mapping[str, int] | None
+) -> IntArray:
     """Label values a SEG puts on ``shape`` (slices, rows, cols); ``place(ds)`` gives each frame's slice."""
     ds = pydicom.dcmread(seg_path)
     if ds.SOPClassUID not in (SEGMENTATION_STORAGE, LABEL_MAP_SEGMENTATION_STORAGE):
@@ -1107,14 +1360,16 @@ def _seg_labels(seg_path: Path, place: Any, shape: tuple[int, int, int],
             plane = np.full(where.shape, to_label[_frame_segment(ds, frame)], dtype=np.int64)
         clash = where & (result[k] != 0) & (result[k] != plane)
         if clash.any():
-            raise AssertionError(f"SEG frame {frame + 1} overlaps another segment on slice {k} in"
-                                 f" {int(clash.sum())} pixels")
+            raise AssertionError(
+                f"SEG frame {frame + 1} overlaps another segment on slice {k} in {int(clash.sum())} pixels"
+            )
         result[k][where] = plane[where]
     return result
 
 
-def seg_labels_on_source(seg_path: Path, grid: GridSpec,
-                         mapping: Mapping[int, int] | Mapping[str, int] | None = None) -> IntArray:
+def seg_labels_on_source(
+    seg_path: Path, grid: GridSpec, mapping: Mapping[int, int] | Mapping[str, int] | None = None
+) -> IntArray:
     """(slices, rows, cols) label values that a SEG puts on the source grid, from the SEG alone.
 
     Frames are placed by their own PlanePositionSequence; orientation and pixel spacing must equal the
@@ -1125,8 +1380,9 @@ def seg_labels_on_source(seg_path: Path, grid: GridSpec,
     return _seg_labels(seg_path, lambda ds: seg_frames_on_source(ds, grid), grid.shape, mapping)
 
 
-def seg_labels_on_planes(seg_path: Path, planes: Sequence[PlaneSpec],
-                         mapping: Mapping[int, int] | Mapping[str, int] | None = None) -> IntArray:
+def seg_labels_on_planes(
+    seg_path: Path, planes: Sequence[PlaneSpec], mapping: Mapping[int, int] | Mapping[str, int] | None = None
+) -> IntArray:
     """(planes, rows, cols) label values a SEG puts on source planes that need not form a grid (uneven spacing,
     tilt, jitter); as :func:`seg_labels_on_source`, each frame placed by its own position."""
     shape = (len(planes), planes[0].rows, planes[0].cols)
@@ -1173,5 +1429,7 @@ def describe_mismatch(actual: IntArray, expected: IntArray) -> str:
         return "identical"
     first = [tuple(int(v) for v in w) for w in wrong[:5]]
     per_label = {int(v): (int((actual == v).sum()), int((expected == v).sum())) for v in np.unique(expected)}
-    return (f"{len(wrong)} of {actual.size} pixels differ, first at (slice, row, col) {first};"
-            f" voxels per label (got, expected): {per_label}")
+    return (
+        f"{len(wrong)} of {actual.size} pixels differ, first at (slice, row, col) {first};"
+        f" voxels per label (got, expected): {per_label}"
+    )

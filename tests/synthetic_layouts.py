@@ -184,15 +184,29 @@ class LayoutInfo:
         uids = tuple(uid for uid, _ in stack.sources)
         frames = [frame for _, frame in stack.sources]
         if all(frame is None for frame in frames):
-            return SeriesInfo(grid=stack.grid, folder=self.folder, paths=stack.paths, study_uid=self.study_uid,
-                              series_uid=self.series_uid, frame_of_reference_uid=self.frame_of_reference_uid,
-                              sop_uids=uids, sop_class_uid=stack.sop_class_uid)
+            return SeriesInfo(
+                grid=stack.grid,
+                folder=self.folder,
+                paths=stack.paths,
+                study_uid=self.study_uid,
+                series_uid=self.series_uid,
+                frame_of_reference_uid=self.frame_of_reference_uid,
+                sop_uids=uids,
+                sop_class_uid=stack.sop_class_uid,
+            )
         if len(set(uids)) != 1:
             raise ValueError(f"stack {name!r} spans several multi-frame objects")
-        return SeriesInfo(grid=stack.grid, folder=self.folder, paths=stack.paths[:1], study_uid=self.study_uid,
-                          series_uid=self.series_uid, frame_of_reference_uid=self.frame_of_reference_uid,
-                          sop_uids=uids[:1], sop_class_uid=stack.sop_class_uid,
-                          frame_numbers=tuple(int(f) for f in frames if f is not None))
+        return SeriesInfo(
+            grid=stack.grid,
+            folder=self.folder,
+            paths=stack.paths[:1],
+            study_uid=self.study_uid,
+            series_uid=self.series_uid,
+            frame_of_reference_uid=self.frame_of_reference_uid,
+            sop_uids=uids[:1],
+            sop_class_uid=stack.sop_class_uid,
+            frame_numbers=tuple(int(f) for f in frames if f is not None),
+        )
 
 
 # -- pixels and headers -------------------------------------------------------------------------------------------
@@ -205,24 +219,36 @@ def plane_pixels(plane: PlaneSpec, phantom: Phantom) -> npt.NDArray[np.uint16]:
     return np.asarray(np.clip(np.rint(1064.0 + 60.0 * labels + 5.0 * ramp), 0, 4095), dtype=np.uint16)
 
 
-def _enhanced_image(spec: EnhancedSpec, phantom: Phantom, base: Dataset, *, sop_uid: str, modality: Modality,
-                    rng: np.random.Generator) -> tuple[Dataset, dict[tuple[int, int], int]]:
+def _enhanced_image(
+    spec: EnhancedSpec, phantom: Phantom, base: Dataset, *, sop_uid: str, modality: Modality, rng: np.random.Generator
+) -> tuple[Dataset, dict[tuple[int, int], int]]:
     """One Enhanced object; also (stack number in ``spec.stacks``, plane index) → 1-based frame number."""
     frames = [(s, k) for s, stack in enumerate(spec.stacks) for k in range(len(stack.planes))]
     first = spec.stacks[0].planes[0]
     if spec.geometry == "shared":
         for stack in spec.stacks:
             for plane in stack.planes:
-                if (plane.image_orientation != first.image_orientation or plane.pixel_spacing != first.pixel_spacing
-                        or plane.thickness != first.thickness):
+                if (
+                    plane.image_orientation != first.image_orientation
+                    or plane.pixel_spacing != first.pixel_spacing
+                    or plane.thickness != first.thickness
+                ):
                     raise ValueError("shared geometry needs one orientation, spacing and thickness for all frames")
     temporal = any(s.temporal_position is not None for s in spec.stacks)
     echo_times = sorted({s.echo_time for s in spec.stacks if s.echo_time is not None})
     if echo_times and modality != "MR":
         raise ValueError("echo times are written into Enhanced MR objects only")
     stack_ids = sorted({s.stack_id for s in spec.stacks})
-    ds = _enhanced_object(base, sop_uid=sop_uid, modality=modality, frames=len(frames), first=first,
-                          temporal=temporal, echoes=len(echo_times) > 1, shared_geometry=spec.geometry == "shared")
+    ds = _enhanced_object(
+        base,
+        sop_uid=sop_uid,
+        modality=modality,
+        frames=len(frames),
+        first=first,
+        temporal=temporal,
+        echoes=len(echo_times) > 1,
+        shared_geometry=spec.geometry == "shared",
+    )
     if len(echo_times) == 1:
         ds.SharedFunctionalGroupsSequence[0].MREchoSequence = _seq(_item(EffectiveEchoTime=echo_times[0]))
 
@@ -239,8 +265,9 @@ def _enhanced_image(spec: EnhancedSpec, phantom: Phantom, base: Dataset, *, sop_
             index.append(temporal_position)
         if len(echo_times) > 1:
             index.append(echo_times.index(stack.echo_time) + 1 if stack.echo_time is not None else 1)
-        group = _frame_group(plane, stack_id=stack.stack_id, in_stack_position=k + 1, index=index,
-                             temporal_position=temporal_position)
+        group = _frame_group(
+            plane, stack_id=stack.stack_id, in_stack_position=k + 1, index=index, temporal_position=temporal_position
+        )
         if spec.geometry == "per_frame":
             for keyword, value in _plane_groups(plane).items():
                 setattr(group, keyword, value)
@@ -267,9 +294,17 @@ def _reference_grid(stacks: Sequence[StackSpec]) -> GridSpec:
     raise ValueError("no stack is a regular grid: pass a phantom")
 
 
-def write_layout(folder: Path, classic: Sequence[StackSpec] = (), enhanced: Sequence[EnhancedSpec] = (), *,
-                 modality: Modality = "CT", phantom: Phantom | None = None, uids: Mapping[str, str] | None = None,
-                 instance_numbers: FrameOrder = "shuffled", seed: int = 0) -> LayoutInfo:
+def write_layout(
+    folder: Path,
+    classic: Sequence[StackSpec] = (),
+    enhanced: Sequence[EnhancedSpec] = (),
+    *,
+    modality: Modality = "CT",
+    phantom: Phantom | None = None,
+    uids: Mapping[str, str] | None = None,
+    instance_numbers: FrameOrder = "shuffled",
+    seed: int = 0,
+) -> LayoutInfo:
     """Write one series into ``folder``: the ``classic`` stacks as single-frame images, each of ``enhanced`` as
     one Enhanced CT (``modality`` "CT") or Enhanced MR ("MR") object.
 
@@ -306,15 +341,26 @@ def write_layout(folder: Path, classic: Sequence[StackSpec] = (), enhanced: Sequ
     for which, (stack, k) in enumerate(images):
         sop_uid = generate_uid()
         plane = stack.planes[k]
-        ds = _classic_image(plane, plane_pixels(plane, phantom), base, sop_uid=sop_uid,
-                            instance_number=instance_of[which], modality=modality, attributes=stack.attributes_of(k))
+        ds = _classic_image(
+            plane,
+            plane_pixels(plane, phantom),
+            base,
+            sop_uid=sop_uid,
+            instance_number=instance_of[which],
+            modality=modality,
+            attributes=stack.attributes_of(k),
+        )
         path = folder / f"IM_{instance_of[which]:04d}"
         ds.save_as(path, enforce_file_format=True)
         written[stack.name].append((sop_uid, path))
         paths.append(path)
     for stack in classic:
-        truths[stack.name] = StackTruth(spec=stack, sources=tuple((uid, None) for uid, _ in written[stack.name]),
-                                        paths=tuple(p for _, p in written[stack.name]), sop_class_uid=classic_class)
+        truths[stack.name] = StackTruth(
+            spec=stack,
+            sources=tuple((uid, None) for uid, _ in written[stack.name]),
+            paths=tuple(p for _, p in written[stack.name]),
+            sop_class_uid=classic_class,
+        )
 
     enhanced_class = ENHANCED_CT_IMAGE_STORAGE if modality == "CT" else ENHANCED_MR_IMAGE_STORAGE
     enhanced_base = _common_dataset(sop_class_uid=enhanced_class, modality=modality, uids=all_uids, omit_type2=False)
@@ -326,17 +372,35 @@ def write_layout(folder: Path, classic: Sequence[StackSpec] = (), enhanced: Sequ
         paths.append(path)
         for s, stack in enumerate(spec.stacks):
             truths[stack.name] = StackTruth(
-                spec=stack, sources=tuple((sop_uid, frame_number[(s, k)]) for k in range(len(stack.planes))),
-                paths=(path,) * len(stack.planes), sop_class_uid=enhanced_class)
-    return LayoutInfo(folder=folder, study_uid=all_uids["study"], series_uid=all_uids["series"],
-                      frame_of_reference_uid=all_uids["frame_of_reference"], phantom=phantom,
-                      stacks=tuple(truths[name] for name in names), paths=tuple(paths))
+                spec=stack,
+                sources=tuple((sop_uid, frame_number[(s, k)]) for k in range(len(stack.planes))),
+                paths=(path,) * len(stack.planes),
+                sop_class_uid=enhanced_class,
+            )
+    return LayoutInfo(
+        folder=folder,
+        study_uid=all_uids["study"],
+        series_uid=all_uids["series"],
+        frame_of_reference_uid=all_uids["frame_of_reference"],
+        phantom=phantom,
+        stacks=tuple(truths[name] for name in names),
+        paths=tuple(paths),
+    )
 
 
-def write_enhanced(grid: GridSpec, folder: Path, *, modality: Modality = "CT",
-                   geometry: Literal["shared", "per_frame"] = "shared", temporal_positions: int = 1,
-                   echo_times: Sequence[float] = (), object_per_echo: bool = False,
-                   frame_order: FrameOrder = "shuffled", seed: int = 0, phantom: Phantom | None = None) -> LayoutInfo:
+def write_enhanced(
+    grid: GridSpec,
+    folder: Path,
+    *,
+    modality: Modality = "CT",
+    geometry: Literal["shared", "per_frame"] = "shared",
+    temporal_positions: int = 1,
+    echo_times: Sequence[float] = (),
+    object_per_echo: bool = False,
+    frame_order: FrameOrder = "shuffled",
+    seed: int = 0,
+    phantom: Phantom | None = None,
+) -> LayoutInfo:
     """An Enhanced CT/MR series over ``grid``: one object, or with ``object_per_echo`` one object per echo.
 
     With several ``temporal_positions`` or ``echo_times`` every position repeats once per volume, told apart by
@@ -348,9 +412,14 @@ def write_enhanced(grid: GridSpec, folder: Path, *, modality: Modality = "CT",
     for t in range(1, temporal_positions + 1):
         for e, time in enumerate(echoes, start=1):
             parts = ([f"t{t}"] if temporal_positions > 1 else []) + ([f"echo{e}"] if time is not None else [])
-            stacks.append(StackSpec.of_grid("_".join(parts) or "volume", grid,
-                                            temporal_position=t if temporal_positions > 1 else None,
-                                            echo_time=time))
+            stacks.append(
+                StackSpec.of_grid(
+                    "_".join(parts) or "volume",
+                    grid,
+                    temporal_position=t if temporal_positions > 1 else None,
+                    echo_time=time,
+                )
+            )
     if object_per_echo:
         specs = [EnhancedSpec(stacks=(s,), geometry=geometry, frame_order=frame_order) for s in stacks]
     else:
@@ -363,48 +432,79 @@ def write_enhanced(grid: GridSpec, folder: Path, *, modality: Modality = "CT",
 
 def echo_stacks(grid: GridSpec, echo_times: Sequence[float] = (12.0, 30.0)) -> list[StackSpec]:
     """Multi-echo: the same positions once per echo (EchoNumbers, EchoTime; EffectiveEchoTime when Enhanced)."""
-    return [StackSpec.of_grid(f"echo{i}", grid, attributes={"EchoNumbers": i, "EchoTime": _ds(t)}, echo_time=t)
-            for i, t in enumerate(echo_times, start=1)]
+    return [
+        StackSpec.of_grid(f"echo{i}", grid, attributes={"EchoNumbers": i, "EchoTime": _ds(t)}, echo_time=t)
+        for i, t in enumerate(echo_times, start=1)
+    ]
 
 
 def magnitude_phase_stacks(grid: GridSpec) -> list[StackSpec]:
     """Magnitude and phase images at the same positions, told apart by ImageType's third value only."""
-    return [StackSpec.of_grid("magnitude", grid, attributes={"ImageType": MAGNITUDE}),
-            StackSpec.of_grid("phase", grid, attributes={"ImageType": PHASE})]
+    return [
+        StackSpec.of_grid("magnitude", grid, attributes={"ImageType": MAGNITUDE}),
+        StackSpec.of_grid("phase", grid, attributes={"ImageType": PHASE}),
+    ]
 
 
 def dynamic_stacks(grid: GridSpec, count: int = 3) -> list[StackSpec]:
     """Dynamics: the same positions once per time point (TemporalPositionIdentifier 1..count)."""
-    return [StackSpec.of_grid(f"t{i}", grid, attributes={"TemporalPositionIdentifier": i,
-                                                          "NumberOfTemporalPositions": count},
-                              temporal_position=i)
-            for i in range(1, count + 1)]
+    return [
+        StackSpec.of_grid(
+            f"t{i}",
+            grid,
+            attributes={"TemporalPositionIdentifier": i, "NumberOfTemporalPositions": count},
+            temporal_position=i,
+        )
+        for i in range(1, count + 1)
+    ]
 
 
-def diffusion_stacks(grid: GridSpec, b_value: float = 1000.0,
-                     directions: Sequence[Sequence[float]] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),
-                     ) -> list[StackSpec]:
+def diffusion_stacks(
+    grid: GridSpec,
+    b_value: float = 1000.0,
+    directions: Sequence[Sequence[float]] = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),
+) -> list[StackSpec]:
     """Diffusion: a b=0 volume and one b=``b_value`` volume per gradient direction, all at the same positions
     (DiffusionBValue, DiffusionGradientOrientation at the top level, as classic DWI images carry them)."""
     stacks = [StackSpec.of_grid("b0", grid, attributes={"DiffusionBValue": 0.0})]
     for i, direction in enumerate(directions, start=1):
-        stacks.append(StackSpec.of_grid(f"b{b_value:g}_dir{i}", grid, attributes={
-            "DiffusionBValue": float(b_value), "DiffusionGradientOrientation": [float(v) for v in direction]}))
+        stacks.append(
+            StackSpec.of_grid(
+                f"b{b_value:g}_dir{i}",
+                grid,
+                attributes={
+                    "DiffusionBValue": float(b_value),
+                    "DiffusionGradientOrientation": [float(v) for v in direction],
+                },
+            )
+        )
     return stacks
 
 
-def localizer_stacks(*, rows: int = 16, cols: int = 20, slices: int = 3, row_spacing: float = 1.0,
-                     col_spacing: float = 1.25, slice_step: float = 5.0) -> list[StackSpec]:
+def localizer_stacks(
+    *,
+    rows: int = 16,
+    cols: int = 20,
+    slices: int = 3,
+    row_spacing: float = 1.0,
+    col_spacing: float = 1.25,
+    slice_step: float = 5.0,
+) -> list[StackSpec]:
     """A three-plane localiser: axial, coronal and sagittal stacks through one centre (one series)."""
-    kwargs = {"rows": rows, "cols": cols, "slices": slices, "row_spacing": row_spacing, "col_spacing": col_spacing,
-              "slice_step": slice_step}
+    kwargs = {
+        "rows": rows,
+        "cols": cols,
+        "slices": slices,
+        "row_spacing": row_spacing,
+        "col_spacing": col_spacing,
+        "slice_step": slice_step,
+    }
     return [StackSpec.of_grid(name, getattr(GridSpec, name)(**kwargs)) for name in ("axial", "coronal", "sagittal")]
 
 
 def acquisition_number_stack(grid: GridSpec) -> StackSpec:
     """One volume whose every slice has its own AcquisitionNumber (some scanners do this): still one stack."""
-    return StackSpec.of_grid("volume", grid, per_plane=tuple({"AcquisitionNumber": k + 1}
-                                                             for k in range(grid.slices)))
+    return StackSpec.of_grid("volume", grid, per_plane=tuple({"AcquisitionNumber": k + 1} for k in range(grid.slices)))
 
 
 def jittered_stack(grid: GridSpec, *, low: float = 1e-6, high: float = 5e-5, seed: int = 0) -> StackSpec:
@@ -417,8 +517,11 @@ def jittered_stack(grid: GridSpec, *, low: float = 1e-6, high: float = 5e-5, see
     for plane in grid.planes():
         axis = [float(v) for v in rng.normal(size=3)]
         rotation = _rotation(axis, float(np.degrees(rng.uniform(low, high))))
-        planes.append(plane.replace(col_dir=vec3(rotation @ np.asarray(plane.col_dir)),
-                                    row_dir=vec3(rotation @ np.asarray(plane.row_dir))))
+        planes.append(
+            plane.replace(
+                col_dir=vec3(rotation @ np.asarray(plane.col_dir)), row_dir=vec3(rotation @ np.asarray(plane.row_dir))
+            )
+        )
     return StackSpec(name="jittered", planes=tuple(planes), grid=grid)
 
 
@@ -428,8 +531,9 @@ def missing_slice_stack(grid: GridSpec, missing: Sequence[int] = (3,)) -> StackS
     return StackSpec(name="missing", planes=planes)
 
 
-def uneven_stack(grid: GridSpec, gaps: Sequence[float], *, tilt_degrees: float = 0.0, name: str = "uneven"
-                 ) -> StackSpec:
+def uneven_stack(
+    grid: GridSpec, gaps: Sequence[float], *, tilt_degrees: float = 0.0, name: str = "uneven"
+) -> StackSpec:
     """Planes of ``grid``'s orientation and matrix from ``grid.origin``, ``gaps`` apart along the normal (mm).
 
     With ``tilt_degrees`` the step leans towards the row direction (gantry tilt): plane k sits at
@@ -449,20 +553,34 @@ def single_plane_stack(grid: GridSpec, *, thickness: float = 5.0) -> StackSpec:
     return StackSpec.of_grid("single", grid.replace(slices=1, slice_step=thickness, origin=vec3(middle)))
 
 
-def write_mosaic(folder: Path, *, tiles: int = 4, tile_rows: int = 16, tile_cols: int = 20, images: int = 12,
-                 with_image_type: bool = True, with_private_count: bool = True, count: int = 1,
-                 seed: int = 0) -> LayoutInfo:
+def write_mosaic(
+    folder: Path,
+    *,
+    tiles: int = 4,
+    tile_rows: int = 16,
+    tile_cols: int = 20,
+    images: int = 12,
+    with_image_type: bool = True,
+    with_private_count: bool = True,
+    count: int = 1,
+    seed: int = 0,
+) -> LayoutInfo:
     """A Siemens-style mosaic series: ``count`` MR images, each ``tiles``×``tiles`` slices tiled into one frame.
 
     ImageType carries MOSAIC (``with_image_type``) and the CSA private block (0019,0010) "SIEMENS CSA HEADER"
     holds (0019,100A) NumberOfImagesInMosaic = ``images`` (US, ``with_private_count``).
     """
     grid = GridSpec.axial(rows=tiles * tile_rows, cols=tiles * tile_cols, slices=count, slice_step=3.0)
-    attributes: dict[str, Any] = {"ImageType": ["ORIGINAL", "PRIMARY", "M", "ND", "NORM", "MOSAIC"]
-                                  if with_image_type else list(MAGNITUDE),
-                                  "TemporalPositionIdentifier": None}
-    stack = StackSpec(name="mosaic", planes=tuple(grid.planes()), grid=grid, per_plane=tuple(
-        {**attributes, "AcquisitionNumber": k + 1} for k in range(count)))
+    attributes: dict[str, Any] = {
+        "ImageType": ["ORIGINAL", "PRIMARY", "M", "ND", "NORM", "MOSAIC"] if with_image_type else list(MAGNITUDE),
+        "TemporalPositionIdentifier": None,
+    }
+    stack = StackSpec(
+        name="mosaic",
+        planes=tuple(grid.planes()),
+        grid=grid,
+        per_plane=tuple({**attributes, "AcquisitionNumber": k + 1} for k in range(count)),
+    )
     tile = GridSpec.axial(rows=tile_rows, cols=tile_cols, slices=images, slice_step=3.0)
     info = write_layout(folder, [stack], modality="MR", seed=seed, phantom=Phantom.fitting(tile))
     if with_private_count:
@@ -507,8 +625,9 @@ def dcm2niix_affine(grid: GridSpec) -> FloatArray:
     return LPS_RAS @ lps
 
 
-def nearest_labels_on_planes(labels: npt.NDArray[Any], affine_ras: npt.ArrayLike, planes: Sequence[PlaneSpec]
-                             ) -> IntArray:
+def nearest_labels_on_planes(
+    labels: npt.NDArray[Any], affine_ras: npt.ArrayLike, planes: Sequence[PlaneSpec]
+) -> IntArray:
     """(planes, rows, cols): the label voxel nearest to each source pixel centre (outside the array: 0)."""
     to_index = np.linalg.inv(LPS_RAS @ np.asarray(affine_ras, dtype=np.float64))
     out = np.zeros((len(planes), planes[0].rows, planes[0].cols), dtype=np.int64)

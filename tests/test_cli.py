@@ -17,10 +17,12 @@ GRID = syn.GridSpec.axial(rows=8, cols=10, slices=4, row_spacing=1.0, col_spacin
 
 def write_config(tmp_path: Path) -> Path:
     path = tmp_path / "segnode.toml"
-    path.write_text('[node]\nae_title = "TESTNODE"\nbind = "127.0.0.1"\nport = 11112\n'
-                    '[paths]\ndata = "data"\ninbox = "inbox"\nexport = "export"\n'
-                    '[series]\nquiet_seconds = 5\n'
-                    '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 104\n')
+    path.write_text(
+        '[node]\nae_title = "TESTNODE"\nbind = "127.0.0.1"\nport = 11112\n'
+        '[paths]\ndata = "data"\ninbox = "inbox"\nexport = "export"\n'
+        "[series]\nquiet_seconds = 5\n"
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 104\n'
+    )
     return path
 
 
@@ -47,21 +49,24 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_convert_of_a_missing_folder_is_one_line(tmp_path: Path, segnode_convert: syn.ConvertRunner) -> None:
     out = tmp_path / "seg.dcm"
-    result = segnode_convert("--dicom", str(tmp_path / "absent"), "--nifti", str(tmp_path / "x.nii.gz"),
-                             "--out", str(out))
+    result = segnode_convert(
+        "--dicom", str(tmp_path / "absent"), "--nifti", str(tmp_path / "x.nii.gz"), "--out", str(out)
+    )
     assert result.code == 2 and not out.exists()
     assert one_line(result.stderr).startswith("segnode convert: ") and "absent" in result.stderr
 
 
 def test_convert_of_an_empty_label_map_is_one_line(tmp_path: Path, segnode_convert: syn.ConvertRunner) -> None:
     series = syn.write_series(GRID, tmp_path / "dicom")
-    nifti = syn.save_nifti(np.zeros(syn.export_grid_shape(GRID), np.uint8), syn.export_grid_affine(GRID),
-                           tmp_path / "empty.nii.gz")
+    nifti = syn.save_nifti(
+        np.zeros(syn.export_grid_shape(GRID), np.uint8), syn.export_grid_affine(GRID), tmp_path / "empty.nii.gz"
+    )
     out = tmp_path / "seg.dcm"
     result = segnode_convert("--dicom", str(series.folder), "--nifti", str(nifti), "--out", str(out))
     assert result.code == 2 and not out.exists()
-    assert one_line(result.stderr) == ("segnode convert: empty.nii.gz: label map is empty (all voxels are 0);"
-                                       " nothing to segment")
+    assert one_line(result.stderr) == (
+        "segnode convert: empty.nii.gz: label map is empty (all voxels are 0); nothing to segment"
+    )
 
 
 def test_convert_succeeds_with_one_summary_line(tmp_path: Path, segnode_convert: syn.ConvertRunner) -> None:
@@ -92,8 +97,9 @@ def test_check_config_of_a_bad_file_is_one_line(tmp_path: Path, capsys: pytest.C
 
 
 @pytest.mark.parametrize("command", ["status", "jobs"])
-def test_status_and_jobs_on_a_fresh_node_are_one_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                               command: str) -> None:
+def test_status_and_jobs_on_a_fresh_node_are_one_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
     config = write_config(tmp_path)
     result = run(capsys, command, "--config", str(config))
     assert result.code == 2 and result.stdout == ""

@@ -98,8 +98,9 @@ def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
 
 def test_every_key_is_read(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, FULL))
-    assert config.node == NodeConfig(ae_title="MYNODE", bind="127.0.0.1", port=4242, max_associations=3,
-                                     log_level="DEBUG")
+    assert config.node == NodeConfig(
+        ae_title="MYNODE", bind="127.0.0.1", port=4242, max_associations=3, log_level="DEBUG"
+    )
     assert config.paths.data == tmp_path / "state"
     assert config.paths.inbox == Path("/srv/inbox")
     assert config.paths.export == tmp_path / "out" / "export"
@@ -109,11 +110,18 @@ def test_every_key_is_read(tmp_path: Path) -> None:
     assert (config.export.enabled, config.export.command_timeout) == (False, 60.0)
     assert "{sidecar}" in config.export.command
     assert (config.seg.type, config.seg.algorithm_name, config.seg.algorithm_version) == (
-        "labelmap", "TotalSegmentator", "2.4")
+        "labelmap",
+        "TotalSegmentator",
+        "2.4",
+    )
     assert config.seg.labels == tmp_path / "labels.json"
     assert config.seg.series_description == "AI SEG"
     assert (config.send.max_attempts, config.send.backoff_initial, config.send.backoff_max, config.send.timeout) == (
-        3, 1.0, 10.5, 7.0)
+        3,
+        1.0,
+        10.5,
+        7.0,
+    )
     assert config.destinations == (
         DicomDestination(name="pacs", ae_title="PACS", host="pacs.example", port=104),
         FolderDestination(name="copy", folder=tmp_path / "outgoing"),
@@ -123,14 +131,21 @@ def test_every_key_is_read(tmp_path: Path) -> None:
         config.destination("nope")
 
 
-@pytest.mark.parametrize(("block", "expected"), [
-    pytest.param('ae_title = "PACS"\nhost = "h"\nport = 104\n', DicomDestination("d", "PACS", "h", 104),
-                 id="dicom-inferred"),
-    pytest.param('kind = "dicom"\nae_title = "PACS"\nhost = "h"\nport = 104\n', DicomDestination("d", "PACS", "h", 104),
-                 id="dicom-explicit"),
-    pytest.param('folder = "out"\n', FolderDestination("d", Path("out")), id="folder-inferred"),
-    pytest.param('kind = "folder"\nfolder = "out"\n', FolderDestination("d", Path("out")), id="folder-explicit"),
-])
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        pytest.param(
+            'ae_title = "PACS"\nhost = "h"\nport = 104\n', DicomDestination("d", "PACS", "h", 104), id="dicom-inferred"
+        ),
+        pytest.param(
+            'kind = "dicom"\nae_title = "PACS"\nhost = "h"\nport = 104\n',
+            DicomDestination("d", "PACS", "h", 104),
+            id="dicom-explicit",
+        ),
+        pytest.param('folder = "out"\n', FolderDestination("d", Path("out")), id="folder-inferred"),
+        pytest.param('kind = "folder"\nfolder = "out"\n', FolderDestination("d", Path("out")), id="folder-explicit"),
+    ],
+)
 def test_kind_is_explicit_or_inferred_from_the_keys(tmp_path: Path, block: str, expected: object) -> None:
     config = load_config(write(tmp_path, f'[[destinations]]\nname = "d"\n{block}'))
     if isinstance(expected, FolderDestination):
@@ -140,7 +155,8 @@ def test_kind_is_explicit_or_inferred_from_the_keys(tmp_path: Path, block: str, 
 
 
 def test_relative_paths_follow_the_config_file_not_the_working_directory(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "etc"
     folder.mkdir()
     write(folder, '[paths]\ndata = "data"\n')
@@ -154,59 +170,86 @@ def test_config_is_frozen(tmp_path: Path) -> None:
         config.node.port = 1  # type: ignore[misc]
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("[node]\nprot = 104\n", "[node] prot: expected no such key"),
-    ("[nodes]\nport = 104\n", "nodes: expected no such section"),
-    ("[node]\nport = 0\n", "[node] port: expected a number from 1 to 65535, got 0"),
-    ("[node]\nport = 70000\n", "[node] port: expected a number from 1 to 65535"),
-    ('[node]\nport = "104"\n', "[node] port: expected an integer, got '104'"),
-    ("[node]\nport = true\n", "[node] port: expected an integer, got True"),
-    ('[node]\nae_title = "A_VERY_LONG_AE_TITLE"\n', "[node] ae_title: expected an AE title of 1-16"),
-    ('[node]\nae_title = "BAD\\\\AE"\n', "[node] ae_title: expected an AE title"),
-    ('[node]\nae_title = ""\n', "[node] ae_title: expected an AE title"),
-    ('[node]\nae_title = "TAB\\tAE"\n', "[node] ae_title: expected an AE title"),
-    ('[node]\nlog_level = "LOUD"\n', "[node] log_level: expected one of 'DEBUG'"),
-    ("[node]\nreceive_processes = 0\n", "[node] receive_processes: expected a number from 1 to 64, got 0"),
-    ('[inbox]\npoll = "yes"\n', "[inbox] poll: expected true or false"),
-    ("[series]\nquiet_seconds = -1\n", "[series] quiet_seconds: expected a number from 0"),
-    ('[seg]\ntype = "mask"\n', "[seg] type: expected one of 'binary', 'labelmap', 'fractional'"),
-    ('[export]\ncommand = "run {nifty}"\n', "[export] command: expected a command using only the placeholders"),
-    ('[export]\ncommand = "run {nifti"\n', "[export] command: expected a command whose braces are balanced"),
-    ("[send]\nbackoff_initial = 10\nbackoff_max = 5\n", "[send] backoff_max: expected a number of at least"),
-    ("[paths]\ndata = 5\n", "[paths] data: expected a path"),
-    ("[paths]\ndata = \"\"\n", "[paths] data: expected a path"),
-    ("destinations = 3\n", "destinations: expected an array of tables"),
-    ('[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\n',
-     "[[destinations]] 'p' port: expected a value"),
-    ('[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 0\n',
-     "[[destinations]] 'p' port: expected a port from 1 to 65535"),
-    ('[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 104\nfolder = "/x"\n',
-     "[[destinations]] 'p' ae_title: expected no such key (a folder destination has only name and folder)"),
-    ('[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 104\naet = "P"\n',
-     "[[destinations]] 'p' aet: expected no such key"),
-    ('[[destinations]]\nname = "p"\nae_title = "ABCDEFGHIJKLMNOPQ"\nhost = "h"\nport = 104\n',
-     "[[destinations]] 'p' ae_title: expected an AE title"),
-    ('[[destinations]]\nname = "a b"\nfolder = "/x"\n', "[[destinations]] #1 name: expected a name"),
-    ('[[destinations]]\nfolder = "/x"\n', "[[destinations]] #1 name: expected a name"),
-    ('[[destinations]]\nname = "x"\nfolder = "/x"\n[[destinations]]\nname = "x"\nfolder = "/y"\n',
-     "[[destinations]] 'x' name: expected a name used by one destination only"),
-    ('[[destinations]]\nname = "p"\n', "[[destinations]] 'p' kind: expected a value, one of 'dicom', 'folder'"),
-    ('[[destinations]]\nname = "p"\nkind = "stow"\n',
-     "[[destinations]] 'p' kind: expected one of 'dicom', 'folder', got 'stow'"),
-    ('[[destinations]]\nname = "p"\nkind = 3\nfolder = "/x"\n',
-     "[[destinations]] 'p' kind: expected one of 'dicom', 'folder', got 3"),
-    ('[[destinations]]\nname = "p"\nkind = "folder"\nae_title = "P"\n',
-     "[[destinations]] 'p' ae_title: expected no such key (a folder destination has only name and folder)"),
-    ('[[destinations]]\nname = "p"\nkind = "dicom"\nfolder = "/x"\n',
-     "[[destinations]] 'p' folder: expected no such key (a DICOM destination has only name, ae_title, host and port)"),
-    ('[[destinations]]\nname = "p"\nkind = "dicom"\nae_title = "P"\nport = 104\n',
-     "[[destinations]] 'p' host: expected a value (a DICOM destination needs ae_title, host and port)"),
-    ('[[destinations]]\nname = "p"\nkind = "folder"\n',
-     "[[destinations]] 'p' folder: expected a value (a folder destination needs folder)"),
-    ('[[destinations]]\nname = "p"\nae_title = "P"\nhost = " "\nport = 104\n',
-     "[[destinations]] 'p' host: expected a host name or address, got ' '"),
-    ("[node\nport = 1\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[node]\nprot = 104\n", "[node] prot: expected no such key"),
+        ("[nodes]\nport = 104\n", "nodes: expected no such section"),
+        ("[node]\nport = 0\n", "[node] port: expected a number from 1 to 65535, got 0"),
+        ("[node]\nport = 70000\n", "[node] port: expected a number from 1 to 65535"),
+        ('[node]\nport = "104"\n', "[node] port: expected an integer, got '104'"),
+        ("[node]\nport = true\n", "[node] port: expected an integer, got True"),
+        ('[node]\nae_title = "A_VERY_LONG_AE_TITLE"\n', "[node] ae_title: expected an AE title of 1-16"),
+        ('[node]\nae_title = "BAD\\\\AE"\n', "[node] ae_title: expected an AE title"),
+        ('[node]\nae_title = ""\n', "[node] ae_title: expected an AE title"),
+        ('[node]\nae_title = "TAB\\tAE"\n', "[node] ae_title: expected an AE title"),
+        ('[node]\nlog_level = "LOUD"\n', "[node] log_level: expected one of 'DEBUG'"),
+        ("[node]\nreceive_processes = 0\n", "[node] receive_processes: expected a number from 1 to 64, got 0"),
+        ('[inbox]\npoll = "yes"\n', "[inbox] poll: expected true or false"),
+        ("[series]\nquiet_seconds = -1\n", "[series] quiet_seconds: expected a number from 0"),
+        ('[seg]\ntype = "mask"\n', "[seg] type: expected one of 'binary', 'labelmap', 'fractional'"),
+        ('[export]\ncommand = "run {nifty}"\n', "[export] command: expected a command using only the placeholders"),
+        ('[export]\ncommand = "run {nifti"\n', "[export] command: expected a command whose braces are balanced"),
+        ("[send]\nbackoff_initial = 10\nbackoff_max = 5\n", "[send] backoff_max: expected a number of at least"),
+        ("[paths]\ndata = 5\n", "[paths] data: expected a path"),
+        ('[paths]\ndata = ""\n', "[paths] data: expected a path"),
+        ("destinations = 3\n", "destinations: expected an array of tables"),
+        ('[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\n', "[[destinations]] 'p' port: expected a value"),
+        (
+            '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 0\n',
+            "[[destinations]] 'p' port: expected a port from 1 to 65535",
+        ),
+        (
+            '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 104\nfolder = "/x"\n',
+            "[[destinations]] 'p' ae_title: expected no such key (a folder destination has only name and folder)",
+        ),
+        (
+            '[[destinations]]\nname = "p"\nae_title = "P"\nhost = "h"\nport = 104\naet = "P"\n',
+            "[[destinations]] 'p' aet: expected no such key",
+        ),
+        (
+            '[[destinations]]\nname = "p"\nae_title = "ABCDEFGHIJKLMNOPQ"\nhost = "h"\nport = 104\n',
+            "[[destinations]] 'p' ae_title: expected an AE title",
+        ),
+        ('[[destinations]]\nname = "a b"\nfolder = "/x"\n', "[[destinations]] #1 name: expected a name"),
+        ('[[destinations]]\nfolder = "/x"\n', "[[destinations]] #1 name: expected a name"),
+        (
+            '[[destinations]]\nname = "x"\nfolder = "/x"\n[[destinations]]\nname = "x"\nfolder = "/y"\n',
+            "[[destinations]] 'x' name: expected a name used by one destination only",
+        ),
+        ('[[destinations]]\nname = "p"\n', "[[destinations]] 'p' kind: expected a value, one of 'dicom', 'folder'"),
+        (
+            '[[destinations]]\nname = "p"\nkind = "stow"\n',
+            "[[destinations]] 'p' kind: expected one of 'dicom', 'folder', got 'stow'",
+        ),
+        (
+            '[[destinations]]\nname = "p"\nkind = 3\nfolder = "/x"\n',
+            "[[destinations]] 'p' kind: expected one of 'dicom', 'folder', got 3",
+        ),
+        (
+            '[[destinations]]\nname = "p"\nkind = "folder"\nae_title = "P"\n',
+            "[[destinations]] 'p' ae_title: expected no such key (a folder destination has only name and folder)",
+        ),
+        (
+            '[[destinations]]\nname = "p"\nkind = "dicom"\nfolder = "/x"\n',
+            "[[destinations]] 'p' folder: expected no such key"
+            " (a DICOM destination has only name, ae_title, host and port)",
+        ),
+        (
+            '[[destinations]]\nname = "p"\nkind = "dicom"\nae_title = "P"\nport = 104\n',
+            "[[destinations]] 'p' host: expected a value (a DICOM destination needs ae_title, host and port)",
+        ),
+        (
+            '[[destinations]]\nname = "p"\nkind = "folder"\n',
+            "[[destinations]] 'p' folder: expected a value (a folder destination needs folder)",
+        ),
+        (
+            '[[destinations]]\nname = "p"\nae_title = "P"\nhost = " "\nport = 104\n',
+            "[[destinations]] 'p' host: expected a host name or address, got ' '",
+        ),
+        ("[node\nport = 1\n", "not valid TOML"),
+    ],
+)
 def test_mistakes_are_one_line_naming_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
@@ -228,9 +271,20 @@ def test_config_error_is_a_value_error_and_not_retryable(tmp_path: Path) -> None
     assert isinstance(caught.value, ConfigError) and not caught.value.retryable
 
 
-@pytest.mark.parametrize(("title", "ok"), [
-    ("SEGNODE", True), ("A", True), ("X" * 16, True), ("WITH SPACE", True),
-    ("X" * 17, False), ("", False), ("    ", False), ("BACK\\SLASH", False), ("NUL\x00", False), ("ÄE", False),
-])
+@pytest.mark.parametrize(
+    ("title", "ok"),
+    [
+        ("SEGNODE", True),
+        ("A", True),
+        ("X" * 16, True),
+        ("WITH SPACE", True),
+        ("X" * 17, False),
+        ("", False),
+        ("    ", False),
+        ("BACK\\SLASH", False),
+        ("NUL\x00", False),
+        ("ÄE", False),
+    ],
+)
 def test_ae_title_rules(title: str, ok: bool) -> None:
     assert (ae_title_problem(title) is None) is ok

@@ -91,21 +91,65 @@ class Target:
 
 
 IDENTITY = ("SeriesInstanceUID", "StudyInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID")
-PIXEL_MODULE = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "PhotometricInterpretation",
-                "SamplesPerPixel")
-PATIENT_STUDY = ("Modality", "SeriesNumber", "SeriesDescription", "SpecificCharacterSet", "PatientName", "PatientID",
-                 "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
-                 "ReferringPhysicianName")
-CLASSIC_GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
-                    "SpacingBetweenSlices")
-CLASSIC_TRAITS = ("InstanceNumber", "ImageType", "EchoNumbers", "AcquisitionNumber", "TemporalPositionIdentifier",
-                  "RescaleSlope", "RescaleIntercept", "NumberOfFrames")
+PIXEL_MODULE = (
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
+    "SamplesPerPixel",
+)
+PATIENT_STUDY = (
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "SpecificCharacterSet",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "ReferringPhysicianName",
+)
+CLASSIC_GEOMETRY = (
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+)
+CLASSIC_TRAITS = (
+    "InstanceNumber",
+    "ImageType",
+    "EchoNumbers",
+    "AcquisitionNumber",
+    "TemporalPositionIdentifier",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "NumberOfFrames",
+)
 
 SINGLE_FRAME_TARGETS: tuple[Target, ...] = tuple(
-    Target(k) for k in (*IDENTITY, *CLASSIC_GEOMETRY, *PIXEL_MODULE, *CLASSIC_TRAITS, *PATIENT_STUDY))
+    Target(k) for k in (*IDENTITY, *CLASSIC_GEOMETRY, *PIXEL_MODULE, *CLASSIC_TRAITS, *PATIENT_STUDY)
+)
 ENHANCED_TARGETS: tuple[Target, ...] = (
-    *(Target(k) for k in (*IDENTITY, *PIXEL_MODULE, "NumberOfFrames", "ImageType", "InstanceNumber", *PATIENT_STUDY,
-                          "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")),
+    *(
+        Target(k)
+        for k in (
+            *IDENTITY,
+            *PIXEL_MODULE,
+            "NumberOfFrames",
+            "ImageType",
+            "InstanceNumber",
+            *PATIENT_STUDY,
+            "SharedFunctionalGroupsSequence",
+            "PerFrameFunctionalGroupsSequence",
+        )
+    ),
     Target("PixelMeasuresSequence", "PixelMeasuresSequence"),
     Target("PixelSpacing", "PixelMeasuresSequence"),
     Target("SliceThickness", "PixelMeasuresSequence"),
@@ -169,59 +213,96 @@ def mutations_for(keyword: str) -> tuple[Mutation, ...]:
     vr = dictionary_VR(keyword)
     delete, empty = Mutation("delete", Delete()), Mutation("empty", Raw(b""))
     if vr == "SQ":
-        found = [delete, Mutation("empty sequence", SequenceEdit("empty")),
-                 Mutation("item without content", SequenceEdit("empty_item"))]
+        found = [
+            delete,
+            Mutation("empty sequence", SequenceEdit("empty")),
+            Mutation("item without content", SequenceEdit("empty_item")),
+        ]
         if keyword == "PerFrameFunctionalGroupsSequence":
             found.append(Mutation("one item short", SequenceEdit("drop_last")))
         return tuple(found)
     if vr == "DS":
         n = VECTOR_VM.get(keyword, 1)
         good = {"ImageOrientationPatient": ["1", "0", "0", "0", "1", "0"]}.get(keyword, ["1"] * n)
-        found = [delete, empty, Mutation("not a number", _text(*["abc"] * n)),
-                 Mutation("NaN", _text("nan", *good[1:])), Mutation("infinite", _text(*good[:-1], "inf"))]
+        found = [
+            delete,
+            empty,
+            Mutation("not a number", _text(*["abc"] * n)),
+            Mutation("NaN", _text("nan", *good[1:])),
+            Mutation("infinite", _text(*good[:-1], "inf")),
+        ]
         found.append(Mutation("one value", _text("1")) if n > 1 else Mutation("two values", _text("1", "2")))
         if n > 1:
             found.append(Mutation(f"{n + 1 if n != 6 else 7} values", _text(*good, "1")))
         if keyword in SPACINGS or keyword == "RescaleSlope":
             found += [Mutation("zero", _text(*["0"] * n)), Mutation("negative", _text(*["-1.5"] * n))]
         if keyword == "ImageOrientationPatient":
-            found += [Mutation("non-unit vectors", _text("2", "0", "0", "0", "3", "0")),
-                      Mutation("parallel vectors", _text("1", "0", "0", "1", "0", "0")),
-                      Mutation("zero vectors", _text(*["0"] * 6))]
+            found += [
+                Mutation("non-unit vectors", _text("2", "0", "0", "0", "3", "0")),
+                Mutation("parallel vectors", _text("1", "0", "0", "1", "0", "0")),
+                Mutation("zero vectors", _text(*["0"] * 6)),
+            ]
         if keyword == "ImagePositionPatient":
             found.append(Mutation("absurd position", _text("1e300", "-1e300", "1e300")))
         return tuple(found)
     if vr == "IS":
-        return (delete, empty, Mutation("not a number", _text("abc")), Mutation("negative", _text("-7")),
-                Mutation("huge", _text("999999999999")), Mutation("fraction", _text("1.5")),
-                Mutation("two values", _text("1", "2")))
+        return (
+            delete,
+            empty,
+            Mutation("not a number", _text("abc")),
+            Mutation("negative", _text("-7")),
+            Mutation("huge", _text("999999999999")),
+            Mutation("fraction", _text("1.5")),
+            Mutation("two values", _text("1", "2")),
+        )
     if vr == "US":
-        found = [delete, empty, Mutation("zero", _us(0)), Mutation("absurd", _us(65535)),
-                 Mutation("two values", _us(16, 16))]
-        found += {"BitsAllocated": [Mutation("1 bit", _us(1)), Mutation("32 bits", _us(32))],
-                  "BitsStored": [Mutation("more than allocated", _us(40))],
-                  "SamplesPerPixel": [Mutation("three samples", _us(3))],
-                  "PixelRepresentation": [Mutation("signed", _us(1)), Mutation("undefined", _us(2))]}.get(keyword, [])
+        found = [
+            delete,
+            empty,
+            Mutation("zero", _us(0)),
+            Mutation("absurd", _us(65535)),
+            Mutation("two values", _us(16, 16)),
+        ]
+        found += {
+            "BitsAllocated": [Mutation("1 bit", _us(1)), Mutation("32 bits", _us(32))],
+            "BitsStored": [Mutation("more than allocated", _us(40))],
+            "SamplesPerPixel": [Mutation("three samples", _us(3))],
+            "PixelRepresentation": [Mutation("signed", _us(1)), Mutation("undefined", _us(2))],
+        }.get(keyword, [])
         return tuple(found)
     if vr == "UI":
-        found = [delete, empty, Mutation("not a UID", _text("1.2.abc.4")),
-                 Mutation("too long", _text("1." + "2" * 80)), Mutation("path", _text("../../etc"))]
+        found = [
+            delete,
+            empty,
+            Mutation("not a UID", _text("1.2.abc.4")),
+            Mutation("too long", _text("1." + "2" * 80)),
+            Mutation("path", _text("../../etc")),
+        ]
         if keyword == "SOPClassUID":
-            found += [Mutation("RT Structure Set", _text("1.2.840.10008.5.1.4.1.1.481.3")),
-                      Mutation("Segmentation", _text(syn.SEGMENTATION_STORAGE))]
+            found += [
+                Mutation("RT Structure Set", _text("1.2.840.10008.5.1.4.1.1.481.3")),
+                Mutation("Segmentation", _text(syn.SEGMENTATION_STORAGE)),
+            ]
         return tuple(found)
-    found = [delete, empty, Mutation("undecodable bytes", Raw(b"\xff\xfe\\\x80bad\x00")),
-             Mutation("too long", Raw(b"X" * 300))]
-    found += {"SpecificCharacterSet": [Mutation("unknown", _text("ISO_IR 999")),
-                                       Mutation("ISO 2022 Japanese", _text("ISO 2022 IR 6", "ISO 2022 IR 87"))],
-              "PhotometricInterpretation": [Mutation("RGB", _text("RGB")),
-                                            Mutation("palette", _text("PALETTE COLOR"))],
-              "Modality": [Mutation("SEG", _text("SEG"))],
-              "ImageType": [Mutation("localizer", _text("ORIGINAL", "PRIMARY", "LOCALIZER"))],
-              "PatientBirthDate": [Mutation("impossible date", _text("20241399"))],
-              "StudyDate": [Mutation("impossible date", _text("20241399"))],
-              "StudyTime": [Mutation("impossible time", _text("996199"))],
-              "PatientName": [Mutation("one component", _text("ANONYMOUS"))]}.get(keyword, [])
+    found = [
+        delete,
+        empty,
+        Mutation("undecodable bytes", Raw(b"\xff\xfe\\\x80bad\x00")),
+        Mutation("too long", Raw(b"X" * 300)),
+    ]
+    found += {
+        "SpecificCharacterSet": [
+            Mutation("unknown", _text("ISO_IR 999")),
+            Mutation("ISO 2022 Japanese", _text("ISO 2022 IR 6", "ISO 2022 IR 87")),
+        ],
+        "PhotometricInterpretation": [Mutation("RGB", _text("RGB")), Mutation("palette", _text("PALETTE COLOR"))],
+        "Modality": [Mutation("SEG", _text("SEG"))],
+        "ImageType": [Mutation("localizer", _text("ORIGINAL", "PRIMARY", "LOCALIZER"))],
+        "PatientBirthDate": [Mutation("impossible date", _text("20241399"))],
+        "StudyDate": [Mutation("impossible date", _text("20241399"))],
+        "StudyTime": [Mutation("impossible time", _text("996199"))],
+        "PatientName": [Mutation("one component", _text("ANONYMOUS"))],
+    }.get(keyword, [])
     return tuple(found)
 
 
@@ -268,14 +349,20 @@ def _image_indexes(files: Sequence[tuple[str, bytes]]) -> tuple[int, ...]:
 
 def _synthetic_source(name: str, work: Path) -> Source:
     modality: Literal["CT", "MR"] = "MR" if name == "synthetic_mr" else "CT"
-    info = syn.write_series(GRID, work / "dicom", enhanced=name == "synthetic_enhanced_ct", modality=modality,
-                            instance_numbers="shuffled")
+    info = syn.write_series(
+        GRID, work / "dicom", enhanced=name == "synthetic_enhanced_ct", modality=modality, instance_numbers="shuffled"
+    )
     reference = (syn.export_grid_affine(GRID), syn.export_grid_shape(GRID))
     labels = syn.label_nifti_on_grid(reference, syn.Phantom.fitting(GRID), work / "labels.nii.gz", snap=GRID)
     files = _read_files(info.folder)
-    return Source(name=name, files=tuple(files), images=_image_indexes(files),
-                  frames=GRID.slices if info.frame_numbers is not None else 0, labels=labels,
-                  series_uid=info.series_uid)
+    return Source(
+        name=name,
+        files=tuple(files),
+        images=_image_indexes(files),
+        frames=GRID.slices if info.frame_numbers is not None else 0,
+        labels=labels,
+        series_uid=info.series_uid,
+    )
 
 
 def _centre_labels(reference: nibabel.Nifti1Image, path: Path) -> Path:
@@ -329,12 +416,16 @@ def _trim_enhanced(path: Path, keep: int) -> None:
         group = item if "PlaneOrientationSequence" in item else shared
         return list(group.PlaneOrientationSequence[0].ImageOrientationPatient)
 
-    order = sorted(range(len(frames)), key=lambda f: _distance_along_normal(
-        orientation(frames[f]), frames[f].PlanePositionSequence[0].ImagePositionPatient))
+    order = sorted(
+        range(len(frames)),
+        key=lambda f: _distance_along_normal(
+            orientation(frames[f]), frames[f].PlanePositionSequence[0].ImagePositionPatient
+        ),
+    )
     chosen = sorted(order[_middle(len(order), keep)])
     size = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel) * int(ds.BitsAllocated) // 8
     data = bytes(ds.PixelData)
-    ds.PixelData = b"".join(data[f * size:(f + 1) * size] for f in chosen)
+    ds.PixelData = b"".join(data[f * size : (f + 1) * size] for f in chosen)
     ds.PerFrameFunctionalGroupsSequence = DicomSequence([frames[f] for f in chosen])
     ds.NumberOfFrames = len(chosen)
     ds.save_as(path)
@@ -361,8 +452,14 @@ def _real_source(name: str, work: Path) -> Source:
     images = _image_indexes(files)
     first = pydicom.dcmread(io.BytesIO(files[images[0]][1]), stop_before_pixels=True)
     frames = int(first.NumberOfFrames) if REAL_CASES[name] else 0
-    return Source(name=name, files=tuple(files), images=images, frames=frames, labels=labels,
-                  series_uid=str(first.SeriesInstanceUID))
+    return Source(
+        name=name,
+        files=tuple(files),
+        images=images,
+        frames=frames,
+        labels=labels,
+        series_uid=str(first.SeriesInstanceUID),
+    )
 
 
 class SourceLibrary:
@@ -415,8 +512,9 @@ def _set(container: Dataset, keyword: str, edit: Edit, implicit: bool) -> None:
         value = edit.value
         if len(value) % 2:
             value += b"\0" if dictionary_VR(tag) == "UI" else b" "
-        container[tag] = RawDataElement(tag, None if implicit else dictionary_VR(tag), len(value), value, 0,
-                                        implicit, True)
+        container[tag] = RawDataElement(
+            tag, None if implicit else dictionary_VR(tag), len(value), value, 0, implicit, True
+        )
     elif edit.how == "drop_last":
         if tag in container and len(container[tag].value) > 1:
             del container[tag].value[-1]
@@ -536,8 +634,9 @@ class Outcome:
     summary: str = ""
 
 
-def convert_and_judge(run: syn.ConvertRunner, source: Source, dicom: Path, out: Path,
-                      names: Sequence[str] = ()) -> Outcome:
+def convert_and_judge(
+    run: syn.ConvertRunner, source: Source, dicom: Path, out: Path, names: Sequence[str] = ()
+) -> Outcome:
     """Run ``segnode convert`` on ``dicom`` and the source's label map, and check the one-line contract."""
     with warnings.catch_warnings():
         as_a_console_script_does()
@@ -592,8 +691,14 @@ def dciodvfy_problems(seg: Path) -> list[str]:
     return [f"dciodvfy: {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")] if errors else []
 
 
-def run_case(run: syn.ConvertRunner, library: SourceLibrary, source: Source, edits: Sequence[PlannedEdit], *,
-             validate: bool = False) -> Outcome:
+def run_case(
+    run: syn.ConvertRunner,
+    library: SourceLibrary,
+    source: Source,
+    edits: Sequence[PlannedEdit],
+    *,
+    validate: bool = False,
+) -> Outcome:
     """Mutate a copy of ``source``, convert it, judge the result; the copy is removed afterwards."""
     scratch = library.scratch()
     try:
@@ -612,8 +717,17 @@ def run_case(run: syn.ConvertRunner, library: SourceLibrary, source: Source, edi
 
 
 #: Targets also mutated on one instance (frame) alone by default: where slices disagreeing matters most.
-PER_INSTANCE = frozenset({*IDENTITY, *CLASSIC_GEOMETRY, "Rows", "Columns", "PlanePositionSequence",
-                          "PlaneOrientationSequence", "PixelMeasuresSequence"})
+PER_INSTANCE = frozenset(
+    {
+        *IDENTITY,
+        *CLASSIC_GEOMETRY,
+        "Rows",
+        "Columns",
+        "PlanePositionSequence",
+        "PlaneOrientationSequence",
+        "PixelMeasuresSequence",
+    }
+)
 
 
 def one_at_a_time(source: Source, target: Target) -> list[PlannedEdit]:
@@ -663,8 +777,9 @@ def test_unmutated_source_converts(name: str, library: SourceLibrary, segnode_co
 
 
 @pytest.mark.parametrize(("name", "target"), _target_params())
-def test_each_mutation_of_one_attribute_keeps_the_contract(name: str, target: Target, library: SourceLibrary,
-                                                           segnode_convert: syn.ConvertRunner) -> None:
+def test_each_mutation_of_one_attribute_keeps_the_contract(
+    name: str, target: Target, library: SourceLibrary, segnode_convert: syn.ConvertRunner
+) -> None:
     source = library.get(name)
     edits = list(one_at_a_time(source, target))
     if not edits:
@@ -695,32 +810,39 @@ def edit_plans(draw: st.DrawFn, source: Source) -> list[PlannedEdit]:
 
 
 def _random_settings(examples: int) -> settings:
-    return settings(max_examples=examples * (5 if FULL else 1), deadline=None, database=None, derandomize=not FULL,
-                    # No shrinking: against today's engine it would replay failures for minutes.
-                    phases=[Phase.explicit, Phase.generate],
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    return settings(
+        max_examples=examples * (5 if FULL else 1),
+        deadline=None,
+        database=None,
+        derandomize=not FULL,
+        # No shrinking: against today's engine it would replay failures for minutes.
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
 
 
 def _check_random_plan(name: str, library: SourceLibrary, run: syn.ConvertRunner, data: st.DataObject) -> None:
     source = library.get(name)
     plan = data.draw(edit_plans(source), label="plan")
     outcome = run_case(run, library, source, plan, validate=len(plan) == 1)
-    assert not outcome.problems, ("; ".join(e.describe() for e in plan) + " ->\n" + "\n".join(outcome.problems))
+    assert not outcome.problems, "; ".join(e.describe() for e in plan) + " ->\n" + "\n".join(outcome.problems)
 
 
 @pytest.mark.parametrize("name", list(SYNTHETIC_CASES))
 @_random_settings(40)
 @given(data=st.data())
-def test_random_combinations_on_synthetic_series(name: str, library: SourceLibrary,
-                                                 segnode_convert: syn.ConvertRunner, data: st.DataObject) -> None:
+def test_random_combinations_on_synthetic_series(
+    name: str, library: SourceLibrary, segnode_convert: syn.ConvertRunner, data: st.DataObject
+) -> None:
     _check_random_plan(name, library, segnode_convert, data)
 
 
 @pytest.mark.parametrize("name", list(REAL_CASES))
 @_random_settings(10)
 @given(data=st.data())
-def test_random_combinations_on_real_headers(name: str, library: SourceLibrary, segnode_convert: syn.ConvertRunner,
-                                             data: st.DataObject) -> None:
+def test_random_combinations_on_real_headers(
+    name: str, library: SourceLibrary, segnode_convert: syn.ConvertRunner, data: st.DataObject
+) -> None:
     _check_random_plan(name, library, segnode_convert, data)
 
 
@@ -728,20 +850,48 @@ def test_random_combinations_on_real_headers(name: str, library: SourceLibrary, 
 
 #: Mutations pushed through the node (a receiver refuses instances without usable UIDs, so none of these).
 NODE_MUTATIONS: tuple[tuple[str, bool, tuple[PlannedEdit, ...]], ...] = (
-    ("iop_parallel", False, (PlannedEdit(Target("ImageOrientationPatient"),
-                                         Mutation("parallel vectors", _text("1", "0", "0", "1", "0", "0"))),)),
-    ("spacing_text_one", False, (PlannedEdit(Target("PixelSpacing"), Mutation("not a number", _text("abc", "abc")),
-                                             (2,)),)),
+    (
+        "iop_parallel",
+        False,
+        (
+            PlannedEdit(
+                Target("ImageOrientationPatient"), Mutation("parallel vectors", _text("1", "0", "0", "1", "0", "0"))
+            ),
+        ),
+    ),
+    (
+        "spacing_text_one",
+        False,
+        (PlannedEdit(Target("PixelSpacing"), Mutation("not a number", _text("abc", "abc")), (2,)),),
+    ),
     ("charset_empty", False, (PlannedEdit(Target("SpecificCharacterSet"), Mutation("empty", Raw(b""))),)),
     ("rows_zero", False, (PlannedEdit(Target("Rows"), Mutation("zero", _us(0))),)),
-    ("position_empty_frame", True, (PlannedEdit(Target("PlanePositionSequence", "PlanePositionSequence"),
-                                                Mutation("empty sequence", SequenceEdit("empty")), (3,)),)),
-    ("pixel_measures_per_frame_missing", True, (PlannedEdit(Target("PixelMeasuresSequence", "PixelMeasuresSequence"),
-                                                            Mutation("delete", Delete())),)),
-    ("spacing_between_slices_nan", True, (PlannedEdit(Target("SpacingBetweenSlices", "PixelMeasuresSequence"),
-                                                      Mutation("NaN", _text("nan"))),)),
-    ("series_number_two_values", False, (PlannedEdit(Target("SeriesNumber"),
-                                                     Mutation("two values", _text("1", "2"))),)),
+    (
+        "position_empty_frame",
+        True,
+        (
+            PlannedEdit(
+                Target("PlanePositionSequence", "PlanePositionSequence"),
+                Mutation("empty sequence", SequenceEdit("empty")),
+                (3,),
+            ),
+        ),
+    ),
+    (
+        "pixel_measures_per_frame_missing",
+        True,
+        (PlannedEdit(Target("PixelMeasuresSequence", "PixelMeasuresSequence"), Mutation("delete", Delete())),),
+    ),
+    (
+        "spacing_between_slices_nan",
+        True,
+        (PlannedEdit(Target("SpacingBetweenSlices", "PixelMeasuresSequence"), Mutation("NaN", _text("nan"))),),
+    ),
+    (
+        "series_number_two_values",
+        False,
+        (PlannedEdit(Target("SeriesNumber"), Mutation("two values", _text("1", "2"))),),
+    ),
 )
 
 
@@ -749,11 +899,18 @@ def _fresh_source(folder: Path, *, enhanced: bool) -> Source:
     """A synthetic series with its own UIDs (each push is a new series for the node) and its label map."""
     info = syn.write_series(GRID, folder / "dicom", enhanced=enhanced)
     reference = (syn.export_grid_affine(GRID), syn.export_grid_shape(GRID))
-    labels = syn.label_nifti_on_grid(reference, syn.Phantom.fitting(GRID), folder / f"{info.series_uid}.nii.gz",
-                                     snap=GRID)
+    labels = syn.label_nifti_on_grid(
+        reference, syn.Phantom.fitting(GRID), folder / f"{info.series_uid}.nii.gz", snap=GRID
+    )
     files = _read_files(info.folder)
-    return Source(name=folder.name, files=tuple(files), images=_image_indexes(files),
-                  frames=GRID.slices if enhanced else 0, labels=labels, series_uid=info.series_uid)
+    return Source(
+        name=folder.name,
+        files=tuple(files),
+        images=_image_indexes(files),
+        frames=GRID.slices if enhanced else 0,
+        labels=labels,
+        series_uid=info.series_uid,
+    )
 
 
 def _moved(root: Path, name: str) -> Path | None:
@@ -803,6 +960,7 @@ def test_node_fails_mutated_series_with_a_reason_and_keeps_serving(tmp_path: Pat
             shutil.copyfile(source.labels, partial)
             partial.rename(data / "inbox" / item)
             try:
+
                 def left(item: str = item) -> Path | None:
                     return _moved(data / "failed", item) or _moved(data / "processed", item)
 

@@ -19,8 +19,7 @@ MAX_LINES = 400
 
 #: (importer package, packages it must not import).
 FORBIDDEN: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("node.convert", ("node.state", "node.dicom", "node.destinations", "node.pipeline", "node.service",
-                      "node.config")),
+    ("node.convert", ("node.state", "node.dicom", "node.destinations", "node.pipeline", "node.service", "node.config")),
     ("node.state", ("node.pipeline", "node.service")),
     ("node.dicom", ("node.pipeline", "node.service")),
     ("node.destinations", ("node.pipeline", "node.service")),
@@ -52,7 +51,7 @@ def imported(module: str, path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 source = ".".join(base + ([node.module] if node.module else []))
             else:
                 source = node.module or ""
@@ -67,8 +66,10 @@ def within(name: str, package: str) -> bool:
 
 def test_the_parser_sees_imports_of_every_kind(tmp_path: Path) -> None:
     source = tmp_path / "probe.py"
-    source.write_text("import node.state\nfrom node import dicom\nfrom ..pipeline import match\n"
-                      "def f():\n    from node.service.node import Node\n")
+    source.write_text(
+        "import node.state\nfrom node import dicom\nfrom ..pipeline import match\n"
+        "def f():\n    from node.service.node import Node\n"
+    )
     names = imported("node.convert.probe", source)
     assert {"node.state", "node.dicom", "node.pipeline.match", "node.service.node.Node"} <= names
 
@@ -82,21 +83,30 @@ def test_modules_are_found() -> None:
 def test_lower_layers_do_not_import_higher_ones(importer: str, banned: tuple[str, ...]) -> None:
     offenders = sorted(
         f"{module} imports {name}"
-        for module, path in modules().items() if within(module, importer)
-        for name in imported(module, path) if any(within(name, b) for b in banned))
+        for module, path in modules().items()
+        if within(module, importer)
+        for name in imported(module, path)
+        if any(within(name, b) for b in banned)
+    )
     assert not offenders, f"{importer} must not import {', '.join(banned)}:\n  " + "\n  ".join(offenders)
 
 
 def test_only_service_and_cli_import_the_service() -> None:
     offenders = sorted(
         f"{module} imports {name}"
-        for module, path in modules().items() if not any(within(module, user) for user in SERVICE_USERS)
-        for name in imported(module, path) if within(name, "node.service"))
+        for module, path in modules().items()
+        if not any(within(module, user) for user in SERVICE_USERS)
+        for name in imported(module, path)
+        if within(name, "node.service")
+    )
     assert not offenders, "only node.service and node.cli may import node.service:\n  " + "\n  ".join(offenders)
 
 
 def test_no_module_is_oversized() -> None:
     sizes = {module: len(path.read_text(encoding="utf-8").splitlines()) for module, path in modules().items()}
-    offenders = sorted(f"{PACKAGE.name}/{modules()[m].relative_to(PACKAGE).as_posix()}: {n} lines"
-                       for m, n in sizes.items() if n > MAX_LINES)
+    offenders = sorted(
+        f"{PACKAGE.name}/{modules()[m].relative_to(PACKAGE).as_posix()}: {n} lines"
+        for m, n in sizes.items()
+        if n > MAX_LINES
+    )
     assert not offenders, f"modules over {MAX_LINES} lines (split them by concern):\n  " + "\n  ".join(offenders)

@@ -39,8 +39,17 @@ HAVE_DCIODVFY = syn.have_tool("dciodvfy")
 DCMQI_CASES = ("ct_philips_axial", "ct_ge_3slice_implicit", "mr_si_sag_hfs", "mr_toshiba_ax30", "mr_xa30_enh_t1")
 #: Cases the running node gets end to end: CT, MR (prone), Enhanced, multi-stack (two kinds), uneven spacing with
 #: tilt, the single-plane localizer and a feet-first MR.
-NODE_CASES = ("ct_philips_axial_jpegll", "mr_si_sag_hfp", "mr_xa30_enh_t1", "mr_ph_dualecho", "mr_ge_localizer",
-              "ct_ge_tilt_uneven", "ct_philips_localizer", "mr_ge_ffs_vol1", "mr_xa30_enh_2echo")
+NODE_CASES = (
+    "ct_philips_axial_jpegll",
+    "mr_si_sag_hfp",
+    "mr_xa30_enh_t1",
+    "mr_ph_dualecho",
+    "mr_ge_localizer",
+    "ct_ge_tilt_uneven",
+    "ct_philips_localizer",
+    "mr_ge_ffs_vol1",
+    "mr_xa30_enh_2echo",
+)
 NODE_WAIT_S = 90.0
 #: End-to-end cases whose main stack gets a one-segment label map (a known bug kind); the others get two.
 ONE_LABEL = frozenset({"ct_philips_localizer", "mr_ge_ffs_vol1", "mr_xa30_enh_t1"})
@@ -76,19 +85,23 @@ class Corpus:
         return result
 
     def stacks(self, case: rd.Case) -> list[tuple[rd.Plane, ...]]:
-        result: list[tuple[rd.Plane, ...]] = self._cached(case, "stacks",
-                                                          lambda: rd.split_stacks(self.source(case).planes))
+        result: list[tuple[rd.Plane, ...]] = self._cached(
+            case, "stacks", lambda: rd.split_stacks(self.source(case).planes)
+        )
         return result
 
     def dcm2niix(self, case: rd.Case) -> rd.Conversion:
         result: rd.Conversion = self._cached(
-            case, "dcm2niix", lambda: rd.run_dcm2niix(self.folder(case), self.root / "dcm2niix" / case.id))
+            case, "dcm2niix", lambda: rd.run_dcm2niix(self.folder(case), self.root / "dcm2niix" / case.id)
+        )
         return result
 
     def dicom2nifti(self, case: rd.Case) -> rd.Conversion:
         result: rd.Conversion = self._cached(
-            case, "dicom2nifti",
-            lambda: rd.run_dicom2nifti(self.folder(case), self.root / "dicom2nifti" / f"{case.id}.nii.gz"))
+            case,
+            "dicom2nifti",
+            lambda: rd.run_dicom2nifti(self.folder(case), self.root / "dicom2nifti" / f"{case.id}.nii.gz"),
+        )
         return result
 
 
@@ -132,8 +145,9 @@ def names_of_inputs(folder: Path, nifti: Path, case: rd.Case) -> list[str]:
     return [str(folder), folder.name, nifti.name, *case.series_uids]
 
 
-def check_seg_outcome(seg: Path, stack: Sequence[rd.Plane], label_map: rd.LabelMap, truth: rd.GroundTruth,
-                      series_uid: str, what: str) -> rd.SegReport:
+def check_seg_outcome(
+    seg: Path, stack: Sequence[rd.Plane], label_map: rd.LabelMap, truth: rd.GroundTruth, series_uid: str, what: str
+) -> rd.SegReport:
     """Outcome (a): the SEG is right in patient space, names its source, and dciodvfy finds no error."""
     report = rd.check_seg(seg, stack, label_map, truth)
     problems = list(report.problems) + rd.check_seg_identity(seg, stack, series_uid)
@@ -162,8 +176,16 @@ class Outcomes:
         assert not self.failures, "\n".join(self.failures)
 
 
-def convert_and_check(run: syn.ConvertRunner, case: rd.Case, corpus: Corpus, nifti: Path, out: Path,
-                      truth: rd.GroundTruth, *extra: str, stack: Sequence[rd.Plane] | None = None) -> str:
+def convert_and_check(
+    run: syn.ConvertRunner,
+    case: rd.Case,
+    corpus: Corpus,
+    nifti: Path,
+    out: Path,
+    truth: rd.GroundTruth,
+    *extra: str,
+    stack: Sequence[rd.Plane] | None = None,
+) -> str:
     """``segnode convert`` on a label map; asserts the outcome the case calls for and says which it was.
 
     Single-stack series: a SEG (exact or resampled). Multi-stack series: a SEG over the one stack the grid fits
@@ -192,8 +214,9 @@ def convert_and_check(run: syn.ConvertRunner, case: rd.Case, corpus: Corpus, nif
         problems = rd.refusal_problems(result.code, result.stderr, names)
         if "stack" not in result.stderr.lower():
             problems.append(f"the refusal does not list the stacks: {result.stderr.strip()!r}")
-        assert not problems, (f"expected a one-line refusal (grid fits {len(fits)} of {len(stacks)} stacks): "
-                              + "; ".join(problems))
+        assert not problems, (
+            f"expected a one-line refusal (grid fits {len(fits)} of {len(stacks)} stacks): " + "; ".join(problems)
+        )
         return f"refused: {result.stderr.strip()}"
     assert result.code == 0, f"expected a SEG, got exit {result.code}: {result.stderr.strip()[-1500:]}"
     assert out.is_file(), f"exit 0 but no {out}"
@@ -236,8 +259,9 @@ def test_headers_agree_with_cases_json(corpus: Corpus, case: rd.Case) -> None:
 
 @needs_dcm2niix
 @pytest.mark.parametrize("case", case_params(("mr_ge_ffs_vol1",)))
-def test_checks_catch_a_seg_one_voxel_off(corpus: Corpus, case: rd.Case, segnode_convert: syn.ConvertRunner,
-                                          tmp_path: Path) -> None:
+def test_checks_catch_a_seg_one_voxel_off(
+    corpus: Corpus, case: rd.Case, segnode_convert: syn.ConvertRunner, tmp_path: Path
+) -> None:
     """The SEG checks are not vacuous: a right SEG held against a label map shifted by one voxel, or against the
     wrong source stack positions, fails them."""
     (reference,) = corpus.dcm2niix(case).files
@@ -259,8 +283,9 @@ def test_checks_catch_a_seg_one_voxel_off(corpus: Corpus, case: rd.Case, segnode
 
 @needs_dcm2niix
 @pytest.mark.parametrize("case", case_params())
-def test_convert_on_dcm2niix_grids(corpus: Corpus, case: rd.Case, segnode_convert: syn.ConvertRunner,
-                                   tmp_path: Path) -> None:
+def test_convert_on_dcm2niix_grids(
+    corpus: Corpus, case: rd.Case, segnode_convert: syn.ConvertRunner, tmp_path: Path
+) -> None:
     """Each dcm2niix output (plain files with two labels; _Eq_/_Tilt_ resampled ones with one label)."""
     conversion = corpus.dcm2niix(case)
     assert conversion.files, f"dcm2niix converted nothing: {conversion.refusal}"
@@ -280,8 +305,9 @@ def test_convert_on_dcm2niix_grids(corpus: Corpus, case: rd.Case, segnode_conver
 
 
 @pytest.mark.parametrize("case", case_params())
-def test_convert_on_dicom2nifti_grid(corpus: Corpus, case: rd.Case, segnode_convert: syn.ConvertRunner,
-                                     tmp_path: Path) -> None:
+def test_convert_on_dicom2nifti_grid(
+    corpus: Corpus, case: rd.Case, segnode_convert: syn.ConvertRunner, tmp_path: Path
+) -> None:
     """dicom2nifti's grid (LAS, sform code 2, qform 0), one label; where dicom2nifti refuses, the skip says why."""
     conversion = corpus.dicom2nifti(case)
     if not conversion.files:
@@ -304,10 +330,15 @@ def node_stack_api() -> tuple[Any, Any, Any]:
     from node.convert import series
     from node.pipeline import export
 
-    missing = [name for name, module in (("node.convert.series.find_stacks", series),
-                                         ("node.convert.series.load_series", series),
-                                         ("node.pipeline.export.export_series", export))
-               if not hasattr(module, name.rsplit(".", 1)[1])]
+    missing = [
+        name
+        for name, module in (
+            ("node.convert.series.find_stacks", series),
+            ("node.convert.series.load_series", series),
+            ("node.pipeline.export.export_series", export),
+        )
+        if not hasattr(module, name.rsplit(".", 1)[1])
+    ]
     assert not missing, f"the stack API of the contract is missing: {missing}"
     return series.find_stacks, series.load_series, export.export_series
 
@@ -326,8 +357,9 @@ def uneven(stack: Sequence[rd.Plane]) -> bool:
 
 
 @pytest.mark.parametrize("case", case_params())
-def test_convert_on_node_export_grid(corpus: Corpus, case: rd.Case, segnode_convert: syn.ConvertRunner,
-                                     tmp_path: Path) -> None:
+def test_convert_on_node_export_grid(
+    corpus: Corpus, case: rd.Case, segnode_convert: syn.ConvertRunner, tmp_path: Path
+) -> None:
     """Every stack the engine finds is one of our own stacks; its export's label map gives a SEG over it alone."""
     find_stacks, load_series, export_series = node_stack_api()
     folder = corpus.folder(case)
@@ -341,8 +373,9 @@ def test_convert_on_node_export_grid(corpus: Corpus, case: rd.Case, segnode_conv
     sources = find_stacks(folder)
     assert sorted(s.stack.index for s in sources) == list(range(1, len(sources) + 1))
     assert sorted(len(node_stack_members(s)) for s in sources) == sorted(len(s) for s in mine)
-    assert len(node_stack_members(min(sources, key=lambda s: s.stack.index))) == len(mine[0]), \
+    assert len(node_stack_members(min(sources, key=lambda s: s.stack.index))) == len(mine[0]), (
         "stack 1 is not the largest stack"
+    )
     uid = case.series_uids[0]
     outcomes = Outcomes()
     for source in sorted(sources, key=lambda s: s.stack.index):
@@ -367,8 +400,9 @@ def test_convert_on_node_export_grid(corpus: Corpus, case: rd.Case, segnode_conv
             labels = rd.write_label_map(exported.nifti, truth, tmp_path / "labels" / exported.nifti.name)
             check_label_map_has(rd.LabelMap.load(labels), truth)
             extra = ("--stack", str(n)) if len(sources) > 1 else ()
-            return convert_and_check(segnode_convert, case, corpus, labels, tmp_path / f"seg_{n}.dcm", truth, *extra,
-                                     stack=stack)
+            return convert_and_check(
+                segnode_convert, case, corpus, labels, tmp_path / f"seg_{n}.dcm", truth, *extra, stack=stack
+            )
 
         outcomes.run(f"stack {n}", check, n, stack)
     outcomes.assert_all()
@@ -380,8 +414,9 @@ def test_convert_on_node_export_grid(corpus: Corpus, case: rd.Case, segnode_conv
 @needs_dcm2niix
 @pytest.mark.skipif(rd.dcmqi_tool() is None, reason="dcmqi (segimage2itkimage) not installed")
 @pytest.mark.parametrize("case", case_params(DCMQI_CASES))
-def test_dcmqi_reads_seg_as_ground_truth(corpus: Corpus, case: rd.Case, segnode_convert: syn.ConvertRunner,
-                                         tmp_path: Path) -> None:
+def test_dcmqi_reads_seg_as_ground_truth(
+    corpus: Corpus, case: rd.Case, segnode_convert: syn.ConvertRunner, tmp_path: Path
+) -> None:
     """dcmqi's segimage2itkimage turns the SEG back into masks; at their voxel centres (mm) they are the truth."""
     (reference,) = [f for f in corpus.dcm2niix(case).files if not rd.is_resampled_dcm2niix(f)]
     (stack,) = corpus.stacks(case)
@@ -429,8 +464,7 @@ def wait_for_exports(export: Path, uid: str) -> list[dict[str, Any]]:
     wait_for(f"the export of series {uid}", (export / f"{uid}.json").exists, timeout=NODE_WAIT_S)
     main = json.loads((export / f"{uid}.json").read_text())
     count = int(main.get("stack", {}).get("count", 1))
-    wait_for(f"{count} stack exports of {uid}", lambda: len(export_sidecars(export, uid)) >= count,
-             timeout=NODE_WAIT_S)
+    wait_for(f"{count} stack exports of {uid}", lambda: len(export_sidecars(export, uid)) >= count, timeout=NODE_WAIT_S)
     return [json.loads(p.read_text()) for p in export_sidecars(export, uid)]
 
 
@@ -445,8 +479,13 @@ def push_case(port: int, source: rd.SourceFiles, folder: Path) -> None:
     (sop_class,) = {str(h.SOPClassUID) for h in headers}
     syntaxes = sorted({str(h.file_meta.TransferSyntaxUID) for h in headers})
     folder.mkdir(parents=True, exist_ok=True)
-    result = storescu(port, list(source.image_files), called_ae="SEGNODE", timeout=120,
-                      extra_args=tuple(storescu_config(folder, sop_class, syntaxes)))
+    result = storescu(
+        port,
+        list(source.image_files),
+        called_ae="SEGNODE",
+        timeout=120,
+        extra_args=tuple(storescu_config(folder, sop_class, syntaxes)),
+    )
     assert result.ok, result.output[-2000:]
     assert set(result.statuses()) == {0}, f"statuses {sorted(set(result.statuses()))}"
 
@@ -490,8 +529,9 @@ def test_node_end_to_end(corpus: Corpus, case: rd.Case, tmp_path: Path, running:
             outcomes.failures.append(f"{nifti.name}: its SEG references planes of {len(owner)} of our stacks")
             continue
         stacks_seen.append({p.id for p in owner[0]})
-        outcomes.run(f"{nifti.name} -> {seg.name}", check_seg_summary, seg, owner[0], rd.LabelMap.load(labels),
-                     truth, uid)
+        outcomes.run(
+            f"{nifti.name} -> {seg.name}", check_seg_summary, seg, owner[0], rd.LabelMap.load(labels), truth, uid
+        )
     distinct = {frozenset(s) for s in stacks_seen}
     if len(distinct) != len(stacks_seen):
         outcomes.failures.append("two exports gave SEGs over the same stack")
@@ -501,6 +541,7 @@ def test_node_end_to_end(corpus: Corpus, case: rd.Case, tmp_path: Path, running:
 def new_seg_or_failure(data: Path, before: set[Path]) -> Callable[[], object]:
     def arrived() -> object:
         return (set(outgoing_segs(data / "outgoing")) - before) or failed_reasons(data)
+
     return arrived
 
 
@@ -509,8 +550,9 @@ def failed_reasons(data: Path) -> list[str]:
     return [p.read_text().splitlines()[0] for p in failed.glob("*/reason.txt")] if failed.exists() else []
 
 
-def check_seg_summary(seg: Path, stack: Sequence[rd.Plane], label_map: rd.LabelMap, truth: rd.GroundTruth,
-                      uid: str) -> str:
+def check_seg_summary(
+    seg: Path, stack: Sequence[rd.Plane], label_map: rd.LabelMap, truth: rd.GroundTruth, uid: str
+) -> str:
     return check_seg_outcome(seg, stack, label_map, truth, uid, seg.name).summary()
 
 
@@ -518,8 +560,9 @@ def check_seg_summary(seg: Path, stack: Sequence[rd.Plane], label_map: rd.LabelM
 @needs_dcm2niix
 @pytest.mark.slow
 @pytest.mark.parametrize("case", case_params(("mr_ph_dualecho",)))
-def test_node_refuses_a_grid_that_fits_several_stacks(corpus: Corpus, case: rd.Case, tmp_path: Path,
-                                                      running: list[Any]) -> None:
+def test_node_refuses_a_grid_that_fits_several_stacks(
+    corpus: Corpus, case: rd.Case, tmp_path: Path, running: list[Any]
+) -> None:
     """A tool's output on dcm2niix's echo-1 grid, under its own name, fits all four stacks: failed/ says why."""
     port = free_port()
     config = write_config(tmp_path / "node", port, folder_destination())
@@ -532,8 +575,7 @@ def test_node_refuses_a_grid_that_fits_several_stacks(corpus: Corpus, case: rd.C
     labels = rd.write_label_map(reference, truth, tmp_path / "labels" / "totalseg_output.nii.gz")
     drop_into_inbox(data / "inbox", "totalseg_output.nii.gz", labels)
     failed = data / "failed"
-    wait_for("the item in failed/", lambda: failed.exists() and list(failed.glob("*/reason.txt")),
-             timeout=NODE_WAIT_S)
+    wait_for("the item in failed/", lambda: failed.exists() and list(failed.glob("*/reason.txt")), timeout=NODE_WAIT_S)
     (reason_file,) = failed.glob("*/reason.txt")
     summary = reason_file.read_text().split("\n\n", 1)[0].strip()
     assert summary and "\n" not in summary, f"reason is not one line: {summary!r}"

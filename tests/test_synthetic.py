@@ -153,8 +153,7 @@ def test_write_series_single_frame(tmp_path: Path, how: str) -> None:
         assert ds.SeriesInstanceUID == info.series_uid and ds.StudyInstanceUID == info.study_uid
         assert ds.FrameOfReferenceUID == info.frame_of_reference_uid
         np.testing.assert_allclose([float(v) for v in ds.ImagePositionPatient], grid.position(k), atol=1e-6)
-        np.testing.assert_allclose([float(v) for v in ds.ImageOrientationPatient], grid.image_orientation,
-                                   atol=1e-9)
+        np.testing.assert_allclose([float(v) for v in ds.ImageOrientationPatient], grid.image_orientation, atol=1e-9)
         assert [float(v) for v in ds.PixelSpacing] == [0.9, 1.3]
         assert (ds.Rows, ds.Columns) == (40, 56)
         assert ds.pixel_array.shape == (40, 56)
@@ -162,8 +161,15 @@ def test_write_series_single_frame(tmp_path: Path, how: str) -> None:
 
 
 def test_write_series_shuffled_names_subfolders_and_type2(tmp_path: Path) -> None:
-    info = syn.write_series(syn.GridSpec.axial(), tmp_path / "dicom", shuffle_file_names=True, subfolders=2,
-                            omit_type2=True, modality="MR", seed=3)
+    info = syn.write_series(
+        syn.GridSpec.axial(),
+        tmp_path / "dicom",
+        shuffle_file_names=True,
+        subfolders=2,
+        omit_type2=True,
+        modality="MR",
+        seed=3,
+    )
     assert all(not p.name.startswith("IM_") and len(p.name) == 16 for p in info.paths)
     assert len({p.parent for p in info.paths}) > 1
     assert all(tmp_path / "dicom" in p.parents for p in info.paths)
@@ -177,8 +183,7 @@ def test_write_series_uses_given_uids(tmp_path: Path) -> None:
     uids = {"study": "1.2.3.4", "series": "1.2.3.4.5", "frame_of_reference": "1.2.3.4.6"}
     info = syn.write_series(syn.GridSpec.axial(slices=3), tmp_path / "d", uids=uids)
     ds = pydicom.dcmread(info.paths[0])
-    assert (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID) == ("1.2.3.4", "1.2.3.4.5",
-                                                                                   "1.2.3.4.6")
+    assert (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID) == ("1.2.3.4", "1.2.3.4.5", "1.2.3.4.6")
 
 
 @pytest.mark.parametrize("how", ["ascending", "shuffled"])
@@ -189,8 +194,11 @@ def test_write_series_enhanced(tmp_path: Path, how: str) -> None:
     ds = pydicom.dcmread(info.paths[0])
     assert ds.SOPClassUID == syn.ENHANCED_CT_IMAGE_STORAGE and int(ds.NumberOfFrames) == grid.slices
     shared = ds.SharedFunctionalGroupsSequence[0]
-    np.testing.assert_allclose([float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient],
-                               grid.image_orientation, atol=1e-9)
+    np.testing.assert_allclose(
+        [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient],
+        grid.image_orientation,
+        atol=1e-9,
+    )
     assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == [0.9, 1.3]
     pixels = ds.pixel_array
     image = syn.phantom_image(grid, syn.Phantom.fitting(grid))
@@ -203,11 +211,17 @@ def test_write_series_enhanced(tmp_path: Path, how: str) -> None:
 
 
 @pytest.mark.skipif(not syn.have_tool("dciodvfy"), reason="dciodvfy (dicom3tools) not installed")
-@pytest.mark.parametrize(("modality", "enhanced", "omit"), [("CT", False, False), ("MR", False, False),
-                                                            ("CT", True, False)])
+@pytest.mark.parametrize(
+    ("modality", "enhanced", "omit"), [("CT", False, False), ("MR", False, False), ("CT", True, False)]
+)
 def test_written_series_pass_dciodvfy(tmp_path: Path, modality: str, enhanced: bool, omit: bool) -> None:
-    info = syn.write_series(syn.GridSpec.oblique(**NONSQUARE), tmp_path / "d", modality=modality,  # type: ignore[arg-type]
-                            enhanced=enhanced, omit_type2=omit)
+    info = syn.write_series(
+        syn.GridSpec.oblique(**NONSQUARE),
+        tmp_path / "d",
+        modality=modality,  # type: ignore[arg-type]
+        enhanced=enhanced,
+        omit_type2=omit,
+    )
     assert syn.run_dciodvfy(info.paths[0]) == []
 
 
@@ -287,8 +301,7 @@ def test_label_nifti_copies_the_reference_header(tmp_path: Path) -> None:
     # The CT's rescale must not leak into the labels.
     assert data.dtype == np.float32 and set(np.unique(data)) == {0.0, 1.0, 2.0, 3.0, 4.0}
     np.testing.assert_allclose(image.affine, affine, atol=1e-4)
-    zero = syn.label_nifti_on_grid(ct, phantom, tmp_path / "zero.nii.gz",
-                                   header_from=_with_codes(ct, 0, 0))
+    zero = syn.label_nifti_on_grid(ct, phantom, tmp_path / "zero.nii.gz", header_from=_with_codes(ct, 0, 0))
     assert (int(nib.load(zero).header["sform_code"]), int(nib.load(zero).header["qform_code"])) == (0, 0)
 
 
@@ -308,8 +321,7 @@ def test_reoriented_keeps_every_voxel_in_place(tmp_path: Path, codes: str) -> No
     image = nib.Nifti1Image(labels.astype(np.uint8), affine)
     turned = syn.reoriented(image, codes)
     assert "".join(nib.aff2axcodes(turned.affine)) == codes
-    np.testing.assert_array_equal(np.asanyarray(turned.dataobj),
-                                  syn.labels_on_nifti_grid(turned, phantom, snap=grid))
+    np.testing.assert_array_equal(np.asanyarray(turned.dataobj), syn.labels_on_nifti_grid(turned, phantom, snap=grid))
     # Same result from an orientation array.
     again = syn.reoriented(image, nib.orientations.axcodes2ornt(tuple(codes)))
     np.testing.assert_allclose(again.affine, turned.affine)
@@ -349,19 +361,32 @@ def build_reference_seg(info: syn.SeriesInfo, truth: npt.NDArray[np.int64], seg_
     names = syn.Phantom.fitting(info.grid).names
     descriptions = [
         hd.seg.SegmentDescription(
-            segment_number=i + 1, segment_label=names[value],
-            segmented_property_category=codes.SCT.Tissue, segmented_property_type=codes.SCT.Organ,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
-        for i, value in enumerate(sorted(names))]
+            segment_number=i + 1,
+            segment_label=names[value],
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Organ,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        for i, value in enumerate(sorted(names))
+    ]
     if seg_type == "LABELMAP":
         pixels: npt.NDArray[Any] = truth.astype(np.uint8)
     else:
         pixels = np.stack([truth == value for value in sorted(names)], axis=-1).astype(np.uint8)
     seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=pixels, segmentation_type=seg_type,
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=99,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="tests", manufacturer_model_name="tests",
-        software_versions="0", device_serial_number="0")
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type=seg_type,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=99,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="tests",
+        manufacturer_model_name="tests",
+        software_versions="0",
+        device_serial_number="0",
+    )
     seg.save_as(out)
     return out
 
@@ -389,7 +414,8 @@ def test_seg_labels_on_source_fails_loudly_on_an_offgrid_frame(tmp_path: Path) -
     ds = pydicom.dcmread(seg)
     position = ds.PerFrameFunctionalGroupsSequence[2].PlanePositionSequence[0]
     position.ImagePositionPatient = [float(v) for v in position.ImagePositionPatient[:2]] + [
-        float(position.ImagePositionPatient[2]) + 0.5]
+        float(position.ImagePositionPatient[2]) + 0.5
+    ]
     ds.save_as(tmp_path / "shifted.dcm")
     with pytest.raises(AssertionError, match=r"frame 3 .* not on a slice"):
         syn.seg_labels_on_source(tmp_path / "shifted.dcm", grid)

@@ -46,8 +46,17 @@ from node.convert.verify import Tolerance, verify_seg
 from node.durable import atomic_write
 from node.errors import GeometryError, LabelError, VerificationError, error_line
 
-__all__ = ["ConvertResult", "align", "build_seg_from_input", "error_line", "input_stats", "label_table", "sidecar_of",
-           "tolerance_for", "write_dataset_atomically"]
+__all__ = [
+    "ConvertResult",
+    "align",
+    "build_seg_from_input",
+    "error_line",
+    "input_stats",
+    "label_table",
+    "sidecar_of",
+    "tolerance_for",
+    "write_dataset_atomically",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +78,9 @@ def sidecar_of(path: Path) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def label_table(volume: LabelVolume, labels_file: Path | None,
-                default_labels: Path | None = None) -> dict[int, LabelEntry]:
+def label_table(
+    volume: LabelVolume, labels_file: Path | None, default_labels: Path | None = None
+) -> dict[int, LabelEntry]:
     """Label names and codes per label, later sources winning: mask file names, names embedded in the NIfTI
     header (TotalSegmentator), the site's default table, the ``<stem>.json`` sidecar, an explicit ``--labels``."""
     table: dict[int, LabelEntry] = {label: LabelEntry(name=name) for label, name in volume.names.items()}
@@ -87,18 +97,24 @@ def tolerance_for(alignment: Alignment, volume: LabelVolume, series: SourceSerie
     label_spacing = float(volume.grid.spacing.max())
     if alignment.exact:
         # Centroids may differ only by the float32 slack the grids were allowed to have.
-        return Tolerance(exact=True, centroid_mm=(alignment.offset_voxels + GRID_TOLERANCE_VOXELS) * label_spacing
-                         + 1e-6)
+        return Tolerance(
+            exact=True, centroid_mm=(alignment.offset_voxels + GRID_TOLERANCE_VOXELS) * label_spacing + 1e-6
+        )
     planes = series.grid.spacing.copy()
     planes[0] = float(series.slabs().max())
     diagonal = max(float(np.linalg.norm(volume.grid.spacing)), float(np.linalg.norm(planes)))
     series_voxel = float(np.prod(planes))
-    return Tolerance(exact=False, centroid_mm=diagonal, volume_fraction=0.25,
-                     volume_mm3=4 * max(volume.grid.voxel_volume, series_voxel))
+    return Tolerance(
+        exact=False,
+        centroid_mm=diagonal,
+        volume_fraction=0.25,
+        volume_mm3=4 * max(volume.grid.voxel_volume, series_voxel),
+    )
 
 
-def input_stats(volume: LabelVolume, alignment: Alignment, series: SourceSeries,
-                values: list[int]) -> dict[int, SegmentStats]:
+def input_stats(
+    volume: LabelVolume, alignment: Alignment, series: SourceSeries, values: list[int]
+) -> dict[int, SegmentStats]:
     """What the input holds within the series, measured on the input's own grid (independent of the alignment)."""
     if not alignment.exact:
         return label_stats(volume.array, volume.grid, values, within=series.grid)
@@ -119,8 +135,14 @@ def align(volume: LabelVolume, series: SourceSeries) -> tuple[np.ndarray[Any, An
     return align_planes(volume.array, volume.grid, series.plane_grids())
 
 
-def build_seg_from_input(series: SourceSeries, label_path: Path, *, labels_file: Path | None = None,
-                         default_labels: Path | None = None, options: SegOptions | None = None) -> ConvertResult:
+def build_seg_from_input(
+    series: SourceSeries,
+    label_path: Path,
+    *,
+    labels_file: Path | None = None,
+    default_labels: Path | None = None,
+    options: SegOptions | None = None,
+) -> ConvertResult:
     """Load, align, build and verify. Raises :class:`SegnodeError` subclasses with one-line reasons."""
     options = options or SegOptions()
     volume = load_label_input(label_path)
@@ -155,8 +177,14 @@ def build_seg_from_input(series: SourceSeries, label_path: Path, *, labels_file:
     try:
         verify_seg(dataset, expected, segments, tolerance, input_voxel_mm3=input_voxel_mm3, slab_of=series.slab_at)
     except VerificationError as exc:
-        why = ("; the series' planes are unevenly spaced and labels between them have no plane to go on (a"
-               " structure that lies mostly in a gap cannot be shown)") if alignment.per_plane else ""
+        why = (
+            (
+                "; the series' planes are unevenly spaced and labels between them have no plane to go on (a"
+                " structure that lies mostly in a gap cannot be shown)"
+            )
+            if alignment.per_plane
+            else ""
+        )
         raise VerificationError(f"{name} on {series.describe()}: {exc}{why}") from exc
     for notice in notices:
         log.info("%s", notice)
@@ -166,5 +194,3 @@ def build_seg_from_input(series: SourceSeries, label_path: Path, *, labels_file:
 def write_dataset_atomically(dataset: Dataset, out: Path) -> None:
     """Write ``dataset`` to ``out`` durably: a failure leaves no partial file."""
     atomic_write(out, lambda handle: dataset.save_as(handle, enforce_file_format=True))
-
-

@@ -45,8 +45,10 @@ class Alignment:
         kind = "exact (permutation and flips)" if self.exact else "resampled (nearest neighbour)"
         if self.per_plane:
             kind = "resampled plane by plane (nearest neighbour; uneven slice spacing)"
-        return (f"{kind}, grids off by up to {self.offset_voxels:.3g} label voxels,"
-                f" {self.outside_voxels} source voxels outside the label grid")
+        return (
+            f"{kind}, grids off by up to {self.offset_voxels:.3g} label voxels,"
+            f" {self.outside_voxels} source voxels outside the label grid"
+        )
 
 
 def _signed_permutation(matrix: FloatArray, tolerance: float) -> FloatArray | None:
@@ -84,16 +86,21 @@ def plan_alignment(source: Grid, label: Grid, *, tolerance: float = GRID_TOLERAN
     low, high = corners.min(axis=0), corners.max(axis=0)
     limits = np.asarray(label.shape, dtype=np.float64) - 0.5
     if np.any(high < -0.5) or np.any(low > limits):
-        raise NoOverlapError(f"the NIfTI grid does not overlap the series (NIfTI {label.describe()};"
-                            f" series {source.describe()}): it belongs to another series or study")
+        raise NoOverlapError(
+            f"the NIfTI grid does not overlap the series (NIfTI {label.describe()};"
+            f" series {source.describe()}): it belongs to another series or study"
+        )
     permutation = _signed_permutation(transform[:3, :3], tolerance / max(source.shape))
     exact = permutation is not None and offset <= tolerance
     if not exact:
         angle = _axis_angle_to_permutation(source, label)
         # A single plane has no depth of its own to compare (its slab is a bookkeeping choice): it samples at the
         # label's finest spacing, so only a label finer in the plane counts as losing detail.
-        source_volume = (source.voxel_volume if source.shape[0] > 1
-                         else source.voxel_volume / source.spacing[0] * float(label.spacing.min()))
+        source_volume = (
+            source.voxel_volume
+            if source.shape[0] > 1
+            else source.voxel_volume / source.spacing[0] * float(label.spacing.min())
+        )
         if angle > 1.0 and label.voxel_volume < 0.5 * source_volume:
             raise GeometryError(
                 f"the NIfTI grid is rotated {angle:.1f}° against the series and finer than it, so a resample would"
@@ -155,8 +162,7 @@ def align_labels(labels: npt.NDArray[Any], source_shape: Sequence[int], alignmen
     return out
 
 
-def align_planes(labels: npt.NDArray[Any], label: Grid, planes: Sequence[Grid]
-                 ) -> tuple[npt.NDArray[Any], Alignment]:
+def align_planes(labels: npt.NDArray[Any], label: Grid, planes: Sequence[Grid]) -> tuple[npt.NDArray[Any], Alignment]:
     """Put a label array onto planes that are not one regular grid (uneven spacing), each from its own position.
 
     ``planes`` are single-plane grids; the result is (plane, row, col). Planes outside the label grid stay 0.
@@ -179,13 +185,16 @@ def align_planes(labels: npt.NDArray[Any], label: Grid, planes: Sequence[Grid]
         offset, outside = max(offset, alignment.offset_voxels), outside + alignment.outside_voxels
         first = first if first is not None else alignment.transform
     if first is None:
-        raise NoOverlapError(f"the NIfTI grid does not overlap any of the series' {len(planes)} planes"
-                             f" (NIfTI {label.describe()}; first plane {planes[0].describe()})")
+        raise NoOverlapError(
+            f"the NIfTI grid does not overlap any of the series' {len(planes)} planes"
+            f" (NIfTI {label.describe()}; first plane {planes[0].describe()})"
+        )
     return out, Alignment(transform=first, exact=False, offset_voxels=offset, outside_voxels=outside, per_plane=True)
 
 
-def _exact_ranges(shape: Sequence[int], transform: FloatArray, label_shape: Sequence[int]
-                  ) -> list[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], int]]:
+def _exact_ranges(
+    shape: Sequence[int], transform: FloatArray, label_shape: Sequence[int]
+) -> list[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], int]]:
     """Per source axis: source indices inside the label grid, the label indices they take, and the label axis."""
     ranges = []
     for d in range(3):
@@ -196,8 +205,9 @@ def _exact_ranges(shape: Sequence[int], transform: FloatArray, label_shape: Sequ
     return ranges
 
 
-def label_box(alignment: Alignment, source_shape: Sequence[int], label_shape: Sequence[int]
-              ) -> tuple[slice, slice, slice] | None:
+def label_box(
+    alignment: Alignment, source_shape: Sequence[int], label_shape: Sequence[int]
+) -> tuple[slice, slice, slice] | None:
     """For an exact alignment, the block of the label array that lies on the source grid (None if nothing does)."""
     ranges = _exact_ranges(source_shape, alignment.transform, label_shape)
     box = [slice(0, 0)] * 3
@@ -235,8 +245,9 @@ class SegmentStats:
     centroid: FloatArray
 
 
-def label_stats(labels: npt.NDArray[Any], grid: Grid, values: Sequence[int] | None = None, *,
-                within: Grid | None = None) -> dict[int, SegmentStats]:
+def label_stats(
+    labels: npt.NDArray[Any], grid: Grid, values: Sequence[int] | None = None, *, within: Grid | None = None
+) -> dict[int, SegmentStats]:
     """Count and centroid in mm of each non-zero label value.
 
     With ``within``, voxels whose centre falls outside that grid (nearest voxel rule) are left out, so the input's

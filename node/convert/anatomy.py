@@ -66,7 +66,6 @@ class KnownStructure:
     region_modifier: Code | None = None
 
 
-
 def normalise_name(name: str) -> str:
     """A structure name as the known-anatomy table spells its keys.
 
@@ -112,10 +111,14 @@ def _anatomy() -> _Anatomy:
     structures: dict[str, KnownStructure] = {}
     for key, row in data["structures"].items():
         structures[normalise_name(key)] = KnownStructure(
-            key=key, category=categories[row["category"]], type=_code(row["type"]),
-            modifier=modifier(row.get("modifier")), color=rgb_tuple(row["color"]),
+            key=key,
+            category=categories[row["category"]],
+            type=_code(row["type"]),
+            modifier=modifier(row.get("modifier")),
+            color=rgb_tuple(row["color"]),
             region=_code(row["region"]) if "region" in row else None,
-            region_modifier=modifier(row.get("region_modifier")))
+            region_modifier=modifier(row.get("region_modifier")),
+        )
     aliases = {normalise_name(alias): normalise_name(target) for alias, target in data["aliases"].items()}
     bags: dict[tuple[str, ...], str] = {}
     ambiguous: set[tuple[str, ...]] = set()
@@ -195,8 +198,17 @@ def segment_specs(labels: Iterable[int], table: Mapping[int, LabelEntry] | None 
         else:
             category, type_, modifier, region, region_modifier = GENERIC_CATEGORY, GENERIC_TYPE, None, None, None
         color = (entry.color if entry is not None else None) or (known.color if known else None)
-        specs.append(SegmentSpec(label=label, name=name, category=category, type=type_, modifier=modifier,
-                                 color=color or palette_color(label),
-                                 description=entry.description if entry is not None else None,
-                                 region=region, region_modifier=region_modifier))
+        specs.append(
+            SegmentSpec(
+                label=label,
+                name=name,
+                category=category,
+                type=type_,
+                modifier=modifier,
+                color=color or palette_color(label),
+                description=entry.description if entry is not None else None,
+                region=region,
+                region_modifier=region_modifier,
+            )
+        )
     return specs

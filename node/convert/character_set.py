@@ -30,8 +30,10 @@ def repair_character_set(ds: Dataset, copied: list[DataElement], notices: list[s
             # Text outside the default repertoire and no character set to read it by: write what pydicom decoded
             # in UTF-8, which holds any of it, rather than bytes no reader can interpret.
             ds.SpecificCharacterSet = "ISO_IR 192"
-            notices.append("source header: text outside the default repertoire without a SpecificCharacterSet;"
-                           " the SEG is written in 'ISO_IR 192' (UTF-8)")
+            notices.append(
+                "source header: text outside the default repertoire without a SpecificCharacterSet;"
+                " the SEG is written in 'ISO_IR 192' (UTF-8)"
+            )
         elif present:
             notices.append("source header: SpecificCharacterSet is empty; left out of the SEG (default repertoire)")
         return
@@ -41,21 +43,27 @@ def repair_character_set(ds: Dataset, copied: list[DataElement], notices: list[s
     if mapped is None:
         if all(is_ascii(element) for element in copied):
             del ds.SpecificCharacterSet
-            notices.append(f"source header: SpecificCharacterSet {shown!r} is not a character set highdicom"
-                           " accepts; left out of the SEG (the copied text is ASCII)")
+            notices.append(
+                f"source header: SpecificCharacterSet {shown!r} is not a character set highdicom"
+                " accepts; left out of the SEG (the copied text is ASCII)"
+            )
         else:
             ds.SpecificCharacterSet = "ISO_IR 192"
-            notices.append(f"source header: SpecificCharacterSet {shown!r} is not a character set highdicom"
-                           " accepts; the SEG is written in 'ISO_IR 192' (UTF-8)")
+            notices.append(
+                f"source header: SpecificCharacterSet {shown!r} is not a character set highdicom"
+                " accepts; the SEG is written in 'ISO_IR 192' (UTF-8)"
+            )
     elif not mapped:
         del ds.SpecificCharacterSet
-        notices.append(f"source header: SpecificCharacterSet {shown!r} names the default repertoire;"
-                       " left out of the SEG")
+        notices.append(
+            f"source header: SpecificCharacterSet {shown!r} names the default repertoire; left out of the SEG"
+        )
     else:
         ds.SpecificCharacterSet = mapped if len(mapped) > 1 else mapped[0]
         written = "\\".join(mapped)
-        notices.append(f"source header: SpecificCharacterSet {shown!r} is not a defined term;"
-                       f" written {written!r} in the SEG")
+        notices.append(
+            f"source header: SpecificCharacterSet {shown!r} is not a defined term; written {written!r} in the SEG"
+        )
 
 
 @lru_cache(maxsize=1)
@@ -92,4 +100,3 @@ def is_ascii(element: DataElement) -> bool:
         return all(is_ascii(child) for item in element.value for child in item)
     values = element.value if isinstance(element.value, MultiValue) else [element.value]
     return all(str(v).isascii() for v in values if isinstance(v, str) or element.VR == "PN")
-

@@ -93,8 +93,12 @@ class Grid:
     def extent(self) -> FloatArray:
         """Bounding box of the grid's outer voxel faces in LPS: shape (3, 2), rows x/y/z, columns min/max."""
         faces = np.array(
-            [[a, b, c] for a in (-0.5, self.shape[0] - 0.5)
-             for b in (-0.5, self.shape[1] - 0.5) for c in (-0.5, self.shape[2] - 0.5)]
+            [
+                [a, b, c]
+                for a in (-0.5, self.shape[0] - 0.5)
+                for b in (-0.5, self.shape[1] - 0.5)
+                for c in (-0.5, self.shape[2] - 0.5)
+            ]
         )
         points = faces @ self.affine[:3, :3].T + self.affine[:3, 3]
         return np.stack([points.min(axis=0), points.max(axis=0)], axis=1)
@@ -223,8 +227,9 @@ def stack_grid(
 MAX_RESAMPLE_FACTOR = 4
 
 
-def even_stack_grid(orientation: npt.ArrayLike, pixel_spacing: npt.ArrayLike, positions: npt.ArrayLike, *,
-                    rows: int, cols: int) -> Grid:
+def even_stack_grid(
+    orientation: npt.ArrayLike, pixel_spacing: npt.ArrayLike, positions: npt.ArrayLike, *, rows: int, cols: int
+) -> Grid:
     """An evenly spaced grid over unevenly spaced slices (sorted along the normal) that lie on one straight line.
 
     Its step is the smallest gap between slices (capped at :data:`MAX_RESAMPLE_FACTOR` times the slice count), so
@@ -251,8 +256,10 @@ def even_stack_grid(orientation: npt.ArrayLike, pixel_spacing: npt.ArrayLike, po
     off_line = float(np.linalg.norm(ipp - ipp[0] - along[:, None] * direction, axis=1).max())
     smallest_pixel = float(np.min(np.asarray(pixel_spacing, dtype=np.float64)))
     if off_line > 0.1 * smallest_pixel:
-        raise GeometryError(f"slices are not on one straight line (up to {off_line:.3g} mm off it): they cannot be"
-                            " resampled onto one regular grid")
+        raise GeometryError(
+            f"slices are not on one straight line (up to {off_line:.3g} mm off it): they cannot be"
+            " resampled onto one regular grid"
+        )
     smallest_gap = float(np.diff(along).min())
     count = min(round(length / smallest_gap) + 1, MAX_RESAMPLE_FACTOR * len(ipp))
     grid = stack_grid(iop, pixel_spacing, [ipp[0], ipp[0] + span], rows=rows, cols=cols)
@@ -273,13 +280,16 @@ def nifti_affine(header: Any) -> tuple[FloatArray, str]:
             disagreement = float(np.abs(np.asarray(sform) - np.asarray(qform)).max())
             if disagreement > 1e-3:
                 # Info, not a warning: dcm2niix writes such pairs for every tilted CT (a qform cannot shear).
-                log.info("sform and qform disagree by up to %.3g mm; using the sform as the standard says",
-                         disagreement)
+                log.info(
+                    "sform and qform disagree by up to %.3g mm; using the sform as the standard says", disagreement
+                )
         return np.asarray(sform, dtype=np.float64), "sform"
     if qform is not None and int(qform_code) > 0:
         return np.asarray(qform, dtype=np.float64), "qform"
-    raise GeometryError("NIfTI has neither an sform nor a qform (both codes 0): its position in the patient is"
-                        " unknown; write it with the image's header")
+    raise GeometryError(
+        "NIfTI has neither an sform nor a qform (both codes 0): its position in the patient is"
+        " unknown; write it with the image's header"
+    )
 
 
 def nifti_grid(affine_ras: npt.ArrayLike, shape: Sequence[int]) -> Grid:

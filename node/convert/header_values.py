@@ -18,8 +18,10 @@ _MAX_CHARS = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "
 
 _DATE = re.compile(r"\d{8}")
 _TIME = re.compile(r"([01]\d|2[0-3])([0-5]\d((60|[0-5]\d)(\.\d{1,6})?)?)?")
-_DATE_TIME = re.compile(r"\d{4}((0[1-9]|1[0-2])(([0-2]\d|3[01])(([01]\d|2[0-3])([0-5]\d((60|[0-5]\d)"
-                        r"(\.\d{1,6})?)?)?)?)?)?([+-][01]\d[0-5]\d)?")
+_DATE_TIME = re.compile(
+    r"\d{4}((0[1-9]|1[0-2])(([0-2]\d|3[01])(([01]\d|2[0-3])([0-5]\d((60|[0-5]\d)"
+    r"(\.\d{1,6})?)?)?)?)?)?([+-][01]\d[0-5]\d)?"
+)
 _AGE = re.compile(r"\d{3}[DWMY]")
 _CODE = re.compile(r"[A-Z0-9 _]*")
 _DECIMAL = re.compile(r"[+-]?(\d+|\d+\.\d*|\.\d+)([eE][+-]?\d+)?")
@@ -71,9 +73,9 @@ def check_value(vr: str, value: str) -> tuple[str | None, str]:
         if len(groups) > 3 or any(g.count("^") > 4 for g in groups):
             return None, "is not a person name (more than 3 groups or 5 components)"
         if any(len(g) > _MAX_CHARS["PN"] for g in groups):
-            text, reason = "=".join(g[:_MAX_CHARS["PN"]] for g in groups), "has a group longer than 64 characters"
+            text, reason = "=".join(g[: _MAX_CHARS["PN"]] for g in groups), "has a group longer than 64 characters"
     elif vr in _MAX_CHARS and len(text) > _MAX_CHARS[vr]:
-        text, reason = text[:_MAX_CHARS[vr]].rstrip(), f"is longer than {_MAX_CHARS[vr]} characters ({vr})"
+        text, reason = text[: _MAX_CHARS[vr]].rstrip(), f"is longer than {_MAX_CHARS[vr]} characters ({vr})"
     return text, reason
 
 

@@ -59,7 +59,7 @@ def present_values(labels: npt.NDArray[np.unsignedinteger[Any]], chunk: int = 1 
         flat = np.ascontiguousarray(flat)
     seen = np.zeros(int(np.iinfo(labels.dtype).max) + 1, dtype=bool)
     for start in range(0, flat.size, chunk):
-        seen |= np.bincount(flat[start:start + chunk], minlength=seen.size).astype(bool)
+        seen |= np.bincount(flat[start : start + chunk], minlength=seen.size).astype(bool)
     return [int(v) for v in np.flatnonzero(seen) if v != 0]
 
 
@@ -164,8 +164,10 @@ def _as_labels(data: npt.NDArray[Any], path: Path) -> npt.NDArray[np.unsignedint
         if not np.all(np.isfinite(data)):
             raise LabelError(f"{path.name}: label map holds NaN or infinite values; labels must be whole numbers")
         if not np.array_equal(data, np.round(data)):
-            raise LabelError(f"{path.name}: label map holds fractional values (e.g. {_first_fraction(data)});"
-                             " labels must be whole numbers, not probabilities")
+            raise LabelError(
+                f"{path.name}: label map holds fractional values (e.g. {_first_fraction(data)});"
+                " labels must be whole numbers, not probabilities"
+            )
     elif data.dtype.kind not in "iu":
         raise LabelError(f"{path.name}: label map has data type {data.dtype}, expected integers")
     if data.size == 0:
@@ -206,8 +208,10 @@ def _load_mask_folder(folder: Path) -> LabelVolume:
             dtype = np.uint8 if len(files) < 256 else np.uint16
             combined = np.zeros(this_grid.shape, dtype=dtype)
         elif this_grid.shape != grid.shape or not _same_grid(this_grid, grid):
-            raise GeometryError(f"{folder.name}/{path.name}: grid differs from {files[0].name}"
-                                f" ({this_grid.describe()} vs {grid.describe()}); masks must share one grid")
+            raise GeometryError(
+                f"{folder.name}/{path.name}: grid differs from {files[0].name}"
+                f" ({this_grid.describe()} vs {grid.describe()}); masks must share one grid"
+            )
         assert combined is not None
         where = mask.astype(bool)
         if not where.any():
@@ -216,8 +220,10 @@ def _load_mask_folder(folder: Path) -> LabelVolume:
         clash = combined[where]
         if clash.any():
             other = names[int(clash[clash > 0][0])]
-            raise LabelError(f"{folder.name}/{path.name}: overlaps mask {other} in {int(np.count_nonzero(clash))}"
-                             " voxels; segnode writes non-overlapping segments")
+            raise LabelError(
+                f"{folder.name}/{path.name}: overlaps mask {other} in {int(np.count_nonzero(clash))}"
+                " voxels; segnode writes non-overlapping segments"
+            )
         label = len(names) + 1
         combined[where] = label
         names[label] = nifti_stem(path)

@@ -30,8 +30,17 @@ RGB = tuple[int, int, int]
 
 _HEX_COLOUR = re.compile(r"^#([0-9a-fA-F]{6})$")
 _SIDECAR_UID_KEYS = ("series_instance_uid", "SeriesInstanceUID")
-_SIMPLE_ENTRY_KEYS = {"name", "color", "colour", "description", "category", "type", "modifier", "region",
-                      "region_modifier"}
+_SIMPLE_ENTRY_KEYS = {
+    "name",
+    "color",
+    "colour",
+    "description",
+    "category",
+    "type",
+    "modifier",
+    "region",
+    "region_modifier",
+}
 
 
 @dataclass(frozen=True)
@@ -69,8 +78,9 @@ def _load_json(path: Path) -> Any:
     try:
         return json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as exc:
-        raise LabelError(f"{path.name}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno});"
-                         " fix the label table") from exc
+        raise LabelError(
+            f"{path.name}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); fix the label table"
+        ) from exc
     except ValueError as exc:
         raise LabelError(f"{path.name}: {exc}; each key may appear once") from exc
 
@@ -98,8 +108,10 @@ def read_label_table(path: Path) -> dict[int, LabelEntry]:
     if isinstance(data, dict) and _is_sidecar(data):
         stray = sorted(key for key in data if re.fullmatch(r"\s*[0-9]+\s*", key))
         if stray:
-            raise LabelError(f"{path.name}: label key(s) {', '.join(stray)} sit beside the series UID; put the"
-                             " label table under \"labels\"")
+            raise LabelError(
+                f"{path.name}: label key(s) {', '.join(stray)} sit beside the series UID; put the"
+                ' label table under "labels"'
+            )
         labels = data.get("labels")
         if labels is None:
             return {}
@@ -119,23 +131,25 @@ def read_sidecar_series_uid(path: Path) -> str | None:
         if value is None:
             continue
         if not isinstance(value, str) or not is_uid(value.strip(), strict=False):
-            raise LabelError(f"{path.name}: '{key}' is not a DICOM UID ({value!r}); use digits and dots, at most"
-                             " 64 characters")
+            raise LabelError(
+                f"{path.name}: '{key}' is not a DICOM UID ({value!r}); use digits and dots, at most 64 characters"
+            )
         return value.strip()
     return None
 
 
 def _json_type(value: Any) -> str:
-    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), "number")
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
 
 
 def _label_key(path: Path, key: Any) -> int | None:
     """The label value of a table key; None for 0 (background, which tables often list and we ignore)."""
     text = str(key).strip()
     if not re.fullmatch(r"[0-9]+", text):
-        raise LabelError(f"{path.name}: label key {key!r} is not a non-negative integer; key the table by label"
-                         " value, e.g. {\"1\": \"liver\"}")
+        raise LabelError(
+            f"{path.name}: label key {key!r} is not a non-negative integer; key the table by label"
+            ' value, e.g. {"1": "liver"}'
+        )
     value = int(text)
     return value if value > 0 else None
 
@@ -152,8 +166,7 @@ def _from_simple(path: Path, data: Any) -> dict[int, LabelEntry]:
     elif isinstance(data, dict):
         items = data.items()
     else:
-        raise LabelError(f"{path.name}: expected a JSON object mapping label values to names, got a"
-                         f" {_json_type(data)}")
+        raise LabelError(f"{path.name}: expected a JSON object mapping label values to names, got a {_json_type(data)}")
     table: dict[int, LabelEntry] = {}
     for key, value in items:
         label = _label_key(path, key)
@@ -167,14 +180,17 @@ def _simple_entry(path: Path, label: int, value: Any) -> LabelEntry:
     if isinstance(value, str):
         return LabelEntry(name=_name(path, label, value))
     if not isinstance(value, dict):
-        raise LabelError(f"{path.name}: label {label} must be a name or an object with \"name\", got a"
-                         f" {_json_type(value)}")
+        raise LabelError(
+            f'{path.name}: label {label} must be a name or an object with "name", got a {_json_type(value)}'
+        )
     unknown = sorted(set(value) - _SIMPLE_ENTRY_KEYS)
     if unknown:
-        raise LabelError(f"{path.name}: label {label} has unknown key(s) {', '.join(unknown)}; allowed:"
-                         f" {', '.join(sorted(_SIMPLE_ENTRY_KEYS))}")
+        raise LabelError(
+            f"{path.name}: label {label} has unknown key(s) {', '.join(unknown)}; allowed:"
+            f" {', '.join(sorted(_SIMPLE_ENTRY_KEYS))}"
+        )
     if "color" in value and "colour" in value:
-        raise LabelError(f"{path.name}: label {label} gives both \"color\" and \"colour\"; keep one")
+        raise LabelError(f'{path.name}: label {label} gives both "color" and "colour"; keep one')
     colour = value.get("color", value.get("colour"))
     where = f"label {label}"
     return LabelEntry(
@@ -199,7 +215,7 @@ def _optional_text(path: Path, where: str, key: str, value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise LabelError(f"{path.name}: {where} \"{key}\" must be a string, got a {_json_type(value)}")
+        raise LabelError(f'{path.name}: {where} "{key}" must be a string, got a {_json_type(value)}')
     return value.strip() or None
 
 
@@ -211,11 +227,14 @@ def _colour(path: Path, where: str, value: Any) -> RGB:
     if isinstance(value, str):
         match = _HEX_COLOUR.match(value.strip())
         if match is None:
-            raise LabelError(f"{path.name}: {where} colour {value!r} is not \"#rrggbb\" or [r, g, b]")
+            raise LabelError(f'{path.name}: {where} colour {value!r} is not "#rrggbb" or [r, g, b]')
         digits = match.group(1)
         return int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16)
-    if (not isinstance(value, list) or len(value) != 3
-            or any(isinstance(c, bool) or not isinstance(c, int | float) for c in value)):
+    if (
+        not isinstance(value, list)
+        or len(value) != 3
+        or any(isinstance(c, bool) or not isinstance(c, int | float) for c in value)
+    ):
         raise LabelError(f"{path.name}: {where} colour {value!r} is not [r, g, b] with three numbers 0-255")
     if any(not float(c).is_integer() or not 0 <= c <= 255 for c in value):
         raise LabelError(f"{path.name}: {where} colour {value!r} is out of range; use whole numbers 0-255")
@@ -226,14 +245,17 @@ def _optional_code(path: Path, where: str, key: str, value: Any) -> Code | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise LabelError(f"{path.name}: {where} {key} must be an object with CodeValue, CodingSchemeDesignator"
-                         f" and CodeMeaning, got a {_json_type(value)}")
+        raise LabelError(
+            f"{path.name}: {where} {key} must be an object with CodeValue, CodingSchemeDesignator"
+            f" and CodeMeaning, got a {_json_type(value)}"
+        )
     parts = []
     for field_name in ("CodeValue", "CodingSchemeDesignator", "CodeMeaning"):
         part = value.get(field_name)
         if not isinstance(part, str | int) or isinstance(part, bool) or not str(part).strip():
-            raise LabelError(f"{path.name}: {where} {key} lacks {field_name}; give CodeValue,"
-                             " CodingSchemeDesignator and CodeMeaning")
+            raise LabelError(
+                f"{path.name}: {where} {key} lacks {field_name}; give CodeValue, CodingSchemeDesignator and CodeMeaning"
+            )
         parts.append(str(part).strip())
     code_value, scheme, meaning = parts
     if scheme == "SRT":
@@ -241,16 +263,22 @@ def _optional_code(path: Path, where: str, key: str, value: Any) -> Code | None:
         mapped = _SNOMED_MAPPING["SRT"].get(code_value)
         if mapped is not None:
             return Code(value=mapped, scheme_designator="SCT", meaning=meaning)
-        log.warning("%s: %s %s uses retired SNOMED RT code %s with no SNOMED CT mapping; kept as given",
-                    path.name, where, key, code_value)
+        log.warning(
+            "%s: %s %s uses retired SNOMED RT code %s with no SNOMED CT mapping; kept as given",
+            path.name,
+            where,
+            key,
+            code_value,
+        )
     return Code(value=code_value, scheme_designator=scheme, meaning=meaning)
 
 
 def _from_dcmqi(path: Path, data: Mapping[str, Any]) -> dict[int, LabelEntry]:
     groups = data.get("segmentAttributes")
     if not isinstance(groups, list):
-        raise LabelError(f"{path.name}: \"segmentAttributes\" must be a list (of lists) of segments, got a"
-                         f" {_json_type(groups)}")
+        raise LabelError(
+            f'{path.name}: "segmentAttributes" must be a list (of lists) of segments, got a {_json_type(groups)}'
+        )
     # dcmqi nests one list per input file; segnode reads one label map, so all entries share one label space.
     flat: list[Any] = []
     for group in groups:
@@ -258,11 +286,12 @@ def _from_dcmqi(path: Path, data: Mapping[str, Any]) -> dict[int, LabelEntry]:
     table: dict[int, LabelEntry] = {}
     for position, item in enumerate(flat, start=1):
         if not isinstance(item, dict):
-            raise LabelError(f"{path.name}: segment {position} in \"segmentAttributes\" must be an object, got a"
-                             f" {_json_type(item)}")
+            raise LabelError(
+                f'{path.name}: segment {position} in "segmentAttributes" must be an object, got a {_json_type(item)}'
+            )
         raw_label = item.get("labelID")
         if isinstance(raw_label, bool) or not isinstance(raw_label, int | str):
-            raise LabelError(f"{path.name}: segment {position} in \"segmentAttributes\" has no integer labelID")
+            raise LabelError(f'{path.name}: segment {position} in "segmentAttributes" has no integer labelID')
         label = _label_key(path, raw_label)
         if label is None:
             raise LabelError(f"{path.name}: segment {position} has labelID 0, which is background; use 1 or more")
@@ -273,16 +302,23 @@ def _from_dcmqi(path: Path, data: Mapping[str, Any]) -> dict[int, LabelEntry]:
         entry = LabelEntry(
             name=name.strip() if isinstance(name, str) and name.strip() else f"Segment {label}",
             color=_colour(path, where, colour) if colour is not None else None,
-            category=_optional_code(path, where, "SegmentedPropertyCategoryCodeSequence",
-                                    item.get("SegmentedPropertyCategoryCodeSequence")),
-            type=_optional_code(path, where, "SegmentedPropertyTypeCodeSequence",
-                                item.get("SegmentedPropertyTypeCodeSequence")),
-            modifier=_optional_code(path, where, "SegmentedPropertyTypeModifierCodeSequence",
-                                    item.get("SegmentedPropertyTypeModifierCodeSequence")),
+            category=_optional_code(
+                path, where, "SegmentedPropertyCategoryCodeSequence", item.get("SegmentedPropertyCategoryCodeSequence")
+            ),
+            type=_optional_code(
+                path, where, "SegmentedPropertyTypeCodeSequence", item.get("SegmentedPropertyTypeCodeSequence")
+            ),
+            modifier=_optional_code(
+                path,
+                where,
+                "SegmentedPropertyTypeModifierCodeSequence",
+                item.get("SegmentedPropertyTypeModifierCodeSequence"),
+            ),
             description=_optional_text(path, where, "SegmentDescription", item.get("SegmentDescription")),
             region=_optional_code(path, where, "AnatomicRegionSequence", item.get("AnatomicRegionSequence")),
-            region_modifier=_optional_code(path, where, "AnatomicRegionModifierSequence",
-                                           item.get("AnatomicRegionModifierSequence")),
+            region_modifier=_optional_code(
+                path, where, "AnatomicRegionModifierSequence", item.get("AnatomicRegionModifierSequence")
+            ),
         )
         _put(path, table, label, entry)
     return table

@@ -22,8 +22,18 @@ from node.convert.geometry import FloatArray
 from node.errors import GeometryError
 
 #: Attributes that tell stacks of one series apart, in the order they are tried when positions repeat.
-TRAITS = ("ImageType", "EchoNumbers", "EffectiveEchoTime", "TemporalPositionIdentifier", "TemporalPositionIndex",
-          "TriggerTime", "DiffusionBValue", "DiffusionGradientOrientation", "StackID", "AcquisitionNumber")
+TRAITS = (
+    "ImageType",
+    "EchoNumbers",
+    "EffectiveEchoTime",
+    "TemporalPositionIdentifier",
+    "TemporalPositionIndex",
+    "TriggerTime",
+    "DiffusionBValue",
+    "DiffusionGradientOrientation",
+    "StackID",
+    "AcquisitionNumber",
+)
 
 #: Vendors' private b-value and gradient attributes, for classic images that lack the standard ones.
 _PRIVATE_B_VALUES = (Tag(0x0019, 0x100C), Tag(0x0043, 0x1039), Tag(0x2001, 0x1003))
@@ -161,7 +171,8 @@ def _classic_traits(header: Dataset) -> tuple[str, ...]:
         values["DiffusionBValue"] = next((_text(header[t].value) for t in _PRIVATE_B_VALUES if t in header), "")
     if not values["DiffusionGradientOrientation"]:
         values["DiffusionGradientOrientation"] = next(
-            (_text(header[t].value) for t in _PRIVATE_GRADIENTS if t in header), "")
+            (_text(header[t].value) for t in _PRIVATE_GRADIENTS if t in header), ""
+        )
     return tuple(values[keyword] for keyword in TRAITS)
 
 
@@ -172,11 +183,13 @@ def _classic_plane(header: Dataset, instance: int) -> Plane:
             raise GeometryError(f"{where} lacks {keyword}")
     spacing = _floats(header.PixelSpacing, 2, "PixelSpacing", where)
     return Plane(
-        instance=instance, frame=None,
+        instance=instance,
+        frame=None,
         orientation=_floats(header.ImageOrientationPatient, 6, "ImageOrientationPatient", where),
         position=_floats(header.ImagePositionPatient, 3, "ImagePositionPatient", where),
         spacing=(float(spacing[0]), float(spacing[1])),
-        rows=_size(header, "Rows", where), cols=_size(header, "Columns", where),
+        rows=_size(header, "Rows", where),
+        cols=_size(header, "Columns", where),
         thickness=_thickness(header.get("SliceThickness")),
         traits=_classic_traits(header),
     )
@@ -189,8 +202,11 @@ _FRAME_TRAITS: dict[str, tuple[str, ...]] = {
     "TemporalPositionIndex": ("FrameContentSequence", "TemporalPositionIndex"),
     "TriggerTime": ("CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime"),
     "DiffusionBValue": ("MRDiffusionSequence", "DiffusionBValue"),
-    "DiffusionGradientOrientation": ("MRDiffusionSequence", "DiffusionGradientDirectionSequence",
-                                     "DiffusionGradientOrientation"),
+    "DiffusionGradientOrientation": (
+        "MRDiffusionSequence",
+        "DiffusionGradientDirectionSequence",
+        "DiffusionGradientOrientation",
+    ),
     "StackID": ("FrameContentSequence", "StackID"),
 }
 _FRAME_TYPE_FALLBACK = ("CTImageFrameTypeSequence", "FrameType")
@@ -202,8 +218,10 @@ def _frame_planes(header: Dataset, instance: int) -> Iterator[Plane]:
     shared = _item(header, "SharedFunctionalGroupsSequence")
     frames = _count(header.get("NumberOfFrames"))
     if frames < 1 or len(per_frame) != frames:
-        raise GeometryError(f"{where}: NumberOfFrames ({header.get('NumberOfFrames')!r}) does not match its"
-                            f" {len(per_frame)} per-frame functional group item(s)")
+        raise GeometryError(
+            f"{where}: NumberOfFrames ({header.get('NumberOfFrames')!r}) does not match its"
+            f" {len(per_frame)} per-frame functional group item(s)"
+        )
     rows, cols = _size(header, "Rows", where), _size(header, "Columns", where)
     for frame, item in enumerate(per_frame):
         groups = [item, shared] if shared is not None else [item]
@@ -220,12 +238,20 @@ def _frame_planes(header: Dataset, instance: int) -> Iterator[Plane]:
         if not traits["ImageType"]:
             traits["ImageType"] = _text(_lookup(groups, _FRAME_TYPE_FALLBACK))
         yield Plane(
-            instance=instance, frame=frame,
-            orientation=_floats(value(("PlaneOrientationSequence", "ImageOrientationPatient"), "orientation"), 6,
-                                "ImageOrientationPatient", at),
-            position=_floats(value(("PlanePositionSequence", "ImagePositionPatient"), "position"), 3,
-                             "ImagePositionPatient", at),
-            spacing=(float(spacing[0]), float(spacing[1])), rows=rows, cols=cols,
+            instance=instance,
+            frame=frame,
+            orientation=_floats(
+                value(("PlaneOrientationSequence", "ImageOrientationPatient"), "orientation"),
+                6,
+                "ImageOrientationPatient",
+                at,
+            ),
+            position=_floats(
+                value(("PlanePositionSequence", "ImagePositionPatient"), "position"), 3, "ImagePositionPatient", at
+            ),
+            spacing=(float(spacing[0]), float(spacing[1])),
+            rows=rows,
+            cols=cols,
             thickness=_thickness(_lookup(groups, ("PixelMeasuresSequence", "SliceThickness"))),
             traits=tuple(traits.get(keyword, "") for keyword in TRAITS),
         )
@@ -252,10 +278,13 @@ def planes_of(header: Dataset, instance: int) -> list[Plane]:
         raise GeometryError(
             f"{_where(header, None)} is a Siemens mosaic ({slices} tiled in one"
             f" {header.get('Rows', '?')}x{header.get('Columns', '?')} image): segnode does not unpack mosaics;"
-            " export the series from the scanner without mosaic, or segment a dcm2niix conversion elsewhere")
+            " export the series from the scanner without mosaic, or segment a dcm2niix conversion elsewhere"
+        )
     if _count(header.get("NumberOfFrames"), default=1) > 1:
-        raise GeometryError(f"{_where(header, None)} has {header.NumberOfFrames} frames but no per-frame"
-                            " functional groups: segnode cannot place its frames in the patient")
+        raise GeometryError(
+            f"{_where(header, None)} has {header.NumberOfFrames} frames but no per-frame"
+            " functional groups: segnode cannot place its frames in the patient"
+        )
     return [_classic_plane(header, instance)]
 
 
@@ -279,5 +308,7 @@ def check_pixel_data_size(header: Dataset, path: Path) -> None:
     except OSError:
         return
     if size < needed:
-        raise GeometryError(f"{where}: {rows}x{cols} pixels x {frames} frame(s) need {needed} bytes of pixel data,"
-                            f" but the file holds {size}: its header does not describe its pixels")
+        raise GeometryError(
+            f"{where}: {rows}x{cols} pixels x {frames} frame(s) need {needed} bytes of pixel data,"
+            f" but the file holds {size}: its header does not describe its pixels"
+        )

@@ -63,8 +63,9 @@ class AlgorithmInfo:
 
     def identification(self) -> hd.AlgorithmIdentificationSequence:
         """The highdicom sequence for this algorithm."""
-        return hd.AlgorithmIdentificationSequence(name=self.name[:_LO_MAX], family=self.family,
-                                                  version=self.version[:_LO_MAX], source=self.source)
+        return hd.AlgorithmIdentificationSequence(
+            name=self.name[:_LO_MAX], family=self.family, version=self.version[:_LO_MAX], source=self.source
+        )
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,12 @@ def segment_description(spec: SegmentSpec, number: int, algorithm: AlgorithmInfo
     # highdicom has no parameter for modifiers; DICOM nests them in the item they modify.
     if spec.modifier is not None:
         description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
-            hd.sr.CodedConcept.from_code(spec.modifier)]
+            hd.sr.CodedConcept.from_code(spec.modifier)
+        ]
     if spec.region is not None and spec.region_modifier is not None:
         description.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = [
-            hd.sr.CodedConcept.from_code(spec.region_modifier)]
+            hd.sr.CodedConcept.from_code(spec.region_modifier)
+        ]
     if spec.description:
         description.SegmentDescription = _dicom_text(spec.description, _ST_MAX)
     return description
@@ -127,14 +130,22 @@ def label_digest(aligned: npt.NDArray[Any]) -> str:
     return hashlib.sha256(np.ascontiguousarray(aligned).data).hexdigest()
 
 
-def deterministic_uids(series: SourceSeries, digest: str, segments: Sequence[SegmentSpec],
-                       options: SegOptions, input_name: str = "") -> tuple[str, str]:
+def deterministic_uids(
+    series: SourceSeries, digest: str, segments: Sequence[SegmentSpec], options: SegOptions, input_name: str = ""
+) -> tuple[str, str]:
     """(SeriesInstanceUID, SOPInstanceUID) derived from the inputs: a resend is recognisably the same object.
 
     The input's name is part of the seed: two tools' results for one series are two objects even when they agree.
     """
-    seed = [series.series_uid, input_name, digest, options.seg_type.value, options.algorithm.name,
-            options.algorithm.version, *(f"{s.label}={s.name}" for s in segments)]
+    seed = [
+        series.series_uid,
+        input_name,
+        digest,
+        options.seg_type.value,
+        options.algorithm.name,
+        options.algorithm.version,
+        *(f"{s.label}={s.name}" for s in segments),
+    ]
     return generate_uid(entropy_srcs=[*seed, "series"]), generate_uid(entropy_srcs=[*seed, "instance"])
 
 
@@ -195,16 +206,24 @@ def _plane_geometry(series: SourceSeries) -> dict[str, Any]:
         return {}
     spacing = list(series.pixel_spacing)
     return {
-        "plane_positions": [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, [float(v) for v in p])
-                            for p in series.positions],
-        "plane_orientation": hd.PlaneOrientationSequence(hd.CoordinateSystemNames.PATIENT,
-                                                         [float(v) for v in series.orientation]),
+        "plane_positions": [
+            hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, [float(v) for v in p]) for p in series.positions
+        ],
+        "plane_orientation": hd.PlaneOrientationSequence(
+            hd.CoordinateSystemNames.PATIENT, [float(v) for v in series.orientation]
+        ),
         "pixel_measures": hd.PixelMeasuresSequence(spacing, float(series.thickness or series.slabs()[0])),
     }
 
 
-def build_seg(series: SourceSeries, aligned: npt.NDArray[Any], segments: Sequence[SegmentSpec],
-              options: SegOptions, *, input_name: str = "") -> tuple[Dataset, list[str]]:
+def build_seg(
+    series: SourceSeries,
+    aligned: npt.NDArray[Any],
+    segments: Sequence[SegmentSpec],
+    options: SegOptions,
+    *,
+    input_name: str = "",
+) -> tuple[Dataset, list[str]]:
     """Build the SEG, and say what was repaired in the source headers it copies.
 
     ``aligned`` is (plane, row, col) over ``series``' planes, holding the label values of ``segments``.
@@ -225,8 +244,9 @@ def build_seg(series: SourceSeries, aligned: npt.NDArray[Any], segments: Sequenc
     series_uid, sop_uid = deterministic_uids(series, label_digest(aligned), segments, options, input_name)
     source_number = integer_value(series.datasets[0].get("SeriesNumber"))
     series_number = options.series_number or (source_number + 1000 if source_number is not None else 1000)
-    descriptions = [segment_description(spec, number, options.algorithm)
-                    for number, spec in enumerate(segments, start=1)]
+    descriptions = [
+        segment_description(spec, number, options.algorithm) for number, spec in enumerate(segments, start=1)
+    ]
     extra: dict[str, Any] = _plane_geometry(series)
     if options.seg_type is SegType.FRACTIONAL:
         extra["fractional_type"] = hd.seg.SegmentationFractionalTypeValues.PROBABILITY
@@ -254,8 +274,9 @@ def build_seg(series: SourceSeries, aligned: npt.NDArray[Any], segments: Sequenc
             )
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
             # highdicom validates the source headers it copies; what it refuses is a property of the input.
-            raise InputError(f"{series.describe()}: highdicom cannot build a SEG on it: {' '.join(str(exc).split())}"
-                             ) from exc
+            raise InputError(
+                f"{series.describe()}: highdicom cannot build a SEG on it: {' '.join(str(exc).split())}"
+            ) from exc
     for warning in caught:
         # Library warnings (e.g. a PatientName that is not PN-shaped) go to the log, never to the user's terminal.
         log.debug("highdicom: %s", warning.message)

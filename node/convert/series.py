@@ -227,15 +227,18 @@ def choose_stack(stacks: Sequence[SourceSeries], index: int | None, where: str) 
         if candidate.stack.index == index:
             return candidate
     asked = "choose one with --stack" if index is None else f"there is no stack {index}"
-    raise InputError(f"{where}: series {stacks[0].series_uid} holds {len(stacks)} stacks, {asked}: "
-                     + list_stacks(stacks))
+    raise InputError(
+        f"{where}: series {stacks[0].series_uid} holds {len(stacks)} stacks, {asked}: " + list_stacks(stacks)
+    )
 
 
 def list_stacks(stacks: Sequence[SourceSeries]) -> str:
     """One-line listing of stacks for refusals: number, planes, what tells each apart."""
-    return "; ".join(f"stack {s.stack.index}: {s.plane_count} planes"
-                     + (f" ({', '.join(f'{k} {v}' for k, v in s.stack.key.items())})" if s.stack.key else "")
-                     for s in stacks)
+    return "; ".join(
+        f"stack {s.stack.index}: {s.plane_count} planes"
+        + (f" ({', '.join(f'{k} {v}' for k, v in s.stack.key.items())})" if s.stack.key else "")
+        for s in stacks
+    )
 
 
 def stacks_from_headers(headers: Sequence[Dataset], paths: Sequence[Path]) -> list[SourceSeries]:
@@ -246,8 +249,10 @@ def stacks_from_headers(headers: Sequence[Dataset], paths: Sequence[Path]) -> li
     image_classes = {str(h.get("SOPClassUID", "")) for h, _ in pairs}
     for header in headers:
         if not has_planes(header) and str(header.get("SOPClassUID", "")) in image_classes:
-            raise GeometryError(f"instance {header.get('SOPInstanceUID', '?')} has no ImagePositionPatient, unlike"
-                                f" the series' other images of its class: it cannot be placed in the patient")
+            raise GeometryError(
+                f"instance {header.get('SOPInstanceUID', '?')} has no ImagePositionPatient, unlike"
+                f" the series' other images of its class: it cannot be placed in the patient"
+            )
     notices: list[str] = []
     if skipped := len(headers) - len(pairs):
         notices.append(f"{skipped} instance(s) without an image position (not images) left out")
@@ -258,13 +263,13 @@ def stacks_from_headers(headers: Sequence[Dataset], paths: Sequence[Path]) -> li
     stacks, left_out = split_stacks(planes, uids)
     notices.extend(left_out)
     if len(stacks) > 1:
-        notices.append(f"the series holds {len(stacks)} stacks: " + "; ".join(
-            info.describe() for info, _ in stacks))
+        notices.append(f"the series holds {len(stacks)} stacks: " + "; ".join(info.describe() for info, _ in stacks))
     return [_source(info, group, pairs, tuple(notices)) for info, group in stacks]
 
 
-def _source(info: StackInfo, planes: list[Plane], pairs: Sequence[tuple[Dataset, Path]],
-            notices: tuple[str, ...]) -> SourceSeries:
+def _source(
+    info: StackInfo, planes: list[Plane], pairs: Sequence[tuple[Dataset, Path]], notices: tuple[str, ...]
+) -> SourceSeries:
     unsorted = np.array([p.position for p in planes])
     order = slice_order(check_orientations([p.orientation for p in planes]), unsorted)
     planes = [planes[i] for i in order]
@@ -274,13 +279,15 @@ def _source(info: StackInfo, planes: list[Plane], pairs: Sequence[tuple[Dataset,
     thickness = first.thickness
     regular = True
     try:
-        grid = stack_grid(orientation, first.spacing, positions, rows=first.rows, cols=first.cols,
-                          thickness=thickness)
+        grid = stack_grid(orientation, first.spacing, positions, rows=first.rows, cols=first.cols, thickness=thickness)
     except UnevenSpacingError as exc:
         grid = even_stack_grid(orientation, first.spacing, positions, rows=first.rows, cols=first.cols)
         regular = False
-        notices = (*notices, f"{exc}: each plane takes its labels in patient space; the export is resampled"
-                              f" to {grid.shape[0]} even slices")
+        notices = (
+            *notices,
+            f"{exc}: each plane takes its labels in patient space; the export is resampled"
+            f" to {grid.shape[0]} even slices",
+        )
     header, path = pairs[first.instance]
     multiframe = first.frame is not None
     return SourceSeries(

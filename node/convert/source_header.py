@@ -47,25 +47,50 @@ log = logging.getLogger(__name__)
 REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID")
 
 #: Type 2 attributes highdicom reads as attributes of the source (``src_img.PatientID``): they must exist.
-TYPE2_FROM_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                     "StudyDate", "StudyTime", "ReferringPhysicianName")
+TYPE2_FROM_SOURCE = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 
 #: Attributes highdicom reads outside the copied modules, with the type they have where they land in the SEG:
 #: Frame of Reference, the Contributing Equipment item (which highdicom silently drops when one of them is
 #: invalid) and General Image.
-_ALSO_READ = {"PositionReferenceIndicator": "2", "Manufacturer": "2", "ManufacturerModelName": "3",
-              "SoftwareVersions": "3", "DeviceSerialNumber": "3", "InstitutionName": "3",
-              "InstitutionalDepartmentName": "3", "InstitutionAddress": "3", "StationName": "3",
-              "AcquisitionDateTime": "3", "AcquisitionDate": "3", "AcquisitionTime": "3",
-              "LossyImageCompression": "3", "LossyImageCompressionRatio": "3", "LossyImageCompressionMethod": "3"}
+_ALSO_READ = {
+    "PositionReferenceIndicator": "2",
+    "Manufacturer": "2",
+    "ManufacturerModelName": "3",
+    "SoftwareVersions": "3",
+    "DeviceSerialNumber": "3",
+    "InstitutionName": "3",
+    "InstitutionalDepartmentName": "3",
+    "InstitutionAddress": "3",
+    "StationName": "3",
+    "AcquisitionDateTime": "3",
+    "AcquisitionDate": "3",
+    "AcquisitionTime": "3",
+    "LossyImageCompression": "3",
+    "LossyImageCompressionRatio": "3",
+    "LossyImageCompressionMethod": "3",
+}
 
 #: Modules whose values are patient data: notices name these attributes but never quote their values.
 _PATIENT_MODULES = frozenset({"patient", "clinical-trial-subject", "patient-study"})
 
 #: Closed sets (DICOM enumerated values) of copied attributes; validators reject anything else.
-_ENUMERATED = {"PatientSex": ("M", "F", "O"), "PatientIdentityRemoved": ("YES", "NO"),
-               "QualityControlSubject": ("YES", "NO"), "PatientSexNeutered": ("ALTERED", "UNALTERED"),
-               "LossyImageCompression": ("00", "01")}
+_ENUMERATED = {
+    "PatientSex": ("M", "F", "O"),
+    "PatientIdentityRemoved": ("YES", "NO"),
+    "QualityControlSubject": ("YES", "NO"),
+    "PatientSexNeutered": ("ALTERED", "UNALTERED"),
+    "LossyImageCompression": ("00", "01"),
+}
 
 #: Type 1C pairs of a module of which one must be present (the condition of each names the other).
 _ONE_OF_REQUIRED = {"clinical-trial-subject": ("ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID")}
@@ -93,17 +118,23 @@ def clean_source_header(header: Dataset, series_uid: str) -> tuple[Dataset, list
         if not value:
             raise InputError(f"source series {series_uid} lacks {keyword}; cannot reference it from a SEG")
         if not UID(value).is_valid:
-            raise InputError(f"source series {series_uid}: {keyword} {value!r} is not a valid DICOM UID;"
-                             " cannot reference it from a SEG")
+            raise InputError(
+                f"source series {series_uid}: {keyword} {value!r} is not a valid DICOM UID;"
+                " cannot reference it from a SEG"
+            )
     sop_class = UID(str(cleaned.SOPClassUID).strip())
     if not sop_class.name.endswith("Image Storage"):
         # A SEG segments images: its frames reference image planes (an RT Structure Set has none).
-        raise InputError(f"source series {series_uid}: SOP class {sop_class} ({sop_class.name}) is not an image;"
-                         " a SEG can only be built on images")
+        raise InputError(
+            f"source series {series_uid}: SOP class {sop_class} ({sop_class.name}) is not an image;"
+            " a SEG can only be built on images"
+        )
     modules = _copied_modules(str(cleaned.SOPClassUID))
     if modules is None:
-        raise InputError(f"source series {series_uid}: SOP class {cleaned.SOPClassUID} is not one highdicom"
-                         " knows; cannot build a SEG from it")
+        raise InputError(
+            f"source series {series_uid}: SOP class {cleaned.SOPClassUID} is not one highdicom"
+            " knows; cannot build a SEG from it"
+        )
     notices: list[str] = []
     # This walk reads, and so decodes, every element under the source's own character set before it may change.
     removed = _remove_private_and_retired(cleaned)
@@ -134,8 +165,11 @@ def _copied_modules(sop_class_uid: str) -> tuple[tuple[str, str, Schema], ...] |
     iod = get_sop_class_iod_map().get(sop_class_uid)
     if iod is None:
         return None
-    return tuple((m["key"], m["usage"], construct_module_tree(m["key"])) for m in get_iod_module_map()[iod]
-                 if m["ie"] in ("Patient", "Study") or m["key"] == "specimen")
+    return tuple(
+        (m["key"], m["usage"], construct_module_tree(m["key"]))
+        for m in get_iod_module_map()[iod]
+        if m["ie"] in ("Patient", "Study") or m["key"] == "specimen"
+    )
 
 
 def _remove_private_and_retired(ds: Dataset) -> set[str]:
@@ -176,8 +210,9 @@ def _is_empty(ds: Dataset, keyword: str) -> bool:
         return False
 
 
-def _clean_element(ds: Dataset, keyword: str, node: Schema, where: str, private_value: bool,
-                   notices: list[str]) -> None:
+def _clean_element(
+    ds: Dataset, keyword: str, node: Schema, where: str, private_value: bool, notices: list[str]
+) -> None:
     """Repair one element of ``ds`` in place: valid values stay, repairable ones are fixed, others go.
 
     An invalid value leaves a Type 2 attribute empty and removes any other one (a Type 1 attribute that goes
@@ -190,8 +225,9 @@ def _clean_element(ds: Dataset, keyword: str, node: Schema, where: str, private_
     if _is_empty(ds, keyword):
         if _type_of(node) in ("1", "1C"):  # these may be absent, never empty
             del ds[keyword]
-            notices.append(f"source header: {where} is empty but may not be (Type {_type_of(node)});"
-                           " left out of the SEG")
+            notices.append(
+                f"source header: {where} is empty but may not be (Type {_type_of(node)}); left out of the SEG"
+            )
         return
     if isinstance(element.value, bytes):
         return
@@ -218,8 +254,10 @@ def _clean_element(ds: Dataset, keyword: str, node: Schema, where: str, private_
             return
         if reason:
             new = _quoted(fixed, element.VR, private_value)
-            notices.append(f"source header: {where}{quoted} {reason}; "
-                           + (f"written{new} in the SEG" if new else "repaired in the SEG"))
+            notices.append(
+                f"source header: {where}{quoted} {reason}; "
+                + (f"written{new} in the SEG" if new else "repaired in the SEG")
+            )
             repaired.append(fixed)
         else:
             repaired.append(value)
@@ -232,8 +270,9 @@ def _quoted(value: str, vr: str, private_value: bool) -> str:
     return "" if private_value or vr == "PN" or len(value) > 32 else f" {value!r}"
 
 
-def _clean_sequence(ds: Dataset, keyword: str, node: Schema, where: str, private_value: bool,
-                    notices: list[str]) -> None:
+def _clean_sequence(
+    ds: Dataset, keyword: str, node: Schema, where: str, private_value: bool, notices: list[str]
+) -> None:
     """Clean each item; drop items left empty or without their Type 1 content, then the sequence if empty.
 
     An empty sequence stays only where it is Type 2: anywhere else validators read it as a missing Type 1
@@ -248,8 +287,7 @@ def _clean_sequence(ds: Dataset, keyword: str, node: Schema, where: str, private
         for tag in list(item.keys()):
             child = item[tag].keyword
             if child:
-                _clean_element(item, child, children.get(child, _OPTIONAL), f"{label} {child}", private_value,
-                               notices)
+                _clean_element(item, child, children.get(child, _OPTIONAL), f"{label} {child}", private_value, notices)
         missing = _missing_type1(item, children)
         if len(item) == 0:
             notices.append(f"source header: {label} is empty; item left out of the SEG")
@@ -298,8 +336,9 @@ def _complete_modules(ds: Dataset, modules: tuple[tuple[str, str, Schema], ...],
             for keyword in present:
                 del ds[keyword]
             name = " ".join(part.capitalize() for part in key.split("-"))
-            notices.append(f"source header: {name} module lacks {missing} (Type 1); its attributes are left out"
-                           " of the SEG")
+            notices.append(
+                f"source header: {name} module lacks {missing} (Type 1); its attributes are left out of the SEG"
+            )
             continue
         for keyword, node in attributes.items():
             if _type_of(node) == "2" and keyword not in ds:
@@ -314,8 +353,13 @@ def _complete_deidentification(ds: Dataset, notices: list[str]) -> None:
     flag and stating that the method is unknown is true; dropping the flag would hide that the data is
     de-identified.
     """
-    if (str(ds.get("PatientIdentityRemoved", "")).upper() == "YES" and _is_empty(ds, "DeidentificationMethod")
-            and _is_empty(ds, "DeidentificationMethodCodeSequence")):
+    if (
+        str(ds.get("PatientIdentityRemoved", "")).upper() == "YES"
+        and _is_empty(ds, "DeidentificationMethod")
+        and _is_empty(ds, "DeidentificationMethodCodeSequence")
+    ):
         ds.DeidentificationMethod = _UNKNOWN_DEIDENTIFICATION
-        notices.append("source header: PatientIdentityRemoved is YES but no DeidentificationMethod is given;"
-                       f" written {_UNKNOWN_DEIDENTIFICATION!r} in the SEG")
+        notices.append(
+            "source header: PatientIdentityRemoved is YES but no DeidentificationMethod is given;"
+            f" written {_UNKNOWN_DEIDENTIFICATION!r} in the SEG"
+        )

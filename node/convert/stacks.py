@@ -107,8 +107,14 @@ def _groups(planes: Sequence[Plane], object_uids: Sequence[str]) -> list[tuple[d
     orientations: list[FloatArray] = []
     grouped: dict[_GroupKey, list[Plane]] = {}
     for plane in planes:
-        cluster = next((i for i, reference in enumerate(orientations)
-                        if np.abs(plane.orientation - reference).max() <= ORIENTATION_TOLERANCE), None)
+        cluster = next(
+            (
+                i
+                for i, reference in enumerate(orientations)
+                if np.abs(plane.orientation - reference).max() <= ORIENTATION_TOLERANCE
+            ),
+            None,
+        )
         if cluster is None:
             orientations.append(plane.orientation)
             cluster = len(orientations) - 1
@@ -146,8 +152,9 @@ def _name_constant_traits(found: list[tuple[dict[str, str], list[Plane]]]) -> No
                 key.setdefault(trait, next(iter(value)) or "(none)")
 
 
-def split_stacks(planes: Sequence[Plane], object_uids: Sequence[str]
-                 ) -> tuple[list[tuple[StackInfo, list[Plane]]], list[str]]:
+def split_stacks(
+    planes: Sequence[Plane], object_uids: Sequence[str]
+) -> tuple[list[tuple[StackInfo, list[Plane]]], list[str]]:
     """The series' stacks (largest first, each with its planes) and one notice per group that had to be left out.
 
     ``object_uids[i]`` is the SOP Instance UID of instance ``i``, to tell multi-frame objects apart.
@@ -163,18 +170,27 @@ def split_stacks(planes: Sequence[Plane], object_uids: Sequence[str]
         refined = _refine(group, 0)
         if refined is None:
             where = f" ({', '.join(f'{k} {v}' for k, v in key.items())})" if key else ""
-            notices.append(f"{len(group)} planes{where} repeat positions and nothing in their headers (echo, image"
-                           " type, temporal position, diffusion, stack ID) tells them apart; left out")
+            notices.append(
+                f"{len(group)} planes{where} repeat positions and nothing in their headers (echo, image"
+                " type, temporal position, diffusion, stack ID) tells them apart; left out"
+            )
             continue
         found.extend(({**key, **sub_key}, sub) for sub_key, sub in refined)
     if not found:
-        raise GeometryError(notices[0].replace("; left out", ": the series holds several volumes that cannot be"
-                                               " split; send each as its own series"))
+        raise GeometryError(
+            notices[0].replace(
+                "; left out", ": the series holds several volumes that cannot be split; send each as its own series"
+            )
+        )
     _name_constant_traits(found)
-    found.sort(key=lambda item: (-len(item[1]), [_natural(v) for v in item[0].values()],
-                                 min(object_uids[p.instance] for p in item[1])))
-    stacks = [(StackInfo(index=i, count=len(found), key=key), group)
-              for i, (key, group) in enumerate(found, start=1)]
+    found.sort(
+        key=lambda item: (
+            -len(item[1]),
+            [_natural(v) for v in item[0].values()],
+            min(object_uids[p.instance] for p in item[1]),
+        )
+    )
+    stacks = [(StackInfo(index=i, count=len(found), key=key), group) for i, (key, group) in enumerate(found, start=1)]
     for notice in notices:
         log.info("%s", notice)
     return stacks, notices

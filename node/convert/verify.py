@@ -40,7 +40,7 @@ def _frames(seg: Dataset) -> Iterator[npt.NDArray[Any]]:
             start = f * pixels
             first, skip = divmod(start, 8)
             chunk = np.frombuffer(data, np.uint8, count=(skip + pixels + 7) // 8, offset=first)
-            yield np.unpackbits(chunk, bitorder="little")[skip:skip + pixels].reshape(rows, cols)
+            yield np.unpackbits(chunk, bitorder="little")[skip : skip + pixels].reshape(rows, cols)
         return
     dtype = np.uint8 if int(seg.BitsAllocated) == 8 else np.uint16
     yield from np.frombuffer(data, dtype, count=count * pixels).reshape(count, rows, cols)
@@ -62,12 +62,13 @@ def _packed_frame_sums(seg: Dataset) -> npt.NDArray[np.float64] | None:
     byte_start = 8.0 * np.arange(cols // 8)
     sums = np.zeros((count, 3))
     for start in range(0, count, 256):
-        block = packed[start:start + 256]
+        block = packed[start : start + 256]
         bits = _POPCOUNT[block]
-        sums[start:start + 256, 0] = bits.sum(axis=(1, 2), dtype=np.int64)
-        sums[start:start + 256, 1] = bits.sum(axis=2, dtype=np.int64) @ row_index
-        sums[start:start + 256, 2] = (bits.sum(axis=1, dtype=np.int64) @ byte_start
-                                      + _BIT_POSITIONS[block].sum(axis=(1, 2), dtype=np.int64))
+        sums[start : start + 256, 0] = bits.sum(axis=(1, 2), dtype=np.int64)
+        sums[start : start + 256, 1] = bits.sum(axis=2, dtype=np.int64) @ row_index
+        sums[start : start + 256, 2] = bits.sum(axis=1, dtype=np.int64) @ byte_start + _BIT_POSITIONS[block].sum(
+            axis=(1, 2), dtype=np.int64
+        )
     return sums
 
 
@@ -91,8 +92,15 @@ def _frame_sums(seg: Dataset) -> list[tuple[int, int, int, float, float]]:
         else:
             parts = [(_segment_number(seg, f), frame >= threshold)]
         for number, mask in parts:
-            result.append((f, number, int(np.count_nonzero(mask)), float(mask.sum(axis=1) @ row_index),
-                           float(mask.sum(axis=0) @ col_index)))
+            result.append(
+                (
+                    f,
+                    number,
+                    int(np.count_nonzero(mask)),
+                    float(mask.sum(axis=1) @ row_index),
+                    float(mask.sum(axis=0) @ col_index),
+                )
+            )
     return result
 
 
@@ -110,8 +118,9 @@ def seg_stats(seg: Dataset, slab_of: Callable[[FloatArray], float]) -> dict[int,
     ``slab_of(position)`` is the thickness (mm) of the source plane at a frame position: constant for a regular
     stack, varying for unevenly spaced planes, which then weigh by the slab each one stands for.
     """
-    orientation = np.array([float(v) for v in functional_attribute(seg, 0, "PlaneOrientationSequence",
-                                                                    "ImageOrientationPatient")])
+    orientation = np.array(
+        [float(v) for v in functional_attribute(seg, 0, "PlaneOrientationSequence", "ImageOrientationPatient")]
+    )
     delta_row, delta_col = (float(v) for v in functional_attribute(seg, 0, "PixelMeasuresSequence", "PixelSpacing"))
     col_step, row_step = orientation[:3] * delta_col, orientation[3:] * delta_row
     counts: dict[int, int] = {}
@@ -120,15 +129,17 @@ def seg_stats(seg: Dataset, slab_of: Callable[[FloatArray], float]) -> dict[int,
     for frame, number, n, row_sum, col_sum in _frame_sums(seg):
         if n == 0:
             continue
-        position = np.array([float(v) for v in functional_attribute(seg, frame, "PlanePositionSequence",
-                                                                     "ImagePositionPatient")])
+        position = np.array(
+            [float(v) for v in functional_attribute(seg, frame, "PlanePositionSequence", "ImagePositionPatient")]
+        )
         weight = delta_row * delta_col * slab_of(position)
         counts[number] = counts.get(number, 0) + n
         volumes[number] = volumes.get(number, 0.0) + n * weight
-        sums[number] = sums.get(number, np.zeros(3)) + weight * (n * position + row_sum * row_step
-                                                                 + col_sum * col_step)
-    return {number: SegSegment(SegmentStats(counts[number], sums[number] / volumes[number]), volumes[number])
-            for number in counts}
+        sums[number] = sums.get(number, np.zeros(3)) + weight * (n * position + row_sum * row_step + col_sum * col_step)
+    return {
+        number: SegSegment(SegmentStats(counts[number], sums[number] / volumes[number]), volumes[number])
+        for number in counts
+    }
 
 
 @dataclass(frozen=True)
@@ -143,12 +154,21 @@ class Tolerance:
     def describe(self) -> str:
         if self.exact:
             return f"exact: equal voxel counts, centroids within {self.centroid_mm:.2g} mm"
-        return (f"resampled: centroids within {self.centroid_mm:.2g} mm, volumes within"
-                f" {self.volume_fraction:.0%} + {self.volume_mm3:.3g} mm³")
+        return (
+            f"resampled: centroids within {self.centroid_mm:.2g} mm, volumes within"
+            f" {self.volume_fraction:.0%} + {self.volume_mm3:.3g} mm³"
+        )
 
 
-def verify_seg(seg: Dataset, expected: Mapping[int, SegmentStats], segments: Sequence[SegmentSpec],
-               tolerance: Tolerance, *, input_voxel_mm3: float, slab_of: Callable[[FloatArray], float]) -> None:
+def verify_seg(
+    seg: Dataset,
+    expected: Mapping[int, SegmentStats],
+    segments: Sequence[SegmentSpec],
+    tolerance: Tolerance,
+    *,
+    input_voxel_mm3: float,
+    slab_of: Callable[[FloatArray], float],
+) -> None:
     """Raise :class:`VerificationError` unless every segment of ``seg`` matches the input's count and centroid.
 
     ``slab_of`` as for :func:`seg_stats`.
@@ -171,8 +191,10 @@ def verify_seg(seg: Dataset, expected: Mapping[int, SegmentStats], segments: Seq
         else:
             count_ok = abs(got_mm3 - want_mm3) <= tolerance.volume_fraction * want_mm3 + tolerance.volume_mm3
         if not count_ok or distance > tolerance.centroid_mm:
-            problems.append(f"segment {number} '{spec.name}': {got.stats.count} voxels ({got_mm3:.1f} mm³) vs input"
-                            f" {want.count} ({want_mm3:.1f} mm³), centroid {distance:.3g} mm away")
+            problems.append(
+                f"segment {number} '{spec.name}': {got.stats.count} voxels ({got_mm3:.1f} mm³) vs input"
+                f" {want.count} ({want_mm3:.1f} mm³), centroid {distance:.3g} mm away"
+            )
     extra = sorted(set(found) - set(range(1, len(segments) + 1)))
     if extra:
         problems.append(f"SEG holds undeclared segment numbers {extra}")

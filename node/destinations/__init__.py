@@ -21,8 +21,19 @@ from typing import Any, ClassVar, Protocol
 
 from node.destinations.results import Outcome, SendResult, backoff_delay
 
-__all__ = ["Destination", "DestinationConfig", "Factory", "Outcome", "SendResult", "backoff_delay", "config_type",
-           "create", "kinds", "register", "unregister"]
+__all__ = [
+    "Destination",
+    "DestinationConfig",
+    "Factory",
+    "Outcome",
+    "SendResult",
+    "backoff_delay",
+    "config_type",
+    "create",
+    "kinds",
+    "register",
+    "unregister",
+]
 
 #: Modules that register the built-in kinds when imported; loaded on the first registry look-up.
 BUILTIN_KIND_MODULES = ("node.destinations.dimse", "node.destinations.folder")

@@ -159,9 +159,12 @@ def _read_item(path: Path) -> _Item | SendResult:
     sop_class = str(meta.get("MediaStorageSOPClassUID", "")).strip()
     transfer_syntax = str(meta.get("TransferSyntaxUID", "")).strip()
     if not sop_class or not transfer_syntax or "MediaStorageSOPInstanceUID" not in meta:
-        return SendResult(path, Outcome.FAILED, None,
-                          f"{path}: file meta lacks the SOP class, instance or transfer syntax; rewrite it as a "
-                          "DICOM Part 10 file")
+        return SendResult(
+            path,
+            Outcome.FAILED,
+            None,
+            f"{path}: file meta lacks the SOP class, instance or transfer syntax; rewrite it as a DICOM Part 10 file",
+        )
     return _Item(path, sop_class, transfer_syntax)
 
 
@@ -207,8 +210,10 @@ def _association_failure(dest: DicomPeer, assoc: Association, connected: bool, t
     answer = getattr(assoc.acceptor, "primitive", None)
     if assoc.is_rejected and answer is not None:
         hint = "; check the AE titles in the configuration and on the PACS" if "AE title" in answer.reason_str else ""
-        return (f"{who} rejected the association ({answer.result_str.lower()}, {answer.source_str}: "
-                f"{answer.reason_str}){hint}")
+        return (
+            f"{who} rejected the association ({answer.result_str.lower()}, {answer.source_str}: "
+            f"{answer.reason_str}){hint}"
+        )
     if answer is None:
         return f"{who} did not answer the association request within {timeout:g} s"
     return f"{who} aborted the association"
@@ -225,14 +230,15 @@ def _open(ae: AE, dest: DicomPeer, timeout: float) -> tuple[Association | None, 
         connected.append(True)
 
     try:
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, on_open)])
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, on_open)])
     except OSError:
         # Name resolution happens before pynetdicom's own error handling.
         return None, False
     except ValueError as exc:
-        raise ConfigError(f"destination {dest.name}: AE title {dest.ae_title!r} cannot be used ({exc}); "
-                          "fix its ae_title in the configuration") from exc
+        raise ConfigError(
+            f"destination {dest.name}: AE title {dest.ae_title!r} cannot be used ({exc}); "
+            "fix its ae_title in the configuration"
+        ) from exc
     return assoc, bool(connected)
 
 
@@ -301,16 +307,18 @@ def _send_association(dest: DicomPeer, items: Sequence[_Item], calling_ae: str, 
                 name = sop_class_name(item.sop_class)
                 other_syntax = any(sop == item.sop_class for sop, _ in accepted)
                 detail = f" in {UID(item.transfer_syntax).name}" if other_syntax else ""
-                results.append(SendResult(item.path, Outcome.FAILED, 0x0122,
-                                          f"{who}: destination does not accept {name}{detail}"))
+                results.append(
+                    SendResult(item.path, Outcome.FAILED, 0x0122, f"{who}: destination does not accept {name}{detail}")
+                )
                 continue
             try:
                 if not assoc.is_established:
                     raise _NoResponse("association closed by the peer")
                 status = _store_one(assoc, item)
             except _NoResponse as exc:
-                reason = (f"{who}: {exc}; association lost with {len(items) - index} of {len(items)} files "
-                          "not acknowledged")
+                reason = (
+                    f"{who}: {exc}; association lost with {len(items) - index} of {len(items)} files not acknowledged"
+                )
                 results += [SendResult(i.path, Outcome.RETRY, None, reason) for i in items[index:]]
                 break
             except (OSError, ValueError, AttributeError) as exc:

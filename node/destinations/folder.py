@@ -63,8 +63,11 @@ class FolderWriter:
         if not existing.is_dir():
             return f"{self.describe()}: {existing} is not a folder"
         if not os.access(existing, os.W_OK | os.X_OK):
-            what = "the folder is not writable" if existing == self.folder else (
-                f"cannot create it, {existing} is not writable")
+            what = (
+                "the folder is not writable"
+                if existing == self.folder
+                else (f"cannot create it, {existing} is not writable")
+            )
             return f"{self.describe()}: {what}"
         return None
 
@@ -86,8 +89,9 @@ class FolderWriter:
             with source:
                 atomic_write(target, lambda handle: shutil.copyfileobj(source, handle, 1 << 20))
         except OSError as exc:
-            return SendResult(path, Outcome.RETRY, None,
-                              f"{self.describe()}: cannot write {target.name} ({exc.strerror or exc})")
+            return SendResult(
+                path, Outcome.RETRY, None, f"{self.describe()}: cannot write {target.name} ({exc.strerror or exc})"
+            )
         return SendResult(path, Outcome.SENT, None, f"copied to {target}")
 
 

@@ -62,5 +62,12 @@ def log_batch(where: str, results: Sequence[SendResult]) -> None:
     counts = {outcome: sum(r.outcome is outcome for r in results) for outcome in Outcome}
     first_problem = next((r.reason for r in results if r.outcome is not Outcome.SENT), "")
     level = logging.INFO if not first_problem else logging.WARNING
-    log.log(level, "send to %s: %d sent, %d retry, %d failed%s", where, counts[Outcome.SENT], counts[Outcome.RETRY],
-            counts[Outcome.FAILED], f" (first problem: {first_problem})" if first_problem else "")
+    log.log(
+        level,
+        "send to %s: %d sent, %d retry, %d failed%s",
+        where,
+        counts[Outcome.SENT],
+        counts[Outcome.RETRY],
+        counts[Outcome.FAILED],
+        f" (first problem: {first_problem})" if first_problem else "",
+    )

@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 BIND_RETRY_SECONDS = 10.0
 
 
-def open_listener(bind: str, port: int, *, backlog: int = 64,
-                  retry_seconds: float = BIND_RETRY_SECONDS) -> socket.socket:
+def open_listener(
+    bind: str, port: int, *, backlog: int = 64, retry_seconds: float = BIND_RETRY_SECONDS
+) -> socket.socket:
     """A listening TCP socket on ``bind:port`` (``port=0``: the OS picks), to serve from one or more processes.
 
     The socket is non-blocking: when several receiver processes share it, the ones that lose the race for a

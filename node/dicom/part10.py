@@ -65,14 +65,16 @@ def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -
     (b'DICM', 0)
     """
     version = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
-    elements = b"".join((
-        _element_bytes(0x0002, 0x0001, b"OB", b"\x00\x01"),
-        _element_bytes(0x0002, 0x0002, b"UI", _uid_value(sop_class_uid)),
-        _element_bytes(0x0002, 0x0003, b"UI", _uid_value(sop_instance_uid)),
-        _element_bytes(0x0002, 0x0010, b"UI", _uid_value(transfer_syntax)),
-        _element_bytes(0x0002, 0x0012, b"UI", _uid_value(PYNETDICOM_IMPLEMENTATION_UID)),
-        _element_bytes(0x0002, 0x0013, b"SH", version + b" " * (len(version) % 2)),
-    ))
+    elements = b"".join(
+        (
+            _element_bytes(0x0002, 0x0001, b"OB", b"\x00\x01"),
+            _element_bytes(0x0002, 0x0002, b"UI", _uid_value(sop_class_uid)),
+            _element_bytes(0x0002, 0x0003, b"UI", _uid_value(sop_instance_uid)),
+            _element_bytes(0x0002, 0x0010, b"UI", _uid_value(transfer_syntax)),
+            _element_bytes(0x0002, 0x0012, b"UI", _uid_value(PYNETDICOM_IMPLEMENTATION_UID)),
+            _element_bytes(0x0002, 0x0013, b"SH", version + b" " * (len(version) % 2)),
+        )
+    )
     group_length = _element_bytes(0x0002, 0x0000, b"UL", struct.pack("<I", len(elements)))
     return PREAMBLE + group_length + elements
 
@@ -94,7 +96,7 @@ class _Walker:
         tag = group << 16 | element
         if group == 0xFFFE or not self.explicit:  # items and delimiters carry no VR in any encoding
             return tag, b"", self.u32.unpack_from(self.data, pos + 4)[0], pos + 8
-        vr = bytes(self.data[pos + 4:pos + 6])
+        vr = bytes(self.data[pos + 4 : pos + 6])
         if vr in _LONG_VRS:
             return tag, vr, self.u32.unpack_from(self.data, pos + 8)[0], pos + 12
         return tag, vr, self.u16.unpack_from(self.data, pos + 6)[0], pos + 8
@@ -135,7 +137,7 @@ class _Walker:
             if tag in (_STUDY_UID, _SERIES_UID):
                 if length == _UNDEFINED or pos + length > end:
                     raise HeaderError(f"the value of ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs past the data set")
-                found[tag] = bytes(self.data[pos:pos + length]).decode("latin-1").strip("\x00 ")
+                found[tag] = bytes(self.data[pos : pos + length]).decode("latin-1").strip("\x00 ")
             pos = self.skip_value(pos, vr, length)
         return found
 
@@ -176,8 +178,13 @@ def _read_with_pydicom(dataset: bytes | memoryview, *, explicit: bool, little_en
     def past_identity(tag: int, _vr: str | None, _length: int) -> bool:
         return tag > _SERIES_UID
 
-    return read_dataset(BytesIO(dataset), is_implicit_VR=not explicit, is_little_endian=little_endian,
-                        stop_when=past_identity, specific_tags=[_STUDY_UID, _SERIES_UID])
+    return read_dataset(
+        BytesIO(dataset),
+        is_implicit_VR=not explicit,
+        is_little_endian=little_endian,
+        stop_when=past_identity,
+        specific_tags=[_STUDY_UID, _SERIES_UID],
+    )
 
 
 class UnreadableInstanceError(InputError):
@@ -193,12 +200,25 @@ def read_identity(dataset: bytes | memoryview, transfer_syntax: str, sop_uid: st
     try:
         series, study = read_identity_uids(dataset, transfer_syntax)
     # A malformed stream surfaces as any of these, depending on where the parser trips.
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError, IndexError,
-            OverflowError, RecursionError, struct.error, zlib.error) as exc:
+    except (
+        InvalidDicomError,
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        OverflowError,
+        RecursionError,
+        struct.error,
+        zlib.error,
+    ) as exc:
         # Reason first: the start of the message becomes the peer's 64-character Error Comment.
         detail = " ".join(str(exc).split())
-        raise UnreadableInstanceError(f"header cannot be parsed ({type(exc).__name__}: {detail}) in instance "
-                                      f"{sop_uid}; the sender must send valid DICOM") from exc
+        raise UnreadableInstanceError(
+            f"header cannot be parsed ({type(exc).__name__}: {detail}) in instance "
+            f"{sop_uid}; the sender must send valid DICOM"
+        ) from exc
     if not series:
         raise UnreadableInstanceError(f"no SeriesInstanceUID in instance {sop_uid}; the sender must add it")
     if not study:

@@ -108,14 +108,22 @@ class ReceiverPool:
         self.port = int(self._listener.getsockname()[1])
         for number in range(1, self.processes + 1):
             self._start(number)
-        log.info("listening as %s on %s:%d with %d receiver processes", self.config.node.ae_title,
-                 self.config.node.bind, self.port, self.processes)
+        log.info(
+            "listening as %s on %s:%d with %d receiver processes",
+            self.config.node.ae_title,
+            self.config.node.bind,
+            self.port,
+            self.processes,
+        )
 
     def _start(self, number: int) -> None:
         assert self._listener is not None
         process = self._context.Process(
-            target=serve, name=f"segnode-receiver-{number}", daemon=True,
-            args=(self.config, self._listener, number, os.getpid(), logging.getLogger().getEffectiveLevel()))
+            target=serve,
+            name=f"segnode-receiver-{number}",
+            daemon=True,
+            args=(self.config, self._listener, number, os.getpid(), logging.getLogger().getEffectiveLevel()),
+        )
         process.start()
         self._workers[number] = process
 

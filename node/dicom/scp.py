@@ -58,9 +58,20 @@ from node.state.instances import InstanceStore, check_uid
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ABORT_WAIT_SECONDS", "MAX_PDU_BYTES", "STATUS_CANNOT_UNDERSTAND", "STATUS_OUT_OF_RESOURCES",
-    "STATUS_PROCESSING_FAILURE", "STATUS_SUCCESS", "TRANSFER_SYNTAXES", "AssociationEnd", "StorageSCP",
-    "StoreOutcome", "UnreadableInstanceError", "open_listener", "read_identity", "store_status",
+    "ABORT_WAIT_SECONDS",
+    "MAX_PDU_BYTES",
+    "STATUS_CANNOT_UNDERSTAND",
+    "STATUS_OUT_OF_RESOURCES",
+    "STATUS_PROCESSING_FAILURE",
+    "STATUS_SUCCESS",
+    "TRANSFER_SYNTAXES",
+    "AssociationEnd",
+    "StorageSCP",
+    "StoreOutcome",
+    "UnreadableInstanceError",
+    "open_listener",
+    "read_identity",
+    "store_status",
 ]
 
 #: Transfer syntaxes accepted for storage; instances are stored exactly as sent, in the syntax the peer chose.
@@ -196,11 +207,20 @@ class StorageSCP:
             print(scp.port)
     """
 
-    def __init__(self, store: InstanceStore, database: Path, *, ae_title: str = "SEGNODE", bind: str = "0.0.0.0",
-                 port: int = 11112, max_associations: int = 10,
-                 on_association_end: Callable[[AssociationEnd], None] | None = None,
-                 hint_completion: bool = True, clock: Callable[[], float] = time.time,
-                 listener: socket.socket | None = None) -> None:
+    def __init__(
+        self,
+        store: InstanceStore,
+        database: Path,
+        *,
+        ae_title: str = "SEGNODE",
+        bind: str = "0.0.0.0",
+        port: int = 11112,
+        max_associations: int = 10,
+        on_association_end: Callable[[AssociationEnd], None] | None = None,
+        hint_completion: bool = True,
+        clock: Callable[[], float] = time.time,
+        listener: socket.socket | None = None,
+    ) -> None:
         self.store = store
         self.database = Path(database)
         self.ae_title = ae_title
@@ -219,13 +239,26 @@ class StorageSCP:
         self._server: Any = None
 
     @classmethod
-    def from_config(cls, config: Config, *, on_association_end: Callable[[AssociationEnd], None] | None = None,
-                    hint_completion: bool = True, listener: socket.socket | None = None) -> StorageSCP:
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        on_association_end: Callable[[AssociationEnd], None] | None = None,
+        hint_completion: bool = True,
+        listener: socket.socket | None = None,
+    ) -> StorageSCP:
         """An SCP for ``config``'s ``[node]`` and ``[paths]`` (not started)."""
-        return cls(InstanceStore(config.paths.data), config.paths.database, ae_title=config.node.ae_title,
-                   bind=config.node.bind, port=config.node.port, max_associations=config.node.max_associations,
-                   on_association_end=on_association_end, hint_completion=hint_completion, listener=listener)
-
+        return cls(
+            InstanceStore(config.paths.data),
+            config.paths.database,
+            ae_title=config.node.ae_title,
+            bind=config.node.bind,
+            port=config.node.port,
+            max_associations=config.node.max_associations,
+            on_association_end=on_association_end,
+            hint_completion=hint_completion,
+            listener=listener,
+        )
 
     def _application_entity(self) -> Any:
         if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
@@ -263,8 +296,9 @@ class StorageSCP:
         try:
             listener = self._listener or open_listener(self.bind, self.requested_port)
             self._listener = None  # the server owns it now
-            server = self._ae.make_server(listener.getsockname(), evt_handlers=handlers, server_class=ListenerServer,
-                                          listener=listener)
+            server = self._ae.make_server(
+                listener.getsockname(), evt_handlers=handlers, server_class=ListenerServer, listener=listener
+            )
         except BaseException:
             self._state.close()
             self._state = None
@@ -315,7 +349,6 @@ class StorageSCP:
     @property
     def running(self) -> bool:
         return self._server is not None
-
 
     @staticmethod
     def _peer(event: Any) -> tuple[str, str]:
@@ -369,11 +402,22 @@ class StorageSCP:
                 return
             still_sending = set().union(*(s.series_uids for s in self._sessions.values()))
         finished = frozenset(session.series_uids - still_sending)
-        ending = AssociationEnd(calling_ae=session.calling_ae, peer=session.peer,
-                                series_uids=frozenset(session.series_uids), finished_series=finished,
-                                instances=session.instances, aborted=aborted)
-        log.info("association from %s at %s %s: %d instance(s) of %d series", session.calling_ae, session.peer,
-                 "aborted" if aborted else "released", session.instances, len(session.series_uids))
+        ending = AssociationEnd(
+            calling_ae=session.calling_ae,
+            peer=session.peer,
+            series_uids=frozenset(session.series_uids),
+            finished_series=finished,
+            instances=session.instances,
+            aborted=aborted,
+        )
+        log.info(
+            "association from %s at %s %s: %d instance(s) of %d series",
+            session.calling_ae,
+            session.peer,
+            "aborted" if aborted else "released",
+            session.instances,
+            len(session.series_uids),
+        )
         if self.hint_completion and not aborted and finished:
             try:
                 state = self._state

@@ -95,10 +95,12 @@ class Build(Stage):
                 known, candidates = self._candidates()
                 match = match_item(item.path, item.sidecar, known, candidates)
                 store.mark_matched(job.id, match.series_uid)
-                series = choose_stack(stored_stacks(self.state.series, match.series_uid), match.stack,
-                                      f"series {match.series_uid}")
-                result = build_seg_from_input(series, item.path, default_labels=self.context.config.seg.labels,
-                                              options=self.context.options)
+                series = choose_stack(
+                    stored_stacks(self.state.series, match.series_uid), match.stack, f"series {match.series_uid}"
+                )
+                result = build_seg_from_input(
+                    series, item.path, default_labels=self.context.config.seg.labels, options=self.context.options
+                )
                 sop_uid = str(result.dataset.SOPInstanceUID)
                 seg_path = self.context.segs / f"{sop_uid}.dcm"
                 write_dataset_atomically(result.dataset, seg_path)
@@ -121,14 +123,16 @@ class Build(Stage):
         if not store.mark_built(job.id, seg_path, sop_uid, destinations):
             return  # another node took the job over meanwhile; it files the item
         stack = f" {series.stack.describe()}" if series.stack.count > 1 else ""
-        summary = (f"SEG {sop_uid} built for series {match.series_uid}{stack} (matched by {match.how}):"
-                   f" {len(result.segments)} segment(s), {result.alignment.describe()}")
+        summary = (
+            f"SEG {sop_uid} built for series {match.series_uid}{stack} (matched by {match.how}):"
+            f" {len(result.segments)} segment(s), {result.alignment.describe()}"
+        )
         notes = "\n".join(result.notices)
         move_item(item, paths.processed, summary + (f"\n{notes}" if notes else ""))
         log.info("%s: %s; queued for %s", item.path.name, summary, ", ".join(destinations) or "no destination")
 
     def _retry_later(self, job: JobRow, item: InboxItem, reason: str) -> None:
-        delay = min(RETRY_FIRST_SECONDS * 2 ** job.attempts, RETRY_MAX_SECONDS)
+        delay = min(RETRY_FIRST_SECONDS * 2**job.attempts, RETRY_MAX_SECONDS)
         log.warning("%s: %s; left in the inbox, trying again in %.0f s", item.path.name, reason, delay)
         self.state.jobs.mark_retry_later(job.id, reason, self.context.clock() + delay)
 
@@ -145,7 +149,7 @@ class Build(Stage):
         for row in self.state.series.list_series(SeriesState.EXPORTED):
             main = export / f"{row.series_uid}.json"
             for sidecar in (main, *sorted(export.glob(f"{row.series_uid}_stack*.json"))):
-                number = re.fullmatch(r"_stack([0-9]+)", sidecar.stem[len(row.series_uid):])
+                number = re.fullmatch(r"_stack([0-9]+)", sidecar.stem[len(row.series_uid) :])
                 grid = exported_grid(sidecar) if sidecar.is_file() else None
                 if grid is not None and (sidecar == main or number):
                     stack = int(number.group(1)) if number else 1

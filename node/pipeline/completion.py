@@ -28,4 +28,3 @@ class Completion(Stage):
                 continue
             done += series.mark(row.series_uid, SeriesState.COMPLETE, if_revision=row.revision)
         return done
-

@@ -36,8 +36,7 @@ class Deliver(Stage):
     def _send_batch(self, name: str, rows: list[SendRow]) -> None:
         config, store = self.context.config, self.state.jobs
         try:
-            destination = create(config.destination(name), calling_ae=config.node.ae_title,
-                                 timeout=config.send.timeout)
+            destination = create(config.destination(name), calling_ae=config.node.ae_title, timeout=config.send.timeout)
         except SegnodeError as exc:
             for row in rows:
                 store.mark_send_failed(row.id, error_line(exc))
@@ -53,4 +52,3 @@ class Deliver(Stage):
             else:
                 gave_up = f" (gave up after {row.attempts + 1} attempts)" if result.outcome is Outcome.RETRY else ""
                 store.mark_send_failed(row.id, result.reason + gave_up)
-

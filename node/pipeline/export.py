@@ -64,8 +64,9 @@ def read_volume(series: SourceSeries) -> npt.NDArray[Any]:
     # RuntimeError covers pydicom's "no installed plugin decodes this transfer syntax" (a subclass of it); the
     # others are what pydicom raises on pixel attributes that do not describe the data (Bits Allocated, ...).
     except (ValueError, RuntimeError, AttributeError, KeyError, TypeError, IndexError, OSError) as exc:
-        raise InputError(f"series {series.series_uid}: pixel data cannot be decoded"
-                         f" ({' '.join(str(exc).split())[:200]})") from exc
+        raise InputError(
+            f"series {series.series_uid}: pixel data cannot be decoded ({' '.join(str(exc).split())[:200]})"
+        ) from exc
     return np.stack(slices)
 
 
@@ -118,8 +119,9 @@ def export_series(series: SourceSeries, folder: Path, *, version: int = 1) -> Ex
     nifti = folder / f"{series.stem}.nii.gz"
     sidecar = folder / f"{series.stem}.json"
     # Level 1: a CT volume compresses nearly as well and several times faster than gzip's default.
-    atomic_write(nifti, lambda handle: handle.write(gzip.compress(image.to_bytes(), compresslevel=1)),
-                 sync_folder=False)
+    atomic_write(
+        nifti, lambda handle: handle.write(gzip.compress(image.to_bytes(), compresslevel=1)), sync_folder=False
+    )
     first = series.datasets[0]
     description: dict[str, Any] = {
         "SeriesInstanceUID": uid,
@@ -132,8 +134,13 @@ def export_series(series: SourceSeries, folder: Path, *, version: int = 1) -> Ex
         "spacing_mm": [round(float(s), 6) for s in np.linalg.norm(affine[:3, :3], axis=0)],
         "affine_ras": np.asarray(affine).round(6).tolist(),
         "instances": series.plane_count,
-        "stack": {"index": series.stack.index, "count": series.stack.count, "key": series.stack.key,
-                  "planes": series.plane_count, "sop_instance_uids": _instance_uids(series)},
+        "stack": {
+            "index": series.stack.index,
+            "count": series.stack.count,
+            "key": series.stack.key,
+            "planes": series.plane_count,
+            "sop_instance_uids": _instance_uids(series),
+        },
         "export_version": version,
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "nifti": nifti.name,
@@ -218,19 +225,28 @@ class Export(Stage):
             return
         except Exception as exc:  # one bad series must not stop the stage; the reason is kept with the series
             log.exception("series %s: unexpected error", uid)
-            self.state.series.mark(uid, SeriesState.FAILED, reason=f"series {uid}: unexpected error:"
-                                   f" {error_line(exc)}", if_revision=row.revision)
+            self.state.series.mark(
+                uid,
+                SeriesState.FAILED,
+                reason=f"series {uid}: unexpected error: {error_line(exc)}",
+                if_revision=row.revision,
+            )
             return
-        marked = self.state.series.mark(uid, SeriesState.EXPORTED, export_version=row.revision,
-                                        if_revision=row.revision)
+        marked = self.state.series.mark(
+            uid, SeriesState.EXPORTED, export_version=row.revision, if_revision=row.revision
+        )
         if marked and self.context.config.export.command:
             for export in exported:
                 self._running.append(self._commands.submit(self._run_command, export, uid))
 
     def _run_command(self, export: ExportedSeries, series_uid: str) -> None:
         config = self.context.config
-        values = {"nifti": str(export.nifti), "sidecar": str(export.sidecar), "series_uid": series_uid,
-                  "inbox": str(config.paths.inbox)}
+        values = {
+            "nifti": str(export.nifti),
+            "sidecar": str(export.sidecar),
+            "series_uid": series_uid,
+            "inbox": str(config.paths.inbox),
+        }
         # Placeholders are filled after splitting, so paths with spaces stay one argument and nothing reaches a shell.
         argv = [part.format(**values) for part in shlex.split(config.export.command)]
         timeout = config.export.command_timeout

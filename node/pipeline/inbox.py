@@ -182,8 +182,9 @@ class InboxWatcher:
         Monotonic seconds; tests pass a fake one.
     """
 
-    def __init__(self, inbox: Path, *, settle_seconds: float, poll: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, inbox: Path, *, settle_seconds: float, poll: bool = False, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if not (math.isfinite(settle_seconds) and settle_seconds >= 0):
             raise ConfigError(f"inbox {inbox}: [inbox] settle_seconds must be a number >= 0, got {settle_seconds}")
         self.inbox = Path(inbox)
@@ -246,8 +247,9 @@ class InboxWatcher:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.stop()
 
     def wait(self, timeout: float) -> None:

@@ -43,8 +43,9 @@ class Intake(Stage):
                 self.queue.append((job_id, item))
             else:
                 # Built before a crash that came before the move: finish the move, do not build twice.
-                move_item(item, self.context.config.paths.processed,
-                          f"SEG {job.seg_sop_uid} built earlier (job {job_id})")
+                move_item(
+                    item, self.context.config.paths.processed, f"SEG {job.seg_sop_uid} built earlier (job {job_id})"
+                )
         return len(items)
 
     def busy(self) -> bool:
@@ -53,4 +54,3 @@ class Intake(Stage):
     def idle(self, stopping: threading.Event, seconds: float) -> None:
         # File events wake the watcher early; the timeout bounds how late a settled item is seen.
         self.watcher.wait(min(seconds, max(self.context.config.inbox.settle_seconds, 0.05)))
-

@@ -38,8 +38,9 @@ class Candidate:
 
     def __post_init__(self) -> None:
         if not self.stem:
-            object.__setattr__(self, "stem", self.series_uid if self.stack == 1 else f"{self.series_uid}_stack"
-                               f"{self.stack}")
+            object.__setattr__(
+                self, "stem", self.series_uid if self.stack == 1 else f"{self.series_uid}_stack{self.stack}"
+            )
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,9 @@ def fits(series: Grid, label: Grid) -> bool:
     return alignment.exact and alignment.outside_voxels == 0
 
 
-def match_item(path: Path, sidecar: Path | None, known_series: Collection[str],
-               candidates: Sequence[Candidate]) -> Match:
+def match_item(
+    path: Path, sidecar: Path | None, known_series: Collection[str], candidates: Sequence[Candidate]
+) -> Match:
     """Find the series (and stack) of an inbox item; raise :class:`MatchError` with the candidates named when
     unsure."""
     stem = nifti_stem(path) if not path.is_dir() else path.name
@@ -87,10 +89,14 @@ def match_item(path: Path, sidecar: Path | None, known_series: Collection[str],
         return Match(fitting[0].series_uid, "geometry", fitting[0].stack)
     if not fitting:
         listed = ", ".join(c.stem for c in candidates[:5]) or "none exported yet"
-        raise MatchError(f"{path.name}: no received series has this grid ({grid.describe()}); name the file"
-                         f" <SeriesInstanceUID>.nii.gz or add a sidecar; candidates: {listed}")
-    raise MatchError(f"{path.name}: grid fits {len(fitting)} exports ({', '.join(c.stem for c in fitting)});"
-                     " ambiguous, name the file after the export it belongs to (<stem>.nii.gz)")
+        raise MatchError(
+            f"{path.name}: no received series has this grid ({grid.describe()}); name the file"
+            f" <SeriesInstanceUID>.nii.gz or add a sidecar; candidates: {listed}"
+        )
+    raise MatchError(
+        f"{path.name}: grid fits {len(fitting)} exports ({', '.join(c.stem for c in fitting)});"
+        " ambiguous, name the file after the export it belongs to (<stem>.nii.gz)"
+    )
 
 
 def _fitting_stack(path: Path, stacks: Sequence[Candidate]) -> int:
@@ -98,8 +104,10 @@ def _fitting_stack(path: Path, stacks: Sequence[Candidate]) -> int:
     grid = nifti_header_grid(path)
     fitting = [c for c in stacks if fits(c.grid, grid)]
     if len(fitting) > 1:
-        raise MatchError(f"{path.name}: grid fits {len(fitting)} stacks of series {stacks[0].series_uid}"
-                         f" ({', '.join(c.stem for c in fitting)}); name the file after the stack's export")
+        raise MatchError(
+            f"{path.name}: grid fits {len(fitting)} stacks of series {stacks[0].series_uid}"
+            f" ({', '.join(c.stem for c in fitting)}); name the file after the stack's export"
+        )
     return fitting[0].stack if fitting else 1
 
 
@@ -112,5 +120,7 @@ def pick_stack(stacks: Sequence[SourceSeries], label: Path) -> SourceSeries:
     if len(fitting) == 1:
         return fitting[0]
     how = "no stack's grid fits it" if not fitting else f"{len(fitting)} stacks' grids fit it"
-    raise MatchError(f"{label.name}: series {stacks[0].series_uid} holds {len(stacks)} stacks and {how}; choose"
-                     f" one with --stack: {list_stacks(stacks)}")
+    raise MatchError(
+        f"{label.name}: series {stacks[0].series_uid} holds {len(stacks)} stacks and {how}; choose"
+        f" one with --stack: {list_stacks(stacks)}"
+    )

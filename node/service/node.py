@@ -60,8 +60,9 @@ class Node:
         self._threads: list[threading.Thread] = []
         options = SegOptions(
             seg_type=SegType(config.seg.type),
-            algorithm=AlgorithmInfo(name=config.seg.algorithm_name,
-                                    version=config.seg.algorithm_version or AlgorithmInfo().version),
+            algorithm=AlgorithmInfo(
+                name=config.seg.algorithm_name, version=config.seg.algorithm_version or AlgorithmInfo().version
+            ),
             series_description=config.seg.series_description,
         )
         self.context = PipelineContext(config=config, options=options, state=self.state, clock=clock)
@@ -70,14 +71,20 @@ class Node:
     def stopping(self) -> threading.Event:
         return self.context.stopping
 
-
     def prepare(self) -> None:
         """Create folders and the database; remove half-written files a crash left (start-up recovery)."""
-        for folder in (self.paths.data, self.paths.inbox, self.paths.export, self.paths.processed,
-                       self.paths.failed, self.context.segs):
+        for folder in (
+            self.paths.data,
+            self.paths.inbox,
+            self.paths.export,
+            self.paths.processed,
+            self.paths.failed,
+            self.context.segs,
+        ):
             folder.mkdir(parents=True, exist_ok=True)
-        removed = (self.store.cleanup_temp() + remove_temp_files(self.paths.export)
-                   + remove_temp_files(self.context.segs))
+        removed = (
+            self.store.cleanup_temp() + remove_temp_files(self.paths.export) + remove_temp_files(self.context.segs)
+        )
         if removed:
             log.info("start-up: removed %d half-written temporary file(s)", removed)
         resumable = self.state.jobs.resumable()
@@ -96,21 +103,32 @@ class Node:
             self.scp = StorageSCP.from_config(self.config)
             self.scp.start()
             self.port = self.scp.port
-        self.watcher = InboxWatcher(self.paths.inbox, settle_seconds=self.config.inbox.settle_seconds,
-                                    poll=self.config.inbox.poll)
+        self.watcher = InboxWatcher(
+            self.paths.inbox, settle_seconds=self.config.inbox.settle_seconds, poll=self.config.inbox.poll
+        )
         self.watcher.start()
         intake = Intake(self.context, self.watcher)
-        self.stages = [Completion(self.context), Export(self.context), intake, Build(self.context, intake),
-                       Deliver(self.context)]
+        self.stages = [
+            Completion(self.context),
+            Export(self.context),
+            intake,
+            Build(self.context, intake),
+            Deliver(self.context),
+        ]
         if threads:
             for stage in self.stages:
-                thread = threading.Thread(target=self._loop, args=(stage,), name=f"segnode-{stage.name}",
-                                          daemon=True)
+                thread = threading.Thread(target=self._loop, args=(stage,), name=f"segnode-{stage.name}", daemon=True)
                 thread.start()
                 self._threads.append(thread)
-        log.info("segnode running: %s:%d as %s, inbox %s, export %s, %d destination(s)", self.config.node.bind,
-                 self.port, self.config.node.ae_title, self.paths.inbox, self.paths.export,
-                 len(self.config.destinations))
+        log.info(
+            "segnode running: %s:%d as %s, inbox %s, export %s, %d destination(s)",
+            self.config.node.bind,
+            self.port,
+            self.config.node.ae_title,
+            self.paths.inbox,
+            self.paths.export,
+            len(self.config.destinations),
+        )
 
     def stop(self) -> None:
         """Stop intake first (listener, watcher), then let the stages finish their current step."""
@@ -157,7 +175,6 @@ class Node:
         finally:
             self.stop()
 
-
     def _step(self, stage: Stage) -> int:
         """One step of ``stage``; an error it could not handle is logged and counts as no work done."""
         try:
@@ -197,7 +214,6 @@ class Node:
         now = time.monotonic()
         return {stage.name: now - stage.last_beat for stage in self.stages}
 
-
     def requeue(self, job_id: int) -> str:
         """`segnode retry`: re-open a failed job; an input that never became a SEG goes back into the inbox."""
         job = self.state.jobs.get(job_id)
@@ -206,7 +222,9 @@ class Node:
             return f"job {job_id}: {len(job.sends)} send(s) due again"
         moved = find_moved_item(self.paths.failed, job.inbox_path.name)
         if moved is None:
-            return (f"job {job_id}: re-opened, but {job.inbox_path.name} is no longer in {self.paths.failed};"
-                    " drop the file into the inbox again")
+            return (
+                f"job {job_id}: re-opened, but {job.inbox_path.name} is no longer in {self.paths.failed};"
+                " drop the file into the inbox again"
+            )
         restored = restore_item(moved, self.paths.inbox)
         return f"job {job_id}: {restored.name} is back in the inbox and will be processed again"

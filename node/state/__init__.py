@@ -40,8 +40,16 @@ __all__ = ["JobStore", "SeriesIndex", "State", "default_node_id", "open_state"]
 class SeriesIndex(Protocol):
     """Received instances grouped into series; ``receiving -> complete -> exported`` (or ``failed``)."""
 
-    def record_instance(self, series_uid: str, study_uid: str, sop_uid: str, sop_class_uid: str, path: Path,
-                        size: int, received_at: float) -> bool:
+    def record_instance(
+        self,
+        series_uid: str,
+        study_uid: str,
+        sop_uid: str,
+        sop_class_uid: str,
+        path: Path,
+        size: int,
+        received_at: float,
+    ) -> bool:
         """Index one stored instance (a re-sent one replaces the earlier row); the series is receiving again.
         True when that re-opened a complete, exported or failed series."""
         ...
@@ -50,18 +58,33 @@ class SeriesIndex(Protocol):
         """An association that sent these series was released: they are due after a short grace. How many."""
         ...
 
-    def claim_due(self, quiet_seconds: float, *, now: float | None = None,
-                  grace_seconds: float = HINT_GRACE_SECONDS, limit: int | None = None) -> list[SeriesRow]:
+    def claim_due(
+        self,
+        quiet_seconds: float,
+        *,
+        now: float | None = None,
+        grace_seconds: float = HINT_GRACE_SECONDS,
+        limit: int | None = None,
+    ) -> list[SeriesRow]:
         """Claim the receiving series quiet for ``quiet_seconds`` (or hinted and quiet for ``grace_seconds``)."""
         ...
 
-    def claim_in_state(self, state: SeriesState | str, *, now: float | None = None, limit: int | None = None
-                       ) -> list[SeriesRow]:
+    def claim_in_state(
+        self, state: SeriesState | str, *, now: float | None = None, limit: int | None = None
+    ) -> list[SeriesRow]:
         """Claim the series in ``state`` (e.g. COMPLETE, to export them), oldest first."""
         ...
 
-    def mark(self, series_uid: str, state: SeriesState | str, *, reason: str | None = None,
-             export_version: int | None = None, if_revision: int | None = None, now: float | None = None) -> bool:
+    def mark(
+        self,
+        series_uid: str,
+        state: SeriesState | str,
+        *,
+        reason: str | None = None,
+        export_version: int | None = None,
+        if_revision: int | None = None,
+        now: float | None = None,
+    ) -> bool:
         """Move a claimed series to ``state``, releasing the claim. False (only the claim released) when its
         revision is no longer ``if_revision`` or this node lost the claim; InputError for an unknown series."""
         ...
@@ -94,8 +117,9 @@ class SeriesIndex(Protocol):
 class JobStore(Protocol):
     """Jobs (one inbox item each) and their sends (one per destination); see :mod:`node.state.sqlite_jobs`."""
 
-    def create(self, inbox_path: Path, item_kind: str, *, signature: str | None = None,
-               now: float | None = None) -> int:
+    def create(
+        self, inbox_path: Path, item_kind: str, *, signature: str | None = None, now: float | None = None
+    ) -> int:
         """The job of this version of an inbox item (created PENDING, or the existing one). Its id."""
         ...
 
@@ -127,8 +151,9 @@ class JobStore(Protocol):
         """A claimed job -> MATCHED with its series; the claim stays and its lease restarts."""
         ...
 
-    def mark_built(self, job_id: int, seg_path: Path, seg_sop_uid: str, destinations: Sequence[str], *,
-                   now: float | None = None) -> bool:
+    def mark_built(
+        self, job_id: int, seg_path: Path, seg_sop_uid: str, destinations: Sequence[str], *, now: float | None = None
+    ) -> bool:
         """A claimed MATCHED job -> BUILT (SENT without destinations), one send per destination due now; the
         claim is released."""
         ...
@@ -202,8 +227,14 @@ def default_node_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def open_state(data_folder: Path, database: Path, *, node_id: str | None = None,
-               lease_seconds: float = CLAIM_LEASE_SECONDS, busy_timeout: float = 30.0) -> State:
+def open_state(
+    data_folder: Path,
+    database: Path,
+    *,
+    node_id: str | None = None,
+    lease_seconds: float = CLAIM_LEASE_SECONDS,
+    busy_timeout: float = 30.0,
+) -> State:
     """Open (creating or migrating) the state in ``database`` for the data folder ``data_folder``.
 
     Parameters
@@ -234,5 +265,9 @@ def open_state(data_folder: Path, database: Path, *, node_id: str | None = None,
 
     who = node_id or default_node_id()
     backend = SqliteDatabase(database, data_folder, timeout=busy_timeout)
-    return State(series=SqliteSeriesIndex(backend, who, lease_seconds=lease_seconds),
-                 jobs=SqliteJobStore(backend, who, lease_seconds=lease_seconds), node_id=who, backend=backend)
+    return State(
+        series=SqliteSeriesIndex(backend, who, lease_seconds=lease_seconds),
+        jobs=SqliteJobStore(backend, who, lease_seconds=lease_seconds),
+        node_id=who,
+        backend=backend,
+    )

@@ -46,8 +46,10 @@ def check_uid(uid: str, what: str) -> str:
     """
     cleaned = uid.strip("\x00 ") if isinstance(uid, str) else ""
     if not is_uid(cleaned, strict=False):
-        raise InvalidUIDError(f"{what} {uid!r} is not a DICOM UID (digits and dots, at most {UID_MAX_CHARS} "
-                              "characters); the sender must be fixed")
+        raise InvalidUIDError(
+            f"{what} {uid!r} is not a DICOM UID (digits and dots, at most {UID_MAX_CHARS} "
+            "characters); the sender must be fixed"
+        )
     if not is_uid(cleaned):
         log.debug("%s %s has leading zeros in a component; accepted", what, cleaned)
     return cleaned
@@ -111,9 +113,10 @@ class InstanceStore:
             atomic_write(target, write)
         except OSError as exc:
             if is_disk_full(exc):
-                raise StorageFullError(f"{self.root}: no space left for instance {sop_instance_uid} of series "
-                                       f"{series_uid} ({exc.strerror}); free disk space, the sender will retry"
-                                       ) from exc
+                raise StorageFullError(
+                    f"{self.root}: no space left for instance {sop_instance_uid} of series "
+                    f"{series_uid} ({exc.strerror}); free disk space, the sender will retry"
+                ) from exc
             raise
         return target
 

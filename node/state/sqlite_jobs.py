@@ -59,8 +59,7 @@ class SqliteJobStore:
         How long a claim holds before another node may take it over.
     """
 
-    def __init__(self, database: SqliteDatabase, node_id: str, *, lease_seconds: float = CLAIM_LEASE_SECONDS
-                 ) -> None:
+    def __init__(self, database: SqliteDatabase, node_id: str, *, lease_seconds: float = CLAIM_LEASE_SECONDS) -> None:
         self.database = database
         self.paths = StoredPaths(database.data_folder)
         self.node_id = node_id
@@ -70,21 +69,40 @@ class SqliteJobStore:
 
     def _send_row(self, row: sqlite3.Row) -> SendRow:
         return SendRow(
-            id=row["id"], job_id=row["job_id"], destination=row["destination"], state=SendState(row["state"]),
-            attempts=row["attempts"], next_at=row["next_at"], reason=row["reason"], updated_at=row["updated_at"],
-            seg_path=self.paths.load(row["seg_path"]), seg_sop_uid=row["seg_sop_uid"], series_uid=row["series_uid"],
-            claimed_by=row["claimed_by"], lease_until=row["lease_until"],
+            id=row["id"],
+            job_id=row["job_id"],
+            destination=row["destination"],
+            state=SendState(row["state"]),
+            attempts=row["attempts"],
+            next_at=row["next_at"],
+            reason=row["reason"],
+            updated_at=row["updated_at"],
+            seg_path=self.paths.load(row["seg_path"]),
+            seg_sop_uid=row["seg_sop_uid"],
+            series_uid=row["series_uid"],
+            claimed_by=row["claimed_by"],
+            lease_until=row["lease_until"],
         )
 
     def _job_row(self, conn: sqlite3.Connection, row: sqlite3.Row) -> JobRow:
         sends = conn.execute(_SEND_SELECT + " WHERE s.job_id = ? ORDER BY s.destination", (row["id"],)).fetchall()
         return JobRow(
-            id=row["id"], inbox_path=self.paths.load(row["inbox_path"]), signature=row["signature"],
-            item_kind=row["item_kind"], state=JobState(row["state"]), series_uid=row["series_uid"],
+            id=row["id"],
+            inbox_path=self.paths.load(row["inbox_path"]),
+            signature=row["signature"],
+            item_kind=row["item_kind"],
+            state=JobState(row["state"]),
+            series_uid=row["series_uid"],
             seg_path=None if row["seg_path"] is None else self.paths.load(row["seg_path"]),
-            seg_sop_uid=row["seg_sop_uid"], reason=row["reason"], created_at=row["created_at"],
-            updated_at=row["updated_at"], sends=tuple(self._send_row(s) for s in sends), attempts=row["attempts"],
-            next_at=row["next_at"], claimed_by=row["claimed_by"], lease_until=row["lease_until"],
+            seg_sop_uid=row["seg_sop_uid"],
+            reason=row["reason"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            sends=tuple(self._send_row(s) for s in sends),
+            attempts=row["attempts"],
+            next_at=row["next_at"],
+            claimed_by=row["claimed_by"],
+            lease_until=row["lease_until"],
         )
 
     def _jobs(self, conn: sqlite3.Connection, query: str, params: Sequence[object]) -> list[JobRow]:
@@ -92,8 +110,9 @@ class SqliteJobStore:
 
     # Creating and reading.
 
-    def create(self, inbox_path: Path, item_kind: str, *, signature: str | None = None,
-               now: float | None = None) -> int:
+    def create(
+        self, inbox_path: Path, item_kind: str, *, signature: str | None = None, now: float | None = None
+    ) -> int:
         """The job of one inbox item, created PENDING unless that version of the item already has one.
 
         ``signature`` identifies this version of the item and defaults to
@@ -108,15 +127,18 @@ class SqliteJobStore:
         stamp = _now(now)
         with self.database.writing(f"create the job of {inbox_path}") as conn:
             # A database from before relative paths holds the absolute path of the same item.
-            row = conn.execute("SELECT id, state FROM jobs WHERE signature = ? AND inbox_path IN (?, ?)",
-                               (signature, stored, absolute)).fetchone()
+            row = conn.execute(
+                "SELECT id, state FROM jobs WHERE signature = ? AND inbox_path IN (?, ?)", (signature, stored, absolute)
+            ).fetchone()
             if row is None:
                 conn.execute(
                     "INSERT INTO jobs (inbox_path, signature, item_kind, state, created_at, updated_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (stored, signature, str(item_kind), JobState.PENDING.value, stamp, stamp))
-                row = conn.execute("SELECT id, state FROM jobs WHERE inbox_path = ? AND signature = ?",
-                                   (stored, signature)).fetchone()
+                    (stored, signature, str(item_kind), JobState.PENDING.value, stamp, stamp),
+                )
+                row = conn.execute(
+                    "SELECT id, state FROM jobs WHERE inbox_path = ? AND signature = ?", (stored, signature)
+                ).fetchone()
         log.debug("job %d for %s (%s)", row["id"], inbox_path, row["state"])
         return int(row["id"])
 
@@ -156,8 +178,10 @@ class SqliteJobStore:
     def claim_jobs(self, *, now: float | None = None, limit: int | None = None) -> list[JobRow]:
         """Claim the jobs whose SEG is to be built (PENDING, MATCHED, or RETRY_WAIT before a SEG and due)."""
         stamp = _now(now)
-        query = (f"SELECT j.id FROM jobs j WHERE {_TO_BUILD} AND (j.state != 'retry_wait' OR j.next_at <= ?)"
-                 " AND (j.claimed_by IS NULL OR j.lease_until < ?) ORDER BY j.id")
+        query = (
+            f"SELECT j.id FROM jobs j WHERE {_TO_BUILD} AND (j.state != 'retry_wait' OR j.next_at <= ?)"
+            " AND (j.claimed_by IS NULL OR j.lease_until < ?) ORDER BY j.id"
+        )
         query += "" if limit is None else f" LIMIT {int(limit)}"
         with self.database.writing("claim jobs") as conn:
             ids = [row[0] for row in conn.execute(query, (stamp, stamp)).fetchall()]
@@ -168,27 +192,35 @@ class SqliteJobStore:
         another node holds it."""
         stamp = _now(now)
         with self.database.writing(f"claim job {job_id}") as conn:
-            row = conn.execute(f"SELECT j.id FROM jobs j WHERE j.id = ? AND {_TO_BUILD}"
-                               " AND (j.claimed_by IS NULL OR j.claimed_by = ? OR j.lease_until < ?)",
-                               (job_id, self.node_id, stamp)).fetchone()
+            row = conn.execute(
+                f"SELECT j.id FROM jobs j WHERE j.id = ? AND {_TO_BUILD}"
+                " AND (j.claimed_by IS NULL OR j.claimed_by = ? OR j.lease_until < ?)",
+                (job_id, self.node_id, stamp),
+            ).fetchone()
             return None if row is None else self._claim_job(conn, job_id, stamp)
 
     def _claim_job(self, conn: sqlite3.Connection, job_id: int, now: float) -> JobRow:
-        conn.execute("UPDATE jobs SET claimed_by = ?, lease_until = ? WHERE id = ?",
-                     (self.node_id, now + self.lease_seconds, job_id))
+        conn.execute(
+            "UPDATE jobs SET claimed_by = ?, lease_until = ? WHERE id = ?",
+            (self.node_id, now + self.lease_seconds, job_id),
+        )
         return self._job_row(conn, conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
     def claim_sends(self, *, now: float | None = None, limit: int | None = None) -> list[SendRow]:
         """Claim the open sends whose (next) attempt is due and that no other node holds, oldest due first."""
         stamp = _now(now)
-        query = (f"SELECT s.id FROM sends s JOIN jobs j ON j.id = s.job_id WHERE {_OPEN_SENDS} AND s.next_at <= ?"
-                 " AND (s.claimed_by IS NULL OR s.lease_until < ?) ORDER BY s.next_at, s.id")
+        query = (
+            f"SELECT s.id FROM sends s JOIN jobs j ON j.id = s.job_id WHERE {_OPEN_SENDS} AND s.next_at <= ?"
+            " AND (s.claimed_by IS NULL OR s.lease_until < ?) ORDER BY s.next_at, s.id"
+        )
         query += "" if limit is None else f" LIMIT {int(limit)}"
         with self.database.writing("claim sends") as conn:
             ids = [row[0] for row in conn.execute(query, (stamp, stamp)).fetchall()]
             for send_id in ids:
-                conn.execute("UPDATE sends SET claimed_by = ?, lease_until = ? WHERE id = ?",
-                             (self.node_id, stamp + self.lease_seconds, send_id))
+                conn.execute(
+                    "UPDATE sends SET claimed_by = ?, lease_until = ? WHERE id = ?",
+                    (self.node_id, stamp + self.lease_seconds, send_id),
+                )
             return [self._send_row(conn.execute(_SEND_SELECT + " WHERE s.id = ?", (i,)).fetchone()) for i in ids]
 
     def release_claims(self) -> int:
@@ -207,8 +239,13 @@ class SqliteJobStore:
             raise InputError(f"{table[:-1]} {row_id} does not exist; `segnode jobs` lists the known jobs")
         if row["claimed_by"] == self.node_id:
             return True
-        log.warning("%s %d: claim lost to %s; did not %s", table[:-1], row_id,
-                    row["claimed_by"] or "a node that finished it", action)
+        log.warning(
+            "%s %d: claim lost to %s; did not %s",
+            table[:-1],
+            row_id,
+            row["claimed_by"] or "a node that finished it",
+            action,
+        )
         return False
 
     def _require(self, conn: sqlite3.Connection, job_id: int, action: str, allowed: Sequence[JobState]) -> JobState:
@@ -223,16 +260,20 @@ class SqliteJobStore:
 
     def _require_to_build(self, conn: sqlite3.Connection, job_id: int, action: str) -> JobState:
         state = self._require(conn, job_id, action, _BUILDABLE)
-        if state is JobState.RETRY_WAIT and conn.execute("SELECT seg_path IS NOT NULL FROM jobs WHERE id = ?",
-                                                         (job_id,)).fetchone()[0]:
+        if (
+            state is JobState.RETRY_WAIT
+            and conn.execute("SELECT seg_path IS NOT NULL FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+        ):
             raise JobStateError(f"job {job_id}: cannot {action} a job whose SEG is built (its sends retry)")
         return state
 
     @staticmethod
     def _set_job(conn: sqlite3.Connection, job_id: int, state: JobState, now: float, **columns: object) -> None:
         assignments = "".join(f", {name} = ?" for name in columns)
-        conn.execute(f"UPDATE jobs SET state = ?, updated_at = ?{assignments} WHERE id = ?",
-                     (state.value, now, *columns.values(), job_id))
+        conn.execute(
+            f"UPDATE jobs SET state = ?, updated_at = ?{assignments} WHERE id = ?",
+            (state.value, now, *columns.values(), job_id),
+        )
 
     def mark_matched(self, job_id: int, series_uid: str, *, now: float | None = None) -> bool:
         """A job to build -> MATCHED with the series the item belongs to; the claim stays (the build goes on)
@@ -242,12 +283,20 @@ class SqliteJobStore:
             if not self._holds(conn, "jobs", job_id, "mark it matched"):
                 return False
             self._require_to_build(conn, job_id, "match")
-            self._set_job(conn, job_id, JobState.MATCHED, stamp, series_uid=series_uid, reason=None,
-                          lease_until=stamp + self.lease_seconds)
+            self._set_job(
+                conn,
+                job_id,
+                JobState.MATCHED,
+                stamp,
+                series_uid=series_uid,
+                reason=None,
+                lease_until=stamp + self.lease_seconds,
+            )
         return True
 
-    def mark_built(self, job_id: int, seg_path: Path, seg_sop_uid: str, destinations: Sequence[str], *,
-                   now: float | None = None) -> bool:
+    def mark_built(
+        self, job_id: int, seg_path: Path, seg_sop_uid: str, destinations: Sequence[str], *, now: float | None = None
+    ) -> bool:
         """MATCHED -> BUILT (SENT when there is no destination): the SEG is on disk, one send per destination is
         due at once; the claim is released. False when this node no longer holds the claim."""
         stamp = _now(now)
@@ -259,11 +308,24 @@ class SqliteJobStore:
                 return False
             self._require(conn, job_id, "record the SEG of", (JobState.MATCHED,))
             state = JobState.BUILT if names else JobState.SENT
-            self._set_job(conn, job_id, state, stamp, seg_path=self.paths.store(seg_path), seg_sop_uid=seg_sop_uid,
-                          reason=None, next_at=None, claimed_by=None, lease_until=None)
+            self._set_job(
+                conn,
+                job_id,
+                state,
+                stamp,
+                seg_path=self.paths.store(seg_path),
+                seg_sop_uid=seg_sop_uid,
+                reason=None,
+                next_at=None,
+                claimed_by=None,
+                lease_until=None,
+            )
             for name in names:
-                conn.execute("INSERT INTO sends (job_id, destination, state, next_at, updated_at)"
-                             " VALUES (?, ?, 'pending', ?, ?)", (job_id, name, stamp, stamp))
+                conn.execute(
+                    "INSERT INTO sends (job_id, destination, state, next_at, updated_at)"
+                    " VALUES (?, ?, 'pending', ?, ?)",
+                    (job_id, name, stamp, stamp),
+                )
         return True
 
     def mark_retry_later(self, job_id: int, reason: str, next_at: float, *, now: float | None = None) -> bool:
@@ -274,8 +336,11 @@ class SqliteJobStore:
             if not self._holds(conn, "jobs", job_id, "mark it for a retry"):
                 return False
             self._require_to_build(conn, job_id, "retry the build of")
-            conn.execute(f"UPDATE jobs SET state = 'retry_wait', reason = ?, next_at = ?, attempts = attempts + 1,"
-                         f" updated_at = ?, {_RELEASE} WHERE id = ?", (reason, next_at, stamp, job_id))
+            conn.execute(
+                f"UPDATE jobs SET state = 'retry_wait', reason = ?, next_at = ?, attempts = attempts + 1,"
+                f" updated_at = ?, {_RELEASE} WHERE id = ?",
+                (reason, next_at, stamp, job_id),
+            )
         log.info("job %d: %s; next attempt at %.0f", job_id, reason, next_at)
         return True
 
@@ -288,9 +353,11 @@ class SqliteJobStore:
                 return False
             self._require(conn, job_id, "fail", [s for s in JobState if s is not JobState.SENT])
             self._set_job(conn, job_id, JobState.FAILED, stamp, reason=reason, claimed_by=None, lease_until=None)
-            conn.execute(f"UPDATE sends SET state = 'failed', reason = ?, updated_at = ?, {_RELEASE}"
-                         " WHERE job_id = ? AND state IN ('pending', 'retry_wait')", (f"job failed: {reason}", stamp,
-                                                                                       job_id))
+            conn.execute(
+                f"UPDATE sends SET state = 'failed', reason = ?, updated_at = ?, {_RELEASE}"
+                " WHERE job_id = ? AND state IN ('pending', 'retry_wait')",
+                (f"job failed: {reason}", stamp, job_id),
+            )
         log.info("job %d failed: %s", job_id, reason)
         return True
 
@@ -306,27 +373,36 @@ class SqliteJobStore:
         elif all(s is SendState.OK for s in states):
             self._set_job(conn, job_id, JobState.SENT, stamp, reason=None)
         else:
-            reasons = "; ".join(f"{row['destination']}: {row['reason']}" for row in sends
-                                if row["state"] == SendState.FAILED.value)
+            reasons = "; ".join(
+                f"{row['destination']}: {row['reason']}" for row in sends if row["state"] == SendState.FAILED.value
+            )
             self._set_job(conn, job_id, JobState.FAILED, stamp, reason=reasons)
 
-    def _send(self, send_id: int, state: SendState, reason: str | None, next_at: float | None,
-              now: float | None) -> bool:
+    def _send(
+        self, send_id: int, state: SendState, reason: str | None, next_at: float | None, now: float | None
+    ) -> bool:
         """Record one attempt's outcome and settle the job; False when this node lost the claim."""
         stamp = _now(now)
         with self.database.writing(f"mark send {send_id} {state.value}") as conn:
-            row = conn.execute("SELECT s.job_id, s.state, j.state AS job_state FROM sends s JOIN jobs j"
-                               " ON j.id = s.job_id WHERE s.id = ?", (send_id,)).fetchone()
+            row = conn.execute(
+                "SELECT s.job_id, s.state, j.state AS job_state FROM sends s JOIN jobs j"
+                " ON j.id = s.job_id WHERE s.id = ?",
+                (send_id,),
+            ).fetchone()
             if row is None:
                 raise InputError(f"send {send_id} does not exist")
             if not self._holds(conn, "sends", send_id, f"mark it {state.value}"):
                 return False
             current = SendState(row["state"])
             if not current.open:
-                raise JobStateError(f"send {send_id} of job {row['job_id']} is already {current.value}; "
-                                    "`segnode retry` re-opens it")
-            conn.execute(f"UPDATE sends SET state = ?, reason = ?, next_at = ?, attempts = attempts + 1,"
-                         f" updated_at = ?, {_RELEASE} WHERE id = ?", (state.value, reason, next_at, stamp, send_id))
+                raise JobStateError(
+                    f"send {send_id} of job {row['job_id']} is already {current.value}; `segnode retry` re-opens it"
+                )
+            conn.execute(
+                f"UPDATE sends SET state = ?, reason = ?, next_at = ?, attempts = attempts + 1,"
+                f" updated_at = ?, {_RELEASE} WHERE id = ?",
+                (state.value, reason, next_at, stamp, send_id),
+            )
             if JobState(row["job_state"]) in (JobState.BUILT, JobState.RETRY_WAIT):
                 self._settle(conn, row["job_id"], stamp)
         return True
@@ -356,22 +432,41 @@ class SqliteJobStore:
         stamp = _now(now)
         with self.database.writing(f"retry job {job_id}") as conn:
             state = self._require(conn, job_id, "retry", (JobState.FAILED, JobState.RETRY_WAIT))
-            has_seg = conn.execute("SELECT seg_path IS NOT NULL AND EXISTS (SELECT 1 FROM sends WHERE job_id = ?)"
-                                   " FROM jobs WHERE id = ?", (job_id, job_id)).fetchone()[0]
+            has_seg = conn.execute(
+                "SELECT seg_path IS NOT NULL AND EXISTS (SELECT 1 FROM sends WHERE job_id = ?) FROM jobs WHERE id = ?",
+                (job_id, job_id),
+            ).fetchone()[0]
             new_state = state
             if state is JobState.RETRY_WAIT:
-                conn.execute(f"UPDATE sends SET next_at = ?, updated_at = ?, {_RELEASE} WHERE job_id = ?"
-                             " AND state = 'retry_wait'", (stamp, stamp, job_id))
-                conn.execute(f"UPDATE jobs SET next_at = ?, {_RELEASE} WHERE id = ? AND seg_path IS NULL",
-                             (stamp, job_id))
+                conn.execute(
+                    f"UPDATE sends SET next_at = ?, updated_at = ?, {_RELEASE} WHERE job_id = ?"
+                    " AND state = 'retry_wait'",
+                    (stamp, stamp, job_id),
+                )
+                conn.execute(
+                    f"UPDATE jobs SET next_at = ?, {_RELEASE} WHERE id = ? AND seg_path IS NULL", (stamp, job_id)
+                )
             elif has_seg:
-                conn.execute(f"UPDATE sends SET state = 'pending', attempts = 0, next_at = ?, reason = NULL,"
-                             f" updated_at = ?, {_RELEASE} WHERE job_id = ? AND state != 'ok'", (stamp, stamp, job_id))
+                conn.execute(
+                    f"UPDATE sends SET state = 'pending', attempts = 0, next_at = ?, reason = NULL,"
+                    f" updated_at = ?, {_RELEASE} WHERE job_id = ? AND state != 'ok'",
+                    (stamp, stamp, job_id),
+                )
                 new_state = JobState.BUILT
                 self._set_job(conn, job_id, new_state, stamp, reason=None, claimed_by=None, lease_until=None)
             else:
                 new_state = JobState.PENDING
-                self._set_job(conn, job_id, new_state, stamp, reason=None, series_uid=None, attempts=0, next_at=None,
-                              claimed_by=None, lease_until=None)
+                self._set_job(
+                    conn,
+                    job_id,
+                    new_state,
+                    stamp,
+                    reason=None,
+                    series_uid=None,
+                    attempts=0,
+                    next_at=None,
+                    claimed_by=None,
+                    lease_until=None,
+                )
         log.info("job %d re-opened by retry: %s -> %s", job_id, state.value, new_state.value)
         return new_state

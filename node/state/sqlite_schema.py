@@ -139,8 +139,10 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     with transaction(conn):
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
-            raise InputError(f"{path}: database schema version {version} is newer than this segnode understands "
-                             f"({SCHEMA_VERSION}); upgrade segnode or point [paths] data elsewhere")
+            raise InputError(
+                f"{path}: database schema version {version} is newer than this segnode understands "
+                f"({SCHEMA_VERSION}); upgrade segnode or point [paths] data elsewhere"
+            )
         for number in range(version, SCHEMA_VERSION):
             # executescript() would COMMIT first; run statement by statement to stay inside this transaction.
             for statement in _statements(_MIGRATIONS[number]):

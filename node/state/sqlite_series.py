@@ -27,8 +27,10 @@ _SERIES_SELECT = """
     FROM series s
 """
 
-_DUE = ("s.state = 'receiving' AND (s.last_received_at <= :quiet_before OR (s.hint_at IS NOT NULL"
-        " AND s.hint_at >= s.last_received_at AND s.hint_at <= :hinted_before))")
+_DUE = (
+    "s.state = 'receiving' AND (s.last_received_at <= :quiet_before OR (s.hint_at IS NOT NULL"
+    " AND s.hint_at >= s.last_received_at AND s.hint_at <= :hinted_before))"
+)
 _CLAIMABLE = "(s.claimed_by IS NULL OR s.lease_until < :now)"
 
 
@@ -38,10 +40,18 @@ def _now(now: float | None) -> float:
 
 def _series_row(row: sqlite3.Row) -> SeriesRow:
     return SeriesRow(
-        series_uid=row["series_uid"], study_uid=row["study_uid"], state=SeriesState(row["state"]),
-        reason=row["reason"], first_received_at=row["first_received_at"], last_received_at=row["last_received_at"],
-        hint_at=row["hint_at"], revision=row["revision"], export_version=row["export_version"],
-        instance_count=row["instance_count"], claimed_by=row["claimed_by"], lease_until=row["lease_until"],
+        series_uid=row["series_uid"],
+        study_uid=row["study_uid"],
+        state=SeriesState(row["state"]),
+        reason=row["reason"],
+        first_received_at=row["first_received_at"],
+        last_received_at=row["last_received_at"],
+        hint_at=row["hint_at"],
+        revision=row["revision"],
+        export_version=row["export_version"],
+        instance_count=row["instance_count"],
+        claimed_by=row["claimed_by"],
+        lease_until=row["lease_until"],
     )
 
 
@@ -58,15 +68,22 @@ class SqliteSeriesIndex:
         How long a claim holds before another node may take it over.
     """
 
-    def __init__(self, database: SqliteDatabase, node_id: str, *, lease_seconds: float = CLAIM_LEASE_SECONDS
-                 ) -> None:
+    def __init__(self, database: SqliteDatabase, node_id: str, *, lease_seconds: float = CLAIM_LEASE_SECONDS) -> None:
         self.database = database
         self.paths = StoredPaths(database.data_folder)
         self.node_id = node_id
         self.lease_seconds = lease_seconds
 
-    def record_instance(self, series_uid: str, study_uid: str, sop_uid: str, sop_class_uid: str, path: Path,
-                        size: int, received_at: float) -> bool:
+    def record_instance(
+        self,
+        series_uid: str,
+        study_uid: str,
+        sop_uid: str,
+        sop_class_uid: str,
+        path: Path,
+        size: int,
+        received_at: float,
+    ) -> bool:
         """Index one stored instance (insert, or replace a re-sent one) and keep its series receiving.
 
         Returns True when the instance re-opened a series that was complete, exported or failed. A claim on the
@@ -112,42 +129,65 @@ class SqliteSeriesIndex:
         with self.database.writing(f"hint {len(uids)} series complete") as conn:
             for uid in uids:
                 cursor = conn.execute(
-                    "UPDATE series SET hint_at = ? WHERE series_uid = ? AND state = 'receiving'", (stamp, uid))
+                    "UPDATE series SET hint_at = ? WHERE series_uid = ? AND state = 'receiving'", (stamp, uid)
+                )
                 hinted += cursor.rowcount
         return hinted
 
-    def claim_due(self, quiet_seconds: float, *, now: float | None = None,
-                  grace_seconds: float = HINT_GRACE_SECONDS, limit: int | None = None) -> list[SeriesRow]:
+    def claim_due(
+        self,
+        quiet_seconds: float,
+        *,
+        now: float | None = None,
+        grace_seconds: float = HINT_GRACE_SECONDS,
+        limit: int | None = None,
+    ) -> list[SeriesRow]:
         """Claim the series due for completion that no other node holds, oldest first.
 
         Due: still receiving, and the last instance older than the quiet period, or hinted and quiet since the
         hint for ``grace_seconds``.
         """
         stamp = _now(now)
-        return self._claim(_DUE, {"quiet_before": stamp - quiet_seconds, "hinted_before": stamp - grace_seconds},
-                           stamp, limit, "s.last_received_at")
+        return self._claim(
+            _DUE,
+            {"quiet_before": stamp - quiet_seconds, "hinted_before": stamp - grace_seconds},
+            stamp,
+            limit,
+            "s.last_received_at",
+        )
 
-    def claim_in_state(self, state: SeriesState | str, *, now: float | None = None, limit: int | None = None
-                       ) -> list[SeriesRow]:
+    def claim_in_state(
+        self, state: SeriesState | str, *, now: float | None = None, limit: int | None = None
+    ) -> list[SeriesRow]:
         """Claim the series in ``state`` (e.g. COMPLETE, to export them) that no other node holds, oldest first."""
-        return self._claim("s.state = :state", {"state": SeriesState(state).value}, _now(now), limit,
-                           "s.updated_at")
+        return self._claim("s.state = :state", {"state": SeriesState(state).value}, _now(now), limit, "s.updated_at")
 
-    def _claim(self, condition: str, params: dict[str, object], now: float, limit: int | None,
-               order: str) -> list[SeriesRow]:
+    def _claim(
+        self, condition: str, params: dict[str, object], now: float, limit: int | None, order: str
+    ) -> list[SeriesRow]:
         query = f"SELECT s.series_uid FROM series s WHERE {condition} AND {_CLAIMABLE} ORDER BY {order}, s.series_uid"
         if limit is not None:
             query += f" LIMIT {int(limit)}"
         with self.database.writing("claim series") as conn:
             uids = [row[0] for row in conn.execute(query, {**params, "now": now}).fetchall()]
             for uid in uids:
-                conn.execute("UPDATE series SET claimed_by = ?, lease_until = ? WHERE series_uid = ?",
-                             (self.node_id, now + self.lease_seconds, uid))
+                conn.execute(
+                    "UPDATE series SET claimed_by = ?, lease_until = ? WHERE series_uid = ?",
+                    (self.node_id, now + self.lease_seconds, uid),
+                )
             claimed = [conn.execute(_SERIES_SELECT + " WHERE s.series_uid = ?", (uid,)).fetchone() for uid in uids]
         return [_series_row(row) for row in claimed]
 
-    def mark(self, series_uid: str, state: SeriesState | str, *, reason: str | None = None,
-             export_version: int | None = None, if_revision: int | None = None, now: float | None = None) -> bool:
+    def mark(
+        self,
+        series_uid: str,
+        state: SeriesState | str,
+        *,
+        reason: str | None = None,
+        export_version: int | None = None,
+        if_revision: int | None = None,
+        now: float | None = None,
+    ) -> bool:
         """Move a claimed series to ``state`` and release the claim (one transaction).
 
         Parameters
@@ -175,17 +215,24 @@ class SqliteSeriesIndex:
         state = SeriesState(state)
         stamp = _now(now)
         with self.database.writing(f"mark series {series_uid} {state.value}") as conn:
-            row = conn.execute("SELECT revision, claimed_by FROM series WHERE series_uid = ?",
-                               (series_uid,)).fetchone()
+            row = conn.execute("SELECT revision, claimed_by FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
             if row is None:
                 raise InputError(f"series {series_uid} is not known to this node; check the UID with `segnode status`")
             if row["claimed_by"] != self.node_id:
-                log.warning("series %s: claim lost to %s; not marked %s here", series_uid,
-                            row["claimed_by"] or "a node that finished it", state.value)
+                log.warning(
+                    "series %s: claim lost to %s; not marked %s here",
+                    series_uid,
+                    row["claimed_by"] or "a node that finished it",
+                    state.value,
+                )
                 return False
             if if_revision is not None and row["revision"] != if_revision:
-                log.info("series %s changed while being processed (revision %d -> %d); left receiving", series_uid,
-                         if_revision, row["revision"])
+                log.info(
+                    "series %s changed while being processed (revision %d -> %d); left receiving",
+                    series_uid,
+                    if_revision,
+                    row["revision"],
+                )
                 self._release(conn, series_uid)
                 return False
             if state is SeriesState.EXPORTED and export_version is None:
@@ -204,15 +251,18 @@ class SqliteSeriesIndex:
             return self._release(conn, series_uid)
 
     def _release(self, conn: sqlite3.Connection, series_uid: str) -> bool:
-        cursor = conn.execute("UPDATE series SET claimed_by = NULL, lease_until = NULL"
-                              " WHERE series_uid = ? AND claimed_by = ?", (series_uid, self.node_id))
+        cursor = conn.execute(
+            "UPDATE series SET claimed_by = NULL, lease_until = NULL WHERE series_uid = ? AND claimed_by = ?",
+            (series_uid, self.node_id),
+        )
         return cursor.rowcount > 0
 
     def release_claims(self) -> int:
         """Give up every series claim this node holds (on stop); returns how many."""
         with self.database.writing("release series claims") as conn:
-            return conn.execute("UPDATE series SET claimed_by = NULL, lease_until = NULL WHERE claimed_by = ?",
-                                (self.node_id,)).rowcount
+            return conn.execute(
+                "UPDATE series SET claimed_by = NULL, lease_until = NULL WHERE claimed_by = ?", (self.node_id,)
+            ).rowcount
 
     def get(self, series_uid: str) -> SeriesRow | None:
         """One series, or None when unknown."""
@@ -247,4 +297,3 @@ class SqliteSeriesIndex:
             for row in conn.execute("SELECT state, COUNT(*) AS n FROM series GROUP BY state"):
                 counts[SeriesState(row["state"])] = row["n"]
         return counts
-

@@ -36,8 +36,9 @@ def grids() -> list[Any]:
 # -- helpers ------------------------------------------------------------------------------------------------------
 
 
-def export_labels(tmp_path: Path, grid: syn.GridSpec, phantom: syn.Phantom, name: str = "labels.nii.gz",
-                  **kwargs: Any) -> Path:
+def export_labels(
+    tmp_path: Path, grid: syn.GridSpec, phantom: syn.Phantom, name: str = "labels.nii.gz", **kwargs: Any
+) -> Path:
     """The phantom as the simple "DICOM pixels in RAS" label map over ``grid``."""
     reference = (syn.export_grid_affine(grid), syn.export_grid_shape(grid))
     return syn.label_nifti_on_grid(reference, phantom, tmp_path / name, snap=grid, **kwargs)
@@ -61,9 +62,15 @@ def check_identity(seg_path: Path, info: syn.SeriesInfo, *, sop_class: str = syn
     assert [sources[f] for f in range(len(slices))] == [info.source_of_slice(k) for k in slices]
 
 
-def check_exact(seg_path: Path, info: syn.SeriesInfo, phantom: syn.Phantom, *,
-                mapping: Mapping[int, int] | Mapping[str, int] | None = None,
-                sop_class: str = syn.SEGMENTATION_STORAGE, validate: bool = True) -> None:
+def check_exact(
+    seg_path: Path,
+    info: syn.SeriesInfo,
+    phantom: syn.Phantom,
+    *,
+    mapping: Mapping[int, int] | Mapping[str, int] | None = None,
+    sop_class: str = syn.SEGMENTATION_STORAGE,
+    validate: bool = True,
+) -> None:
     """Every source pixel carries exactly the phantom's label; identity checks; dciodvfy clean for BINARY."""
     truth = phantom.truth(info.grid)
     got = syn.seg_labels_on_source(seg_path, info.grid, mapping)
@@ -100,18 +107,26 @@ SOURCE_LAYOUTS = [
     pytest.param({"enhanced": True, "instance_numbers": "reversed"}, id="enhanced-frames-reversed"),
     pytest.param({"instance_numbers": "reversed"}, id="instance-numbers-reversed"),
     pytest.param({"instance_numbers": "shuffled"}, id="instance-numbers-shuffled"),
-    pytest.param({"shuffle_file_names": True, "subfolders": 3, "instance_numbers": "shuffled"},
-                 id="file-names-shuffled-subfolders"),
+    pytest.param(
+        {"shuffle_file_names": True, "subfolders": 3, "instance_numbers": "shuffled"},
+        id="file-names-shuffled-subfolders",
+    ),
     pytest.param({"modality": "MR"}, id="mr"),
     pytest.param({"omit_type2": True}, id="omit-type2"),
 ]
 
 
 @pytest.mark.parametrize("layout", SOURCE_LAYOUTS)
-@pytest.mark.parametrize("grid", [pytest.param(syn.GridSpec.oblique(**NONSQUARE), id="oblique-nonsquare"),
-                                  pytest.param(syn.GridSpec.coronal(**NONSQUARE), id="coronal-nonsquare")])
-def test_source_layouts_exact(tmp_path: Path, segnode_convert: syn.ConvertRunner, grid: syn.GridSpec,
-                              layout: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "grid",
+    [
+        pytest.param(syn.GridSpec.oblique(**NONSQUARE), id="oblique-nonsquare"),
+        pytest.param(syn.GridSpec.coronal(**NONSQUARE), id="coronal-nonsquare"),
+    ],
+)
+def test_source_layouts_exact(
+    tmp_path: Path, segnode_convert: syn.ConvertRunner, grid: syn.GridSpec, layout: dict[str, Any]
+) -> None:
     info = syn.write_series(grid, tmp_path / "dicom", seed=5, **layout)
     phantom = syn.Phantom.fitting(grid)
     seg = convert_ok(segnode_convert, info, export_labels(tmp_path, grid, phantom), tmp_path / "out" / "seg.dcm")
@@ -131,8 +146,9 @@ def test_non_dicom_files_beside_the_series_are_ignored(tmp_path: Path, segnode_c
     (info.folder / ".DS_Store").write_bytes(b"\0\1\2")
     (info.folder / "thumbnail.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     phantom = syn.Phantom.fitting(grid)
-    check_exact(convert_ok(segnode_convert, info, export_labels(tmp_path, grid, phantom), tmp_path / "seg.dcm"),
-                info, phantom)
+    check_exact(
+        convert_ok(segnode_convert, info, export_labels(tmp_path, grid, phantom), tmp_path / "seg.dcm"), info, phantom
+    )
 
 
 def test_series_option_picks_one_of_two(tmp_path: Path, segnode_convert: syn.ConvertRunner) -> None:
@@ -142,8 +158,16 @@ def test_series_option_picks_one_of_two(tmp_path: Path, segnode_convert: syn.Con
     syn.write_series(other, tmp_path / "dicom" / "b", seed=2, uids={"study": wanted.study_uid})
     phantom = syn.Phantom.fitting(grid)
     nifti = export_labels(tmp_path, grid, phantom)
-    result = segnode_convert("--dicom", str(tmp_path / "dicom"), "--nifti", str(nifti), "--out",
-                             str(tmp_path / "seg.dcm"), "--series", wanted.series_uid)
+    result = segnode_convert(
+        "--dicom",
+        str(tmp_path / "dicom"),
+        "--nifti",
+        str(nifti),
+        "--out",
+        str(tmp_path / "seg.dcm"),
+        "--series",
+        wanted.series_uid,
+    )
     assert result.code == 0, result.stderr
     check_exact(tmp_path / "seg.dcm", wanted, phantom)
 
@@ -163,8 +187,9 @@ CONVERTER_GRIDS = [
 @needs_dcm2niix
 @pytest.mark.parametrize("enhanced", [False, True], ids=["single", "enhanced"])
 @pytest.mark.parametrize("grid", CONVERTER_GRIDS)
-def test_dcm2niix_grid_exact(tmp_path: Path, segnode_convert: syn.ConvertRunner, grid: syn.GridSpec,
-                             enhanced: bool) -> None:
+def test_dcm2niix_grid_exact(
+    tmp_path: Path, segnode_convert: syn.ConvertRunner, grid: syn.GridSpec, enhanced: bool
+) -> None:
     info = syn.write_series(grid, tmp_path / "dicom", enhanced=enhanced, instance_numbers="shuffled")
     (converted,) = syn.run_dcm2niix(info.folder, tmp_path / "nii")
     phantom = syn.Phantom.fitting(grid)
@@ -186,10 +211,16 @@ def test_dicom2nifti_grid_exact(tmp_path: Path, segnode_convert: syn.ConvertRunn
 
 
 @pytest.mark.parametrize("codes", ["LAS", "RAS", "LPS", "SRA", "PIL", "ASL"])
-@pytest.mark.parametrize("grid", [pytest.param(syn.GridSpec.axial(**NONSQUARE), id="axial-nonsquare"),
-                                  pytest.param(syn.GridSpec.oblique(**NONSQUARE), id="oblique-nonsquare")])
-def test_reoriented_grid_exact(tmp_path: Path, segnode_convert: syn.ConvertRunner, grid: syn.GridSpec,
-                               codes: str) -> None:
+@pytest.mark.parametrize(
+    "grid",
+    [
+        pytest.param(syn.GridSpec.axial(**NONSQUARE), id="axial-nonsquare"),
+        pytest.param(syn.GridSpec.oblique(**NONSQUARE), id="oblique-nonsquare"),
+    ],
+)
+def test_reoriented_grid_exact(
+    tmp_path: Path, segnode_convert: syn.ConvertRunner, grid: syn.GridSpec, codes: str
+) -> None:
     info = syn.write_series(grid, tmp_path / "dicom")
     phantom = syn.Phantom.fitting(grid)
     plain = nib.load(export_labels(tmp_path, grid, phantom))
@@ -200,8 +231,9 @@ def test_reoriented_grid_exact(tmp_path: Path, segnode_convert: syn.ConvertRunne
 
 
 @pytest.mark.parametrize(("sform", "qform"), [(1, 0), (0, 1), (2, 1)], ids=["sform-only", "qform-only", "both"])
-def test_sform_or_qform_geometry_exact(tmp_path: Path, segnode_convert: syn.ConvertRunner, sform: int,
-                                       qform: int) -> None:
+def test_sform_or_qform_geometry_exact(
+    tmp_path: Path, segnode_convert: syn.ConvertRunner, sform: int, qform: int
+) -> None:
     grid = syn.GridSpec.coronal(**NONSQUARE)
     info = syn.write_series(grid, tmp_path / "dicom")
     phantom = syn.Phantom.fitting(grid)
@@ -212,15 +244,18 @@ def test_sform_or_qform_geometry_exact(tmp_path: Path, segnode_convert: syn.Conv
 
 
 LOWRES_GRIDS = [
-    pytest.param(syn.GridSpec.oblique(rows=56, cols=64, slices=40, row_spacing=1.1, col_spacing=1.0,
-                                      slice_step=1.5), id="oblique"),
+    pytest.param(
+        syn.GridSpec.oblique(rows=56, cols=64, slices=40, row_spacing=1.1, col_spacing=1.0, slice_step=1.5),
+        id="oblique",
+    ),
     pytest.param(syn.GridSpec.axial(rows=60, cols=60, slices=30, slice_step=2.0), id="axial"),
 ]
 
 
 @pytest.mark.parametrize("grid", LOWRES_GRIDS)
-def test_lower_resolution_grid_is_resampled(tmp_path: Path, segnode_convert: syn.ConvertRunner,
-                                            grid: syn.GridSpec) -> None:
+def test_lower_resolution_grid_is_resampled(
+    tmp_path: Path, segnode_convert: syn.ConvertRunner, grid: syn.GridSpec
+) -> None:
     info = syn.write_series(grid, tmp_path / "dicom")
     phantom = syn.Phantom.fitting(grid)
     affine, shape = syn.lower_resolution(syn.export_grid_affine(grid), syn.export_grid_shape(grid))
@@ -260,14 +295,14 @@ def test_labels_json_names_become_segment_labels(tmp_path: Path, segnode_convert
     phantom = syn.Phantom.fitting(grid)
     names = {1: "Liver", 2: "Spleen", 3: "Left kidney", 4: "Aorta"}
     table = syn.write_labels_json(tmp_path / "labels.json", names)
-    seg = convert_ok(segnode_convert, info, export_labels(tmp_path, grid, phantom), tmp_path / "seg.dcm",
-                     "--labels", str(table))
+    seg = convert_ok(
+        segnode_convert, info, export_labels(tmp_path, grid, phantom), tmp_path / "seg.dcm", "--labels", str(table)
+    )
     assert sorted(syn.segment_names(seg).values()) == sorted(names.values())
     check_exact(seg, info, phantom, mapping={name: value for value, name in names.items()})
 
 
-ORGAN_CODES = {1: ("10200004", "Liver"), 2: ("78961009", "Spleen"), 3: ("64033007", "Kidney"),
-               4: ("15825003", "Aorta")}
+ORGAN_CODES = {1: ("10200004", "Liver"), 2: ("78961009", "Spleen"), 3: ("64033007", "Kidney"), 4: ("15825003", "Aorta")}
 
 
 @pytest.mark.parametrize("with_segment_label", [True, False], ids=["SegmentLabel", "SegmentDescription-only"])
@@ -281,19 +316,29 @@ def test_dcmqi_labels_json(tmp_path: Path, segnode_convert: syn.ConvertRunner, w
     items = []
     for value, (code, meaning) in ORGAN_CODES.items():
         item: dict[str, Any] = {
-            "labelID": value, "SegmentDescription": meaning, "SegmentAlgorithmType": "AUTOMATIC",
-            "SegmentAlgorithmName": "test", "SegmentedPropertyCategoryCodeSequence": category,
-            "SegmentedPropertyTypeCodeSequence": {"CodeValue": code, "CodingSchemeDesignator": "SCT",
-                                                  "CodeMeaning": meaning},
+            "labelID": value,
+            "SegmentDescription": meaning,
+            "SegmentAlgorithmType": "AUTOMATIC",
+            "SegmentAlgorithmName": "test",
+            "SegmentedPropertyCategoryCodeSequence": category,
+            "SegmentedPropertyTypeCodeSequence": {
+                "CodeValue": code,
+                "CodingSchemeDesignator": "SCT",
+                "CodeMeaning": meaning,
+            },
         }
         if with_segment_label:
             item["SegmentLabel"] = meaning
         items.append(item)
     table = tmp_path / "meta.json"
-    table.write_text(json.dumps({"ContentCreatorName": "Test^Reader", "SeriesDescription": "Segmentation",
-                                 "segmentAttributes": [items]}))
-    seg = convert_ok(segnode_convert, info, export_labels(tmp_path, grid, phantom), tmp_path / "seg.dcm",
-                     "--labels", str(table))
+    table.write_text(
+        json.dumps(
+            {"ContentCreatorName": "Test^Reader", "SeriesDescription": "Segmentation", "segmentAttributes": [items]}
+        )
+    )
+    seg = convert_ok(
+        segnode_convert, info, export_labels(tmp_path, grid, phantom), tmp_path / "seg.dcm", "--labels", str(table)
+    )
     by_name = {meaning: value for value, (_, meaning) in ORGAN_CODES.items()}
     assert sorted(syn.segment_names(seg).values()) == sorted(by_name)
     check_exact(seg, info, phantom, mapping=by_name)
@@ -303,15 +348,21 @@ def test_dcmqi_labels_json(tmp_path: Path, segnode_convert: syn.ConvertRunner, w
         assert segment.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "SCT"
 
 
-@pytest.mark.parametrize(("seg_type", "sop_class"), [("labelmap", syn.LABEL_MAP_SEGMENTATION_STORAGE),
-                                                     ("fractional", syn.SEGMENTATION_STORAGE),
-                                                     ("binary", syn.SEGMENTATION_STORAGE)])
+@pytest.mark.parametrize(
+    ("seg_type", "sop_class"),
+    [
+        ("labelmap", syn.LABEL_MAP_SEGMENTATION_STORAGE),
+        ("fractional", syn.SEGMENTATION_STORAGE),
+        ("binary", syn.SEGMENTATION_STORAGE),
+    ],
+)
 def test_seg_types(tmp_path: Path, segnode_convert: syn.ConvertRunner, seg_type: str, sop_class: str) -> None:
     grid = syn.GridSpec.oblique(**NONSQUARE)
     info = syn.write_series(grid, tmp_path / "dicom", enhanced=seg_type == "fractional")
     phantom = syn.Phantom.fitting(grid)
-    seg = convert_ok(segnode_convert, info, export_labels(tmp_path, grid, phantom), tmp_path / "seg.dcm",
-                     "--type", seg_type)
+    seg = convert_ok(
+        segnode_convert, info, export_labels(tmp_path, grid, phantom), tmp_path / "seg.dcm", "--type", seg_type
+    )
     assert pydicom.dcmread(seg, stop_before_pixels=True).SegmentationType == seg_type.upper()
     # dcm3tools' dciodvfy predates the LABELMAP SOP class ("Information Object Not found"): validate the others.
     check_exact(seg, info, phantom, sop_class=sop_class, validate=seg_type != "labelmap")
@@ -328,8 +379,9 @@ ENCODINGS = [
 
 
 @pytest.mark.parametrize(("options", "suffix"), ENCODINGS)
-def test_label_map_encodings(tmp_path: Path, segnode_convert: syn.ConvertRunner, options: dict[str, Any],
-                             suffix: str) -> None:
+def test_label_map_encodings(
+    tmp_path: Path, segnode_convert: syn.ConvertRunner, options: dict[str, Any], suffix: str
+) -> None:
     grid = syn.GridSpec.axial(**NONSQUARE)
     info = syn.write_series(grid, tmp_path / "dicom")
     phantom = syn.Phantom.fitting(grid)
@@ -366,7 +418,8 @@ def test_console_script_end_to_end(tmp_path: Path) -> None:
     info = syn.write_series(grid, tmp_path / "dicom")
     phantom = syn.Phantom.fitting(grid)
     nifti = export_labels(tmp_path, grid, phantom)
-    result = syn.run_segnode(["convert", "--dicom", str(info.folder), "--nifti", str(nifti), "--out",
-                              str(tmp_path / "seg.dcm")])
+    result = syn.run_segnode(
+        ["convert", "--dicom", str(info.folder), "--nifti", str(nifti), "--out", str(tmp_path / "seg.dcm")]
+    )
     assert result.returncode == 0, result.stderr
     check_exact(tmp_path / "seg.dcm", info, phantom)

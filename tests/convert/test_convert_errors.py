@@ -36,14 +36,15 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> syn.SeriesInfo:
 
 def labels_array(grid: syn.GridSpec = GRID) -> Any:
     phantom = syn.Phantom.fitting(grid)
-    return syn.labels_on_nifti_grid((syn.export_grid_affine(grid), syn.export_grid_shape(grid)), phantom,
-                                    snap=grid)
+    return syn.labels_on_nifti_grid((syn.export_grid_affine(grid), syn.export_grid_shape(grid)), phantom, snap=grid)
 
 
-def nifti_case(tmp_path: Path, source: syn.SeriesInfo, name: str, data: Any, *,
-               codes: tuple[int, int] = (1, 1), affine: Any = None) -> Case:
-    path = syn.save_nifti(np.asarray(data), syn.export_grid_affine(GRID) if affine is None else affine,
-                          tmp_path / name, codes=codes)
+def nifti_case(
+    tmp_path: Path, source: syn.SeriesInfo, name: str, data: Any, *, codes: tuple[int, int] = (1, 1), affine: Any = None
+) -> Case:
+    path = syn.save_nifti(
+        np.asarray(data), syn.export_grid_affine(GRID) if affine is None else affine, tmp_path / name, codes=codes
+    )
     out = tmp_path / "out" / "seg.dcm"
     return Case(["convert", "--dicom", str(source.folder), "--nifti", str(path), "--out", str(out)], [name], out)
 
@@ -101,8 +102,9 @@ def four_d_many_volumes(tmp_path: Path, source: syn.SeriesInfo) -> Case:
 
 def other_series_grid(tmp_path: Path, source: syn.SeriesInfo) -> Case:
     far = GRID.replace(origin=syn.vec3(np.asarray(GRID.origin) + np.array([0.0, 0.0, 500.0])))
-    return nifti_case(tmp_path, source, "elsewhere.nii.gz", labels_array(far).astype(np.uint8),
-                      affine=syn.export_grid_affine(far))
+    return nifti_case(
+        tmp_path, source, "elsewhere.nii.gz", labels_array(far).astype(np.uint8), affine=syn.export_grid_affine(far)
+    )
 
 
 def no_geometry(tmp_path: Path, source: syn.SeriesInfo) -> Case:
@@ -143,8 +145,11 @@ def unknown_series(tmp_path: Path, source: syn.SeriesInfo) -> Case:
 
 def missing_nifti(tmp_path: Path, source: syn.SeriesInfo) -> Case:
     out = tmp_path / "out" / "seg.dcm"
-    return Case(["convert", "--dicom", str(source.folder), "--nifti", str(tmp_path / "nowhere.nii.gz"), "--out",
-                 str(out)], ["nowhere.nii.gz"], out)
+    return Case(
+        ["convert", "--dicom", str(source.folder), "--nifti", str(tmp_path / "nowhere.nii.gz"), "--out", str(out)],
+        ["nowhere.nii.gz"],
+        out,
+    )
 
 
 def missing_dicom(tmp_path: Path, source: syn.SeriesInfo) -> Case:
@@ -154,15 +159,29 @@ def missing_dicom(tmp_path: Path, source: syn.SeriesInfo) -> Case:
 
 
 CASES: list[Callable[[Path, syn.SeriesInfo], Case]] = [
-    truncated_gzip, truncated_gzip_data, bad_labels_json, fractional, with_nan, five_d, four_d_many_volumes,
-    other_series_grid, no_geometry, all_zero, negative, no_dicom, two_series, unknown_series, missing_nifti,
+    truncated_gzip,
+    truncated_gzip_data,
+    bad_labels_json,
+    fractional,
+    with_nan,
+    five_d,
+    four_d_many_volumes,
+    other_series_grid,
+    no_geometry,
+    all_zero,
+    negative,
+    no_dicom,
+    two_series,
+    unknown_series,
+    missing_nifti,
     missing_dicom,
 ]
 
 
 @pytest.mark.parametrize("make", CASES, ids=[c.__name__ for c in CASES])
-def test_bad_input_fails_with_one_line(tmp_path: Path, source: syn.SeriesInfo,
-                                       make: Callable[[Path, syn.SeriesInfo], Case]) -> None:
+def test_bad_input_fails_with_one_line(
+    tmp_path: Path, source: syn.SeriesInfo, make: Callable[[Path, syn.SeriesInfo], Case]
+) -> None:
     case = make(tmp_path, source)
     result = syn.run_segnode(case.args)
     lines = result.stderr.splitlines()

@@ -52,8 +52,12 @@ def nearest_label(labels: np.ndarray, label_grid: Grid, points: np.ndarray) -> n
 def test_pixel_centre_follows_dicom_formula() -> None:
     grid = source_grid()
     r, c, s = 5, 3, 2
-    expected = grid.point((0, 0, 0)) + s * STEP * np.cross(COL_DIR, ROW_DIR) + c * DELTA_COL * COL_DIR \
+    expected = (
+        grid.point((0, 0, 0))
+        + s * STEP * np.cross(COL_DIR, ROW_DIR)
+        + c * DELTA_COL * COL_DIR
         + r * DELTA_ROW * ROW_DIR
+    )
     np.testing.assert_allclose(grid.point((s, r, c)), expected, atol=1e-9)
     np.testing.assert_allclose(grid.spacing, [STEP, DELTA_ROW, DELTA_COL], atol=1e-9)
 
@@ -112,7 +116,8 @@ def _nifti_variant(source: Grid, ornt: np.ndarray) -> tuple[np.ndarray, Grid, np
 
 ORIENTATIONS = [
     np.array([[p[0], s[0]], [p[1], s[1]], [p[2], s[2]]], dtype=float)
-    for p in itertools.permutations(range(3)) for s in itertools.product((1, -1), repeat=3)
+    for p in itertools.permutations(range(3))
+    for s in itertools.product((1, -1), repeat=3)
 ]
 
 
@@ -140,8 +145,9 @@ def test_crop_and_pad_are_exact_with_background_outside() -> None:
     assert alignment.exact
     aligned = align_labels(labels, source.shape, alignment)
     np.testing.assert_array_equal(aligned, nearest_label(labels, label_grid, centres(source)))
-    assert alignment.outside_voxels == int(np.count_nonzero(nearest_label(np.ones_like(labels), label_grid,
-                                                                          centres(source)) == 0))
+    assert alignment.outside_voxels == int(
+        np.count_nonzero(nearest_label(np.ones_like(labels), label_grid, centres(source)) == 0)
+    )
 
 
 def test_coarser_shifted_grid_is_resampled_to_nearest_voxel() -> None:
@@ -232,8 +238,9 @@ def test_even_grid_covers_uneven_planes_with_a_slice_near_each(shear: float) -> 
     for position in positions:
         assert np.linalg.norm(slices - position, axis=1).min() <= step / 2 + 1e-9
     # In-plane axes are the planes' own: pixel (r, c) of every slice is r·Δrow·row_dir + c·Δcol·col_dir away.
-    np.testing.assert_allclose(grid.point((0, 2, 3)) - grid.point((0, 0, 0)),
-                               2 * DELTA_ROW * ROW_DIR + 3 * DELTA_COL * COL_DIR, atol=1e-9)
+    np.testing.assert_allclose(
+        grid.point((0, 2, 3)) - grid.point((0, 0, 0)), 2 * DELTA_ROW * ROW_DIR + 3 * DELTA_COL * COL_DIR, atol=1e-9
+    )
 
 
 def test_even_grid_refuses_planes_off_one_line() -> None:
@@ -246,8 +253,9 @@ def test_even_grid_refuses_planes_off_one_line() -> None:
 def test_align_planes_samples_each_plane_at_its_own_position() -> None:
     positions = uneven_positions([0.0, 2.5, 3.5, 9.0])
     label = Grid(np.diag([1.0, 1.1, 1.2, 1.0]), (50, 40, 45))
-    label = Grid(label.affine + np.array([[0, 0, 0, -25.0], [0, 0, 0, -10.0], [0, 0, 0, 15.0], [0, 0, 0, 0]]),
-                 label.shape)
+    label = Grid(
+        label.affine + np.array([[0, 0, 0, -25.0], [0, 0, 0, -10.0], [0, 0, 0, 15.0], [0, 0, 0, 0]]), label.shape
+    )
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 4, size=label.shape).astype(np.uint8)
     planes = []

@@ -36,27 +36,122 @@ from node.errors import InputError, LabelError
 
 #: TotalSegmentator v2 ``total`` task, label values 1..117 in order (totalsegmentator/map_to_binary.py).
 TOTALSEG_TOTAL = [
-    "spleen", "kidney_right", "kidney_left", "gallbladder", "liver", "stomach", "pancreas",
-    "adrenal_gland_right", "adrenal_gland_left", "lung_upper_lobe_left", "lung_lower_lobe_left",
-    "lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right", "esophagus", "trachea",
-    "thyroid_gland", "small_bowel", "duodenum", "colon", "urinary_bladder", "prostate", "kidney_cyst_left",
-    "kidney_cyst_right", "sacrum", "vertebrae_S1", "vertebrae_L5", "vertebrae_L4", "vertebrae_L3",
-    "vertebrae_L2", "vertebrae_L1", "vertebrae_T12", "vertebrae_T11", "vertebrae_T10", "vertebrae_T9",
-    "vertebrae_T8", "vertebrae_T7", "vertebrae_T6", "vertebrae_T5", "vertebrae_T4", "vertebrae_T3",
-    "vertebrae_T2", "vertebrae_T1", "vertebrae_C7", "vertebrae_C6", "vertebrae_C5", "vertebrae_C4",
-    "vertebrae_C3", "vertebrae_C2", "vertebrae_C1", "heart", "aorta", "pulmonary_vein",
-    "brachiocephalic_trunk", "subclavian_artery_right", "subclavian_artery_left",
-    "common_carotid_artery_right", "common_carotid_artery_left", "brachiocephalic_vein_left",
-    "brachiocephalic_vein_right", "atrial_appendage_left", "superior_vena_cava", "inferior_vena_cava",
-    "portal_vein_and_splenic_vein", "iliac_artery_left", "iliac_artery_right", "iliac_vena_left",
-    "iliac_vena_right", "humerus_left", "humerus_right", "scapula_left", "scapula_right", "clavicula_left",
-    "clavicula_right", "femur_left", "femur_right", "hip_left", "hip_right", "spinal_cord",
-    "gluteus_maximus_left", "gluteus_maximus_right", "gluteus_medius_left", "gluteus_medius_right",
-    "gluteus_minimus_left", "gluteus_minimus_right", "autochthon_left", "autochthon_right", "iliopsoas_left",
-    "iliopsoas_right", "brain", "skull", "rib_left_1", "rib_left_2", "rib_left_3", "rib_left_4",
-    "rib_left_5", "rib_left_6", "rib_left_7", "rib_left_8", "rib_left_9", "rib_left_10", "rib_left_11",
-    "rib_left_12", "rib_right_1", "rib_right_2", "rib_right_3", "rib_right_4", "rib_right_5", "rib_right_6",
-    "rib_right_7", "rib_right_8", "rib_right_9", "rib_right_10", "rib_right_11", "rib_right_12", "sternum",
+    "spleen",
+    "kidney_right",
+    "kidney_left",
+    "gallbladder",
+    "liver",
+    "stomach",
+    "pancreas",
+    "adrenal_gland_right",
+    "adrenal_gland_left",
+    "lung_upper_lobe_left",
+    "lung_lower_lobe_left",
+    "lung_upper_lobe_right",
+    "lung_middle_lobe_right",
+    "lung_lower_lobe_right",
+    "esophagus",
+    "trachea",
+    "thyroid_gland",
+    "small_bowel",
+    "duodenum",
+    "colon",
+    "urinary_bladder",
+    "prostate",
+    "kidney_cyst_left",
+    "kidney_cyst_right",
+    "sacrum",
+    "vertebrae_S1",
+    "vertebrae_L5",
+    "vertebrae_L4",
+    "vertebrae_L3",
+    "vertebrae_L2",
+    "vertebrae_L1",
+    "vertebrae_T12",
+    "vertebrae_T11",
+    "vertebrae_T10",
+    "vertebrae_T9",
+    "vertebrae_T8",
+    "vertebrae_T7",
+    "vertebrae_T6",
+    "vertebrae_T5",
+    "vertebrae_T4",
+    "vertebrae_T3",
+    "vertebrae_T2",
+    "vertebrae_T1",
+    "vertebrae_C7",
+    "vertebrae_C6",
+    "vertebrae_C5",
+    "vertebrae_C4",
+    "vertebrae_C3",
+    "vertebrae_C2",
+    "vertebrae_C1",
+    "heart",
+    "aorta",
+    "pulmonary_vein",
+    "brachiocephalic_trunk",
+    "subclavian_artery_right",
+    "subclavian_artery_left",
+    "common_carotid_artery_right",
+    "common_carotid_artery_left",
+    "brachiocephalic_vein_left",
+    "brachiocephalic_vein_right",
+    "atrial_appendage_left",
+    "superior_vena_cava",
+    "inferior_vena_cava",
+    "portal_vein_and_splenic_vein",
+    "iliac_artery_left",
+    "iliac_artery_right",
+    "iliac_vena_left",
+    "iliac_vena_right",
+    "humerus_left",
+    "humerus_right",
+    "scapula_left",
+    "scapula_right",
+    "clavicula_left",
+    "clavicula_right",
+    "femur_left",
+    "femur_right",
+    "hip_left",
+    "hip_right",
+    "spinal_cord",
+    "gluteus_maximus_left",
+    "gluteus_maximus_right",
+    "gluteus_medius_left",
+    "gluteus_medius_right",
+    "gluteus_minimus_left",
+    "gluteus_minimus_right",
+    "autochthon_left",
+    "autochthon_right",
+    "iliopsoas_left",
+    "iliopsoas_right",
+    "brain",
+    "skull",
+    "rib_left_1",
+    "rib_left_2",
+    "rib_left_3",
+    "rib_left_4",
+    "rib_left_5",
+    "rib_left_6",
+    "rib_left_7",
+    "rib_left_8",
+    "rib_left_9",
+    "rib_left_10",
+    "rib_left_11",
+    "rib_left_12",
+    "rib_right_1",
+    "rib_right_2",
+    "rib_right_3",
+    "rib_right_4",
+    "rib_right_5",
+    "rib_right_6",
+    "rib_right_7",
+    "rib_right_8",
+    "rib_right_9",
+    "rib_right_10",
+    "rib_right_11",
+    "rib_right_12",
+    "sternum",
     "costal_cartilages",
 ]
 
@@ -78,27 +173,30 @@ def dcmqi_metadata() -> dict[str, Any]:
         "ContentCreatorName": "Reader1",
         "ClinicalTrialSeriesID": "Session1",
         "SeriesDescription": "Segmentation",
-        "segmentAttributes": [[
-            {
-                "labelID": 1,
-                "SegmentLabel": "Tumour",
-                "SegmentDescription": "enhancing part",
-                "SegmentAlgorithmType": "SEMIAUTOMATIC",
-                "SegmentedPropertyCategoryCodeSequence": code_dict("49755003", "SCT",
-                                                                   "Morphologically Abnormal Structure"),
-                "SegmentedPropertyTypeCodeSequence": code_dict("108369006", "SCT", "Neoplasm"),
-                "AnatomicRegionSequence": code_dict("64033007", "SCT", "Kidney"),
-                "AnatomicRegionModifierSequence": code_dict("24028007", "SCT", "Right"),
-                "recommendedDisplayRGBValue": [255, 0, 200],
-            },
-            {
-                "labelID": 2,
-                "SegmentLabel": "Left kidney",
-                "SegmentedPropertyCategoryCodeSequence": code_dict("91723000", "SCT", "Anatomical Structure"),
-                "SegmentedPropertyTypeCodeSequence": code_dict("64033007", "SCT", "Kidney"),
-                "SegmentedPropertyTypeModifierCodeSequence": code_dict("7771000", "SCT", "Left"),
-            },
-        ]],
+        "segmentAttributes": [
+            [
+                {
+                    "labelID": 1,
+                    "SegmentLabel": "Tumour",
+                    "SegmentDescription": "enhancing part",
+                    "SegmentAlgorithmType": "SEMIAUTOMATIC",
+                    "SegmentedPropertyCategoryCodeSequence": code_dict(
+                        "49755003", "SCT", "Morphologically Abnormal Structure"
+                    ),
+                    "SegmentedPropertyTypeCodeSequence": code_dict("108369006", "SCT", "Neoplasm"),
+                    "AnatomicRegionSequence": code_dict("64033007", "SCT", "Kidney"),
+                    "AnatomicRegionModifierSequence": code_dict("24028007", "SCT", "Right"),
+                    "recommendedDisplayRGBValue": [255, 0, 200],
+                },
+                {
+                    "labelID": 2,
+                    "SegmentLabel": "Left kidney",
+                    "SegmentedPropertyCategoryCodeSequence": code_dict("91723000", "SCT", "Anatomical Structure"),
+                    "SegmentedPropertyTypeCodeSequence": code_dict("64033007", "SCT", "Kidney"),
+                    "SegmentedPropertyTypeModifierCodeSequence": code_dict("7771000", "SCT", "Left"),
+                },
+            ]
+        ],
     }
 
 
@@ -125,9 +223,15 @@ def test_object_table_with_colour_spellings(tmp_path: Path) -> None:
 
 
 def test_object_table_with_codes(tmp_path: Path) -> None:
-    content = {"4": {"name": "cyst", "category": code_dict("49755003", "SCT", "Morphologically Abnormal Structure"),
-                     "type": code_dict("367643001", "SCT", "Cyst"), "region": code_dict("64033007", "SCT", "Kidney"),
-                     "region_modifier": code_dict("7771000", "SCT", "Left")}}
+    content = {
+        "4": {
+            "name": "cyst",
+            "category": code_dict("49755003", "SCT", "Morphologically Abnormal Structure"),
+            "type": code_dict("367643001", "SCT", "Cyst"),
+            "region": code_dict("64033007", "SCT", "Kidney"),
+            "region_modifier": code_dict("7771000", "SCT", "Left"),
+        }
+    }
     entry = read_label_table(write_json(tmp_path / "labels.json", content))[4]
     assert entry.type == Code("367643001", "SCT", "Cyst")
     assert entry.region == Code("64033007", "SCT", "Kidney")
@@ -156,11 +260,18 @@ def test_dcmqi_metadata(tmp_path: Path) -> None:
 
 
 def test_dcmqi_retired_snomed_rt_codes_become_snomed_ct(tmp_path: Path) -> None:
-    meta = {"segmentAttributes": [[{
-        "labelID": 3, "SegmentLabel": "Liver",
-        "SegmentedPropertyCategoryCodeSequence": code_dict("T-D0050", "SRT", "Tissue"),
-        "SegmentedPropertyTypeCodeSequence": code_dict("T-62000", "SRT", "Liver"),
-    }]]}
+    meta = {
+        "segmentAttributes": [
+            [
+                {
+                    "labelID": 3,
+                    "SegmentLabel": "Liver",
+                    "SegmentedPropertyCategoryCodeSequence": code_dict("T-D0050", "SRT", "Tissue"),
+                    "SegmentedPropertyTypeCodeSequence": code_dict("T-62000", "SRT", "Liver"),
+                }
+            ]
+        ]
+    }
     entry = read_label_table(write_json(tmp_path / "meta.json", meta))[3]
     # Code.__eq__ maps SRT itself, so compare the stored fields: the SEG must carry SCT.
     assert entry.category is not None and entry.type is not None
@@ -196,31 +307,34 @@ def test_sidecar_series_uid_absent_or_malformed(tmp_path: Path) -> None:
         read_sidecar_series_uid(write_json(tmp_path / "c.json", ["1.2.3"]))
 
 
-@pytest.mark.parametrize(("content", "problem"), [
-    ("{not json", "not valid JSON"),
-    ('{"liver": "1"}', "label key 'liver' is not a non-negative integer"),
-    ('{"-1": "liver"}', "label key '-1' is not a non-negative integer"),
-    ('{"1": "liver", "1": "spleen"}', "key '1' appears twice"),
-    ('{"1": "liver", "01": "spleen"}', "label 1 is described twice"),
-    ('{"1": {"name": "liver", "color": [0, 300, 0]}}', "out of range"),
-    ('{"1": {"name": "liver", "color": [0, 0.5, 0]}}', "out of range"),
-    ('{"1": {"name": "liver", "color": [0, 0]}}', "is not \\[r, g, b\\]"),
-    ('{"1": {"name": "liver", "colour": "#12345"}}', "is not \"#rrggbb\""),
-    ('{"1": {"name": "liver", "color": [1, 2, 3], "colour": [1, 2, 3]}}', "both"),
-    ('{"1": {"name": "liver", "colr": [1, 2, 3]}}', "unknown key\\(s\\) colr"),
-    ('{"1": {"color": [1, 2, 3]}}', "label 1 has no name"),
-    ('{"1": ""}', "label 1 has no name"),
-    ('{"1": 5}', "must be a name or an object"),
-    ('"liver"', "expected a JSON object"),
-    ('{"1": {"name": "x", "type": {"CodeValue": "1", "CodingSchemeDesignator": "SCT"}}}', "lacks CodeMeaning"),
-    ('{"segmentAttributes": {"labelID": 1}}', "must be a list"),
-    ('{"segmentAttributes": [[{"SegmentLabel": "liver"}]]}', "has no integer labelID"),
-    ('{"segmentAttributes": [[{"labelID": 0}]]}', "labelID 0, which is background"),
-    ('{"segmentAttributes": [[{"labelID": 1}], [{"labelID": 1}]]}', "label 1 is described twice"),
-    ('{"segmentAttributes": [[{"labelID": 1, "recommendedDisplayRGBValue": [1, 2, 256]}]]}', "out of range"),
-    ('{"series_instance_uid": "1.2.3", "labels": "liver"}', "expected a JSON object"),
-    ('{"series_instance_uid": "1.2.3", "1": "liver"}', "put the label table under \"labels\""),
-])
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"liver": "1"}', "label key 'liver' is not a non-negative integer"),
+        ('{"-1": "liver"}', "label key '-1' is not a non-negative integer"),
+        ('{"1": "liver", "1": "spleen"}', "key '1' appears twice"),
+        ('{"1": "liver", "01": "spleen"}', "label 1 is described twice"),
+        ('{"1": {"name": "liver", "color": [0, 300, 0]}}', "out of range"),
+        ('{"1": {"name": "liver", "color": [0, 0.5, 0]}}', "out of range"),
+        ('{"1": {"name": "liver", "color": [0, 0]}}', "is not \\[r, g, b\\]"),
+        ('{"1": {"name": "liver", "colour": "#12345"}}', 'is not "#rrggbb"'),
+        ('{"1": {"name": "liver", "color": [1, 2, 3], "colour": [1, 2, 3]}}', "both"),
+        ('{"1": {"name": "liver", "colr": [1, 2, 3]}}', "unknown key\\(s\\) colr"),
+        ('{"1": {"color": [1, 2, 3]}}', "label 1 has no name"),
+        ('{"1": ""}', "label 1 has no name"),
+        ('{"1": 5}', "must be a name or an object"),
+        ('"liver"', "expected a JSON object"),
+        ('{"1": {"name": "x", "type": {"CodeValue": "1", "CodingSchemeDesignator": "SCT"}}}', "lacks CodeMeaning"),
+        ('{"segmentAttributes": {"labelID": 1}}', "must be a list"),
+        ('{"segmentAttributes": [[{"SegmentLabel": "liver"}]]}', "has no integer labelID"),
+        ('{"segmentAttributes": [[{"labelID": 0}]]}', "labelID 0, which is background"),
+        ('{"segmentAttributes": [[{"labelID": 1}], [{"labelID": 1}]]}', "label 1 is described twice"),
+        ('{"segmentAttributes": [[{"labelID": 1, "recommendedDisplayRGBValue": [1, 2, 256]}]]}', "out of range"),
+        ('{"series_instance_uid": "1.2.3", "labels": "liver"}', "expected a JSON object"),
+        ('{"series_instance_uid": "1.2.3", "1": "liver"}', 'put the label table under "labels"'),
+    ],
+)
 def test_malformed_tables_fail_with_one_line_naming_the_file(tmp_path: Path, content: str, problem: str) -> None:
     path = tmp_path / "bad_labels.json"
     path.write_text(content, encoding="utf-8")
@@ -251,17 +365,36 @@ def add_totalsegmentator_label_table(image: nib.Nifti1Image, names: dict[int, st
     ``<Label Key=.. Red=.. Green=.. Blue=.. Alpha="1"><![CDATA[name]]></Label>`` lines (colours from a fixed
     cycle of 12, as fractions of 1), then ``StudyMetaDataLinkSet`` and ``VolumeType`` Label, padded with spaces.
     """
-    cycle = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255), (255, 128, 0),
-             (255, 0, 128), (128, 255, 128), (0, 128, 255), (128, 128, 128), (185, 170, 155)]
+    cycle = [
+        (255, 0, 0),
+        (0, 255, 0),
+        (0, 0, 255),
+        (255, 255, 0),
+        (255, 0, 255),
+        (0, 255, 255),
+        (255, 128, 0),
+        (255, 0, 128),
+        (128, 255, 128),
+        (0, 128, 255),
+        (128, 128, 128),
+        (185, 170, 155),
+    ]
     lines = []
     for key, name in names.items():
         red, green, blue = cycle[key % len(cycle)]
-        lines.append(f'<Label Key="{key}" Red="{red / 255}" Green="{green / 255}" Blue="{blue / 255}" Alpha="1">'
-                     f"<![CDATA[{name}]]></Label>\n")
-    xml = ('<?xml version="1.0" encoding="UTF-8"?> <CaretExtension>  <Date><![CDATA[2013-07-14T05:45:09]]></Date>'
-           '   <VolumeInformation Index="0">   <LabelTable>' + "\n" + "".join(lines) + "\n"
-           + "  </LabelTable>  <StudyMetaDataLinkSet>  </StudyMetaDataLinkSet>  <VolumeType><![CDATA[Label]]>"
-           "</VolumeType>   </VolumeInformation></CaretExtension>" + "\n              ")
+        lines.append(
+            f'<Label Key="{key}" Red="{red / 255}" Green="{green / 255}" Blue="{blue / 255}" Alpha="1">'
+            f"<![CDATA[{name}]]></Label>\n"
+        )
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?> <CaretExtension>  <Date><![CDATA[2013-07-14T05:45:09]]></Date>'
+        '   <VolumeInformation Index="0">   <LabelTable>'
+        + "\n"
+        + "".join(lines)
+        + "\n"
+        + "  </LabelTable>  <StudyMetaDataLinkSet>  </StudyMetaDataLinkSet>  <VolumeType><![CDATA[Label]]>"
+        "</VolumeType>   </VolumeInformation></CaretExtension>" + "\n              "
+    )
     image.header.extensions.append(nib.nifti1.Nifti1Extension(0, xml.encode("utf-8")))
 
 
@@ -299,11 +432,14 @@ def test_header_without_label_table(tmp_path: Path) -> None:
     assert names_from_nifti_header(saved_and_loaded(other, tmp_path / "comment.nii.gz").header) == {}
 
 
-@pytest.mark.parametrize("xml", [
-    b"<CaretExtension><LabelTable><Label Key='1'>liver</Label>",  # truncated
-    b"<!DOCTYPE x [<!ENTITY a 'liver'>]><CaretExtension><LabelTable><Label Key='1'>&a;</Label></LabelTable>"
-    b"</CaretExtension>",
-])
+@pytest.mark.parametrize(
+    "xml",
+    [
+        b"<CaretExtension><LabelTable><Label Key='1'>liver</Label>",  # truncated
+        b"<!DOCTYPE x [<!ENTITY a 'liver'>]><CaretExtension><LabelTable><Label Key='1'>&a;</Label></LabelTable>"
+        b"</CaretExtension>",
+    ],
+)
 def test_malformed_or_dtd_label_tables_are_ignored(tmp_path: Path, xml: bytes) -> None:
     image = label_image()
     image.header.extensions.append(nib.nifti1.Nifti1Extension(0, xml))
@@ -327,8 +463,10 @@ def test_every_totalsegmentator_class_has_snomed_ct_codes(name: str) -> None:
         assert code.scheme_designator == "SCT"
         assert code.value.isdigit(), f"{name}: {code.value} is not a SNOMED CT concept id"
         assert code.meaning.strip()
-    assert known.category in (Code("91723000", "SCT", "Anatomical Structure"),
-                              Code("49755003", "SCT", "Morphologically Abnormal Structure"))
+    assert known.category in (
+        Code("91723000", "SCT", "Anatomical Structure"),
+        Code("49755003", "SCT", "Morphologically Abnormal Structure"),
+    )
     assert all(0 <= c <= 255 for c in known.color)
 
 
@@ -337,8 +475,7 @@ def test_totalsegmentator_classes_have_distinct_codes() -> None:
     for name in TOTALSEG_TOTAL:
         k = known_structure(name)
         assert k is not None
-        signature = tuple(c.value if c is not None else None for c in (k.type, k.modifier, k.region,
-                                                                          k.region_modifier))
+        signature = tuple(c.value if c is not None else None for c in (k.type, k.modifier, k.region, k.region_modifier))
         assert signature not in signatures, f"{name} codes the same as {signatures.get(signature)}"
         signatures[signature] = name
 
@@ -375,18 +512,21 @@ def test_kidney_cyst_is_abnormal_structure_in_the_kidney() -> None:
     assert (cyst.region, cyst.region_modifier, cyst.modifier) == (Code("64033007", "SCT", "Kidney"), LEFT, None)
 
 
-@pytest.mark.parametrize(("spelling", "key"), [
-    ("Kidney Left", "kidney_left"),
-    ("left kidney", "kidney_left"),
-    ("KIDNEY-LEFT", "kidney_left"),
-    ("  liver ", "liver"),
-    ("vertebra_L1", "vertebrae_L1"),
-    ("Vertebrae-l1", "vertebrae_L1"),
-    ("left rib 3", "rib_left_3"),
-    ("Gall Bladder", "gallbladder"),
-    ("clavicle right", "clavicula_right"),
-    ("IVC", "inferior_vena_cava"),
-])
+@pytest.mark.parametrize(
+    ("spelling", "key"),
+    [
+        ("Kidney Left", "kidney_left"),
+        ("left kidney", "kidney_left"),
+        ("KIDNEY-LEFT", "kidney_left"),
+        ("  liver ", "liver"),
+        ("vertebra_L1", "vertebrae_L1"),
+        ("Vertebrae-l1", "vertebrae_L1"),
+        ("left rib 3", "rib_left_3"),
+        ("Gall Bladder", "gallbladder"),
+        ("clavicle right", "clavicula_right"),
+        ("IVC", "inferior_vena_cava"),
+    ],
+)
 def test_lookup_normalises_spelling(spelling: str, key: str) -> None:
     known = known_structure(spelling)
     assert known is not None and known.key == key
@@ -424,7 +564,11 @@ def test_specs_from_names_use_known_codes_and_colours() -> None:
 def test_unknown_and_unnamed_labels_get_generic_code_and_palette() -> None:
     unknown, unnamed = segment_specs([7, 9], {7: LabelEntry("mystery blob")})
     assert (unknown.name, unknown.category, unknown.type, unknown.modifier) == (
-        "mystery blob", GENERIC_CATEGORY, GENERIC_TYPE, None)
+        "mystery blob",
+        GENERIC_CATEGORY,
+        GENERIC_TYPE,
+        None,
+    )
     assert (GENERIC_CATEGORY.value, GENERIC_CATEGORY.meaning) == ("91723000", "Anatomical Structure")
     assert unknown.color == palette_color(7)
     assert unnamed.name == "Segment 9"
@@ -514,8 +658,14 @@ def test_segment_description_with_region_modifier() -> None:
 
 
 def test_segment_label_fits_dicom_lo() -> None:
-    spec = SegmentSpec(label=1, name="a\\b\tc " + "x" * 100, category=GENERIC_CATEGORY, type=GENERIC_TYPE,
-                       modifier=None, color=(0, 0, 0))
+    spec = SegmentSpec(
+        label=1,
+        name="a\\b\tc " + "x" * 100,
+        category=GENERIC_CATEGORY,
+        type=GENERIC_TYPE,
+        modifier=None,
+        color=(0, 0, 0),
+    )
     item = roundtrip(segment_description(spec, 1, AlgorithmInfo()))
     assert len(item.SegmentLabel) == 64
     assert item.SegmentLabel.startswith("a/b c x")
@@ -534,17 +684,26 @@ def test_descriptions_survive_a_segmentation_round_trip(tmp_path: Path) -> None:
     pixels[1, 3:5, 3:5] = 2
     specs = segment_specs([1, 2], {1: LabelEntry("rib_left_3"), 2: LabelEntry("kidney_cyst_left")})
     seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=pixels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment_description(s, n, AlgorithmInfo()) for n, s in enumerate(specs, start=1)],
-        series_instance_uid=hd.UID(), series_number=1001, sop_instance_uid=hd.UID(), instance_number=1,
-        manufacturer="segnode", manufacturer_model_name="segnode", software_versions=node.__version__,
-        device_serial_number="0")
+        series_instance_uid=hd.UID(),
+        series_number=1001,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="segnode",
+        manufacturer_model_name="segnode",
+        software_versions=node.__version__,
+        device_serial_number="0",
+    )
     path = tmp_path / "seg.dcm"
     seg.save_as(path)
     read = hd.seg.segread(path)
     first, second = read.SegmentSequence
     assert first.SegmentedPropertyTypeCodeSequence[0].CodeValue == "25888004"  # third rib
-    assert first.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence[0].CodeValue \
-        == "7771000"
+    assert (
+        first.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "7771000"
+    )
     assert second.AnatomicRegionSequence[0].AnatomicRegionModifierSequence[0].CodeValue == "7771000"
     assert read.get_segment_description(2).segment_label == "kidney_cyst_left"

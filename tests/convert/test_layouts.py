@@ -55,13 +55,15 @@ def check_identity(seg_path: Path, layout: lay.LayoutInfo, stack: lay.StackTruth
     assert ds.StudyInstanceUID == layout.study_uid
     assert ds.FrameOfReferenceUID == layout.frame_of_reference_uid
     assert [str(item.SeriesInstanceUID) for item in ds.ReferencedSeriesSequence] == [layout.series_uid]
-    referenced = {str(item.ReferencedSOPInstanceUID) for item in ds.ReferencedSeriesSequence[0]
-                  .ReferencedInstanceSequence}
+    referenced = {
+        str(item.ReferencedSOPInstanceUID) for item in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    }
     assert referenced == {uid for uid, _ in stack.sources}, "ReferencedInstanceSequence names other instances"
 
 
-def check_exact_on_stack(seg_path: Path, layout: lay.LayoutInfo, name: str, *, seg_type: str = "binary",
-                         phantom: syn.Phantom | None = None) -> None:
+def check_exact_on_stack(
+    seg_path: Path, layout: lay.LayoutInfo, name: str, *, seg_type: str = "binary", phantom: syn.Phantom | None = None
+) -> None:
     """Every pixel of a regular stack equals the phantom's truth; every frame names the instance and frame it lies
     on; the SEG belongs to the source study, series and frame of reference; dciodvfy clean for BINARY."""
     stack = layout.stack(name)
@@ -123,8 +125,7 @@ ENHANCED: list[Any] = [
 
 
 @pytest.mark.parametrize("layout", ENHANCED)
-def test_enhanced_one_volume_exact(tmp_path: Path, segnode_convert: syn.ConvertRunner,
-                                   layout: dict[str, Any]) -> None:
+def test_enhanced_one_volume_exact(tmp_path: Path, segnode_convert: syn.ConvertRunner, layout: dict[str, Any]) -> None:
     info = lay.write_enhanced(GRID, tmp_path / "dicom", **layout)
     grid = info.stack("volume").grid
     assert grid is not None
@@ -141,8 +142,9 @@ ENHANCED_MULTI: list[Any] = [
 
 
 @pytest.mark.parametrize("layout", ENHANCED_MULTI)
-def test_enhanced_several_volumes_each_stack_exact(tmp_path: Path, segnode_convert: syn.ConvertRunner,
-                                                   layout: dict[str, Any]) -> None:
+def test_enhanced_several_volumes_each_stack_exact(
+    tmp_path: Path, segnode_convert: syn.ConvertRunner, layout: dict[str, Any]
+) -> None:
     """Frames at repeated positions: each --stack N gives a SEG whose every frame names a frame of one volume."""
     info = lay.write_enhanced(GRID, tmp_path / "dicom", **layout)
     # Without --stack the volumes are ambiguous: they share one grid.
@@ -155,40 +157,49 @@ def test_enhanced_several_volumes_each_stack_exact(tmp_path: Path, segnode_conve
 
 AMBIGUOUS: list[Any] = [
     pytest.param(lambda f: lay.write_layout(f, lay.echo_stacks(GRID), modality="MR"), id="echoes"),
-    pytest.param(lambda f: lay.write_layout(f, lay.magnitude_phase_stacks(GRID), modality="MR"),
-                 id="magnitude-phase"),
+    pytest.param(lambda f: lay.write_layout(f, lay.magnitude_phase_stacks(GRID), modality="MR"), id="magnitude-phase"),
     pytest.param(lambda f: lay.write_layout(f, lay.dynamic_stacks(GRID, 2)), id="dynamics"),
-    pytest.param(lambda f: lay.write_layout(f, lay.diffusion_stacks(GRID, directions=((0.0, 0.6, 0.8),)),
-                                            modality="MR"), id="diffusion"),
-    pytest.param(lambda f: lay.write_layout(f, [lay.StackSpec.of_grid("classic", GRID)],
-                                            [lay.EnhancedSpec((lay.StackSpec.of_grid("enhanced", GRID),))]),
-                 id="classic-and-enhanced-same-grid"),
+    pytest.param(
+        lambda f: lay.write_layout(f, lay.diffusion_stacks(GRID, directions=((0.0, 0.6, 0.8),)), modality="MR"),
+        id="diffusion",
+    ),
+    pytest.param(
+        lambda f: lay.write_layout(
+            f, [lay.StackSpec.of_grid("classic", GRID)], [lay.EnhancedSpec((lay.StackSpec.of_grid("enhanced", GRID),))]
+        ),
+        id="classic-and-enhanced-same-grid",
+    ),
 ]
 
 
 @pytest.mark.parametrize("build", AMBIGUOUS)
-def test_stacks_at_the_same_positions(tmp_path: Path, segnode_convert: syn.ConvertRunner,
-                                      build: Callable[[Path], lay.LayoutInfo]) -> None:
+def test_stacks_at_the_same_positions(
+    tmp_path: Path, segnode_convert: syn.ConvertRunner, build: Callable[[Path], lay.LayoutInfo]
+) -> None:
     info = build(tmp_path / "dicom")
     nifti = check_each_stack_then_ambiguous(segnode_convert, tmp_path, info)
-    result = convert(segnode_convert, info.folder, nifti, tmp_path / "none.dcm", "--stack",
-                     str(len(info.stacks) + 1))
+    result = convert(segnode_convert, info.folder, nifti, tmp_path / "none.dcm", "--stack", str(len(info.stacks) + 1))
     assert result.code != 0
     assert f"stack {len(info.stacks) + 1}" in one_line(result.stderr)
 
 
 DISTINCT: list[Any] = [
     pytest.param(lambda f: lay.write_layout(f, lay.localizer_stacks()), id="localizer"),
-    pytest.param(lambda f: lay.write_layout(f, [lay.StackSpec.of_grid("classic", GRID)],
-                                            [lay.EnhancedSpec((lay.StackSpec.of_grid("enhanced", SAGITTAL),),
-                                                              geometry="per_frame")]),
-                 id="classic-and-enhanced"),
+    pytest.param(
+        lambda f: lay.write_layout(
+            f,
+            [lay.StackSpec.of_grid("classic", GRID)],
+            [lay.EnhancedSpec((lay.StackSpec.of_grid("enhanced", SAGITTAL),), geometry="per_frame")],
+        ),
+        id="classic-and-enhanced",
+    ),
 ]
 
 
 @pytest.mark.parametrize("build", DISTINCT)
-def test_stack_picked_by_geometry(tmp_path: Path, segnode_convert: syn.ConvertRunner,
-                                  build: Callable[[Path], lay.LayoutInfo]) -> None:
+def test_stack_picked_by_geometry(
+    tmp_path: Path, segnode_convert: syn.ConvertRunner, build: Callable[[Path], lay.LayoutInfo]
+) -> None:
     """Stacks on different grids: a label map on one stack's grid needs no --stack, and --stack N agrees."""
     info = build(tmp_path / "dicom")
     for stack in info.stacks:
@@ -200,8 +211,12 @@ def test_stack_picked_by_geometry(tmp_path: Path, segnode_convert: syn.ConvertRu
         check_exact_on_stack(seg, info, stack.name, phantom=phantom)
     # A label map on another grid fits no stack: refused in one line that lists them.
     other = syn.GridSpec.coronal(rows=12, cols=12, slices=4)
-    result = convert(segnode_convert, info.folder, label_map(tmp_path, other, syn.Phantom.fitting(other), "x.nii.gz"),
-                     tmp_path / "x.dcm")
+    result = convert(
+        segnode_convert,
+        info.folder,
+        label_map(tmp_path, other, syn.Phantom.fitting(other), "x.nii.gz"),
+        tmp_path / "x.dcm",
+    )
     assert result.code != 0
     line = one_line(result.stderr)
     assert "--stack" in line and all(f"stack {n}" in line for n in range(1, len(info.stacks) + 1))
@@ -212,8 +227,9 @@ def test_stack_picked_by_geometry(tmp_path: Path, segnode_convert: syn.ConvertRu
 
 @pytest.mark.parametrize("container", ["classic", "enhanced"])
 @pytest.mark.parametrize("grid", [pytest.param(GRID, id="oblique"), pytest.param(AXIAL, id="axial")])
-def test_orientation_jitter_exact(tmp_path: Path, segnode_convert: syn.ConvertRunner, grid: syn.GridSpec,
-                                  container: str) -> None:
+def test_orientation_jitter_exact(
+    tmp_path: Path, segnode_convert: syn.ConvertRunner, grid: syn.GridSpec, container: str
+) -> None:
     spec = lay.jittered_stack(grid, low=1e-6, high=5e-5, seed=9)
     info = classic_or_enhanced(tmp_path / "dicom", spec, container, syn.Phantom.fitting(grid))
     seg = convert_ok(segnode_convert, info.folder, label_map(tmp_path, grid, info.phantom), tmp_path / "seg.dcm")
@@ -232,8 +248,9 @@ def test_orientation_jitter_exact(tmp_path: Path, segnode_convert: syn.ConvertRu
 UNEVEN: list[Any] = [
     pytest.param(lambda g: lay.missing_slice_stack(g.replace(slices=8), missing=(3,)), 2.5, id="missing-slice"),
     pytest.param(lambda g: lay.uneven_stack(g, [2.0, 2.0, 3.0, 2.0, 4.0, 2.0]), 1.0, id="variable-spacing"),
-    pytest.param(lambda g: lay.uneven_stack(g, [2.0, 3.0, 2.0, 4.0, 2.0], tilt_degrees=15.0), 1.0,
-                 id="gantry-tilt-uneven"),
+    pytest.param(
+        lambda g: lay.uneven_stack(g, [2.0, 3.0, 2.0, 4.0, 2.0], tilt_degrees=15.0), 1.0, id="gantry-tilt-uneven"
+    ),
 ]
 
 
@@ -247,8 +264,14 @@ def classic_or_enhanced(folder: Path, spec: lay.StackSpec, container: str, phant
 @pytest.mark.parametrize("container", ["classic", "enhanced"])
 @pytest.mark.parametrize("grid", [pytest.param(AXIAL, id="axial"), pytest.param(GRID, id="oblique")])
 @pytest.mark.parametrize(("make", "step"), UNEVEN)
-def test_uneven_spacing(tmp_path: Path, segnode_convert: syn.ConvertRunner, grid: syn.GridSpec,
-                        make: Callable[[syn.GridSpec], lay.StackSpec], step: float, container: str) -> None:
+def test_uneven_spacing(
+    tmp_path: Path,
+    segnode_convert: syn.ConvertRunner,
+    grid: syn.GridSpec,
+    make: Callable[[syn.GridSpec], lay.StackSpec],
+    step: float,
+    container: str,
+) -> None:
     """A label map on an evenly spaced grid over the planes: one frame per labelled plane, at that plane."""
     spec = make(grid)
     extent = grid.replace(slices=8)
@@ -284,10 +307,12 @@ def test_uneven_spacing(tmp_path: Path, segnode_convert: syn.ConvertRunner, grid
 
 
 @pytest.mark.parametrize("container", ["classic", "enhanced"])
-@pytest.mark.parametrize("grid", [pytest.param(AXIAL, id="axial"), pytest.param(GRID, id="oblique"),
-                                  pytest.param(SAGITTAL, id="sagittal")])
-def test_single_plane_exact(tmp_path: Path, segnode_convert: syn.ConvertRunner, grid: syn.GridSpec,
-                            container: str) -> None:
+@pytest.mark.parametrize(
+    "grid", [pytest.param(AXIAL, id="axial"), pytest.param(GRID, id="oblique"), pytest.param(SAGITTAL, id="sagittal")]
+)
+def test_single_plane_exact(
+    tmp_path: Path, segnode_convert: syn.ConvertRunner, grid: syn.GridSpec, container: str
+) -> None:
     """A label map on the one-slice grid dcm2niix writes (rows flipped, slice thickness as z spacing)."""
     spec = lay.single_plane_stack(grid, thickness=5.0)
     phantom = syn.Phantom.fitting(grid)
@@ -295,11 +320,13 @@ def test_single_plane_exact(tmp_path: Path, segnode_convert: syn.ConvertRunner, 
     single = info.stack("single").grid
     assert single is not None
     affine = lay.dcm2niix_affine(single)
-    nifti = syn.label_nifti_on_grid((affine, (single.cols, single.rows, 1)), phantom, tmp_path / "single.nii.gz",
-                                    snap=single)
+    nifti = syn.label_nifti_on_grid(
+        (affine, (single.cols, single.rows, 1)), phantom, tmp_path / "single.nii.gz", snap=single
+    )
     seg = convert_ok(segnode_convert, info.folder, nifti, tmp_path / "seg.dcm")
     assert int(pydicom.dcmread(seg, stop_before_pixels=True).NumberOfFrames) == len(
-        set(np.unique(phantom.truth(single)).tolist()) - {0})
+        set(np.unique(phantom.truth(single)).tolist()) - {0}
+    )
     check_exact_on_stack(seg, info, "single")
 
 
@@ -339,15 +366,15 @@ SEG_TYPES = ["binary", "labelmap", "fractional"]
 
 @pytest.mark.parametrize("seg_type", SEG_TYPES)
 @pytest.mark.parametrize("source", ["classic", "enhanced-per-frame"])
-def test_one_segment_label_map(tmp_path: Path, segnode_convert: syn.ConvertRunner, seg_type: str,
-                               source: str) -> None:
+def test_one_segment_label_map(tmp_path: Path, segnode_convert: syn.ConvertRunner, seg_type: str, source: str) -> None:
     phantom = syn.Phantom(syn.Phantom.fitting(GRID).shapes[:1])
     if source == "classic":
         info = lay.write_layout(tmp_path / "dicom", [lay.StackSpec.of_grid("volume", GRID)], phantom=phantom)
     else:
         info = lay.write_enhanced(GRID, tmp_path / "dicom", geometry="per_frame", phantom=phantom)
-    seg = convert_ok(segnode_convert, info.folder, label_map(tmp_path, GRID, phantom), tmp_path / "seg.dcm",
-                     "--type", seg_type)
+    seg = convert_ok(
+        segnode_convert, info.folder, label_map(tmp_path, GRID, phantom), tmp_path / "seg.dcm", "--type", seg_type
+    )
     ds = pydicom.dcmread(seg, stop_before_pixels=True)
     assert ds.SegmentationType == seg_type.upper()
     assert list(syn.segment_names(ds)) == [1]
@@ -373,8 +400,9 @@ def test_one_segment_mask_folder(tmp_path: Path, segnode_convert: syn.ConvertRun
         assert syn.run_dciodvfy(seg) == []
 
 
-def test_a_structure_in_the_gap_of_a_missing_slice_is_refused_saying_so(tmp_path: Path,
-                                                                       segnode_convert: syn.ConvertRunner) -> None:
+def test_a_structure_in_the_gap_of_a_missing_slice_is_refused_saying_so(
+    tmp_path: Path, segnode_convert: syn.ConvertRunner
+) -> None:
     """Most of a small structure lies where the slice is missing: no plane can show it, and the refusal says why."""
     grid = syn.GridSpec.oblique(rows=16, cols=20, slices=6, row_spacing=0.9, col_spacing=1.3, slice_step=2.5)
     phantom = syn.Phantom.fitting(grid)

@@ -65,15 +65,22 @@ def test_shared_and_per_frame_groups_give_equal_planes(tmp_path: Path, modality:
     # The same seed stores the frames in the same (shuffled) order: plane i of one is plane i of the other.
     for pa, pb in zip(planes_a, planes_b, strict=True):
         assert (pa.frame, pa.rows, pa.cols, pa.spacing, pa.thickness, pa.traits) == (
-            pb.frame, pb.rows, pb.cols, pb.spacing, pb.thickness, pb.traits)
+            pb.frame,
+            pb.rows,
+            pb.cols,
+            pb.spacing,
+            pb.thickness,
+            pb.traits,
+        )
         assert np.array_equal(pa.position, pb.position) and np.array_equal(pa.orientation, pb.orientation)
     check_planes_match(planes_a, shared.stack("volume"))
     check_planes_match(planes_b, per_frame.stack("volume"))
 
 
 def test_enhanced_mr_temporal_positions_and_echoes_are_traits(tmp_path: Path) -> None:
-    info = lay.write_enhanced(GRID, tmp_path / "dicom", modality="MR", geometry="per_frame", temporal_positions=2,
-                              echo_times=(9.5, 21.0))
+    info = lay.write_enhanced(
+        GRID, tmp_path / "dicom", modality="MR", geometry="per_frame", temporal_positions=2, echo_times=(9.5, 21.0)
+    )
     planes = planes_of(header(info.paths[0]), 0)
     assert len(planes) == 4 * GRID.slices
     for stack in info.stacks:
@@ -98,26 +105,44 @@ def test_enhanced_ct_frame_type_is_the_image_type_trait(tmp_path: Path) -> None:
 
 
 CLASSIC_TRAITS: list[Any] = [
-    pytest.param(lay.echo_stacks, "MR", {"echo1": {"EchoNumbers": "1"}, "echo2": {"EchoNumbers": "2"}},
-                 id="echoes"),
-    pytest.param(lay.magnitude_phase_stacks, "MR", {"magnitude": {"ImageType": "ORIGINAL\\PRIMARY\\M\\ND"},
-                                                    "phase": {"ImageType": "ORIGINAL\\PRIMARY\\P\\ND"}},
-                 id="magnitude-phase"),
-    pytest.param(lambda g: lay.dynamic_stacks(g, 2), "CT", {"t1": {"TemporalPositionIdentifier": "1"},
-                                                            "t2": {"TemporalPositionIdentifier": "2"}},
-                 id="dynamics"),
-    pytest.param(lambda g: lay.diffusion_stacks(g, 800.0, ((0.6, 0.8, 0.0),)), "MR",
-                 {"b0": {"DiffusionBValue": "0", "DiffusionGradientOrientation": ""},
-                  "b800_dir1": {"DiffusionBValue": "800", "DiffusionGradientOrientation": "0.6\\0.8\\0"}},
-                 id="diffusion"),
-    pytest.param(lambda g: [lay.acquisition_number_stack(g)], "CT",
-                 {"volume": {"AcquisitionNumber": None}}, id="acquisition-numbers"),
+    pytest.param(lay.echo_stacks, "MR", {"echo1": {"EchoNumbers": "1"}, "echo2": {"EchoNumbers": "2"}}, id="echoes"),
+    pytest.param(
+        lay.magnitude_phase_stacks,
+        "MR",
+        {"magnitude": {"ImageType": "ORIGINAL\\PRIMARY\\M\\ND"}, "phase": {"ImageType": "ORIGINAL\\PRIMARY\\P\\ND"}},
+        id="magnitude-phase",
+    ),
+    pytest.param(
+        lambda g: lay.dynamic_stacks(g, 2),
+        "CT",
+        {"t1": {"TemporalPositionIdentifier": "1"}, "t2": {"TemporalPositionIdentifier": "2"}},
+        id="dynamics",
+    ),
+    pytest.param(
+        lambda g: lay.diffusion_stacks(g, 800.0, ((0.6, 0.8, 0.0),)),
+        "MR",
+        {
+            "b0": {"DiffusionBValue": "0", "DiffusionGradientOrientation": ""},
+            "b800_dir1": {"DiffusionBValue": "800", "DiffusionGradientOrientation": "0.6\\0.8\\0"},
+        },
+        id="diffusion",
+    ),
+    pytest.param(
+        lambda g: [lay.acquisition_number_stack(g)],
+        "CT",
+        {"volume": {"AcquisitionNumber": None}},
+        id="acquisition-numbers",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("stacks", "modality", "expected"), CLASSIC_TRAITS)
-def test_classic_traits(tmp_path: Path, stacks: Callable[[syn.GridSpec], list[lay.StackSpec]],
-                        modality: lay.Modality, expected: dict[str, dict[str, str | None]]) -> None:
+def test_classic_traits(
+    tmp_path: Path,
+    stacks: Callable[[syn.GridSpec], list[lay.StackSpec]],
+    modality: lay.Modality,
+    expected: dict[str, dict[str, str | None]],
+) -> None:
     grid = GRID.replace(slices=3)
     info = lay.write_layout(tmp_path / "dicom", stacks(grid), modality=modality)
     for stack in info.stacks:
@@ -141,8 +166,11 @@ def test_private_siemens_b_value_stands_in_for_the_standard_one(tmp_path: Path) 
 # -- mosaics ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("image_type", "private"), [(True, True), (True, False), (False, True)],
-                         ids=["both", "image-type-only", "private-count-only"])
+@pytest.mark.parametrize(
+    ("image_type", "private"),
+    [(True, True), (True, False), (False, True)],
+    ids=["both", "image-type-only", "private-count-only"],
+)
 def test_mosaic_is_detected_and_refused_in_one_line(tmp_path: Path, image_type: bool, private: bool) -> None:
     info = lay.write_mosaic(tmp_path / "dicom", with_image_type=image_type, with_private_count=private)
     ds = header(info.paths[0])
@@ -205,19 +233,22 @@ def damaged_geometry_message(path: Path, damage: Callable[[Dataset], None]) -> s
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
 @pytest.mark.parametrize("damage", CLASSIC_DAMAGE)
-def test_bad_classic_geometry_is_one_line_naming_the_instance(tmp_path: Path,
-                                                               damage: Callable[[Dataset], None]) -> None:
+def test_bad_classic_geometry_is_one_line_naming_the_instance(
+    tmp_path: Path, damage: Callable[[Dataset], None]
+) -> None:
     info = lay.write_layout(tmp_path / "dicom", [lay.StackSpec.of_grid("volume", GRID.replace(slices=2))])
     damaged_geometry_message(info.paths[0], damage)
 
 
 def _drop_in(group: Callable[[Dataset], Dataset], *path: str) -> Callable[[Dataset], None]:
     """Delete ``path[-1]`` from the functional groups item ``group(ds)``, down the sequences ``path[:-1]``."""
+
     def damage(ds: Dataset) -> None:
         node = group(ds)
         for keyword in path[:-1]:
             node = node[keyword].value[0]
         delattr(node, path[-1])
+
     return damage
 
 
@@ -239,11 +270,16 @@ ENHANCED_DAMAGE = [
 
 
 @pytest.mark.parametrize(("geometry", "damage", "frame"), ENHANCED_DAMAGE)
-def test_bad_enhanced_geometry_is_one_line_naming_the_instance(tmp_path: Path, geometry: str,
-                                                                damage: Callable[[Dataset], None],
-                                                                frame: int | None) -> None:
-    info = lay.write_enhanced(GRID, tmp_path / "dicom", modality="MR", geometry=geometry,  # type: ignore[arg-type]
-                              frame_order="ascending")
+def test_bad_enhanced_geometry_is_one_line_naming_the_instance(
+    tmp_path: Path, geometry: str, damage: Callable[[Dataset], None], frame: int | None
+) -> None:
+    info = lay.write_enhanced(
+        GRID,
+        tmp_path / "dicom",
+        modality="MR",
+        geometry=geometry,  # type: ignore[arg-type]
+        frame_order="ascending",
+    )
     message = damaged_geometry_message(info.paths[0], damage)
     if frame is not None:
         assert f"frame {frame}" in message

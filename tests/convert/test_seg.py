@@ -23,8 +23,9 @@ def built(tmp_path: Path, cols: int, seg_type: SegType) -> tuple[Dataset, Path, 
     grid = syn.GridSpec.axial(rows=20, cols=cols, slices=6)
     info = syn.write_series(grid, tmp_path / "dicom")
     nifti = tmp_path / "labels.nii.gz"
-    syn.label_nifti_on_grid((syn.export_grid_affine(grid), syn.export_grid_shape(grid)), syn.Phantom.fitting(grid),
-                            nifti, snap=grid)
+    syn.label_nifti_on_grid(
+        (syn.export_grid_affine(grid), syn.export_grid_shape(grid)), syn.Phantom.fitting(grid), nifti, snap=grid
+    )
     series = load_series(info.folder)
     result = build_seg_from_input(series, nifti, options=SegOptions(seg_type=seg_type))
     return result.dataset, info.folder, nifti
@@ -34,9 +35,14 @@ def verify_again(seg: Dataset, dicom: Path, nifti: Path) -> None:
     series = load_series(dicom)
     volume = load_label_input(nifti)
     alignment = plan_alignment(series.grid, volume.grid)
-    verify_seg(seg, input_stats(volume, alignment, series, volume.values), segment_specs(volume.values),
-               tolerance_for(alignment, volume, series), input_voxel_mm3=volume.grid.voxel_volume,
-               slab_of=series.slab_at)
+    verify_seg(
+        seg,
+        input_stats(volume, alignment, series, volume.values),
+        segment_specs(volume.values),
+        tolerance_for(alignment, volume, series),
+        input_voxel_mm3=volume.grid.voxel_volume,
+        slab_of=series.slab_at,
+    )
 
 
 # 32 columns: BINARY frames are read from packed bytes; 30 columns: frames straddle bytes and are unpacked.
@@ -44,8 +50,7 @@ CASES = [(32, SegType.BINARY), (30, SegType.BINARY), (30, SegType.LABELMAP), (30
 
 
 @pytest.mark.parametrize(("cols", "seg_type"), CASES, ids=lambda c: str(getattr(c, "value", c)))
-def test_a_correct_seg_passes_and_its_stats_are_in_patient_space(tmp_path: Path, cols: int,
-                                                                 seg_type: SegType) -> None:
+def test_a_correct_seg_passes_and_its_stats_are_in_patient_space(tmp_path: Path, cols: int, seg_type: SegType) -> None:
     seg, dicom, nifti = built(tmp_path, cols, seg_type)
     verify_again(seg, dicom, nifti)
     grid = syn.GridSpec.axial(rows=20, cols=cols, slices=6)
@@ -64,7 +69,8 @@ def test_a_frame_moved_by_one_slice_is_caught(tmp_path: Path, cols: int, seg_typ
     seg, dicom, nifti = built(tmp_path, cols, seg_type)
     position = seg.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0]
     position.ImagePositionPatient = [float(v) for v in position.ImagePositionPatient[:2]] + [
-        float(position.ImagePositionPatient[2]) + 2.0]
+        float(position.ImagePositionPatient[2]) + 2.0
+    ]
     with pytest.raises(VerificationError, match=r"centroid [0-9.e-]+ mm away"):
         verify_again(seg, dicom, nifti)
 

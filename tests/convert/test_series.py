@@ -34,8 +34,7 @@ def test_a_file_is_not_a_folder(tmp_path: Path) -> None:
         find_series(path)
 
 
-def test_several_series_without_a_choice_name_them_all(two_series: tuple[Path, syn.SeriesInfo, syn.SeriesInfo]
-                                                        ) -> None:
+def test_several_series_without_a_choice_name_them_all(two_series: tuple[Path, syn.SeriesInfo, syn.SeriesInfo]) -> None:
     folder, first, second = two_series
     with pytest.raises(InputError, match="choose one with --series") as caught:
         find_stacks(folder)
@@ -55,8 +54,9 @@ def test_unknown_series_names_those_present(two_series: tuple[Path, syn.SeriesIn
     assert first.series_uid in str(caught.value) and second.series_uid in str(caught.value)
 
 
-def test_unknown_stack_is_refused_with_the_stacks_listed(two_series: tuple[Path, syn.SeriesInfo, syn.SeriesInfo]
-                                                         ) -> None:
+def test_unknown_stack_is_refused_with_the_stacks_listed(
+    two_series: tuple[Path, syn.SeriesInfo, syn.SeriesInfo],
+) -> None:
     folder, first, _ = two_series
     stacks = find_stacks(folder, first.series_uid)
     assert choose_stack(stacks, 1, "here") is stacks[0]

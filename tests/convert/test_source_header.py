@@ -31,9 +31,11 @@ from node.errors import InputError
 
 REAL_DICOM = Path(os.environ.get("SEGNODE_REAL_DICOM", Path(__file__).resolve().parents[3] / "shared" / "real-dicom"))
 # The tests set invalid values on purpose; pydicom warns when they are assigned.
-pytestmark = [pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning"),
-              pytest.mark.filterwarnings("ignore:The value length:UserWarning"),
-              pytest.mark.filterwarnings("ignore:The PN component length:UserWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning"),
+    pytest.mark.filterwarnings("ignore:The value length:UserWarning"),
+    pytest.mark.filterwarnings("ignore:The PN component length:UserWarning"),
+]
 needs_dciodvfy = pytest.mark.skipif(not syn.have_tool("dciodvfy"), reason="dciodvfy (dicom3tools) not installed")
 GRID = syn.GridSpec.axial(rows=16, cols=16, slices=3)
 
@@ -70,17 +72,31 @@ def build_seg(headers: list[Dataset], path: Path) -> Dataset:
     labels[:, 2:6, 2:6] = 1
     labels[:, 8:12, 8:12] = 2
     descriptions = [
-        hd.seg.SegmentDescription(segment_number=number, segment_label=name,
-                                  segmented_property_category=codes.SCT.Organ, segmented_property_type=organ,
-                                  algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
-        for number, name, organ in ((1, "liver", codes.SCT.Liver), (2, "spleen", codes.SCT.Spleen))]
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=name,
+            segmented_property_category=codes.SCT.Organ,
+            segmented_property_type=organ,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        for number, name, organ in ((1, "liver", codes.SCT.Liver), (2, "spleen", codes.SCT.Spleen))
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # highdicom on single-component person names: fine
         seg = hd.seg.Segmentation(
-            source_images=headers, pixel_array=labels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=1007,
-            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="segnode", manufacturer_model_name="segnode",
-            software_versions="0", device_serial_number="0")
+            source_images=headers,
+            pixel_array=labels,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=1007,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="segnode",
+            manufacturer_model_name="segnode",
+            software_versions="0",
+            device_serial_number="0",
+        )
     seg.save_as(path)
     return pydicom.dcmread(path)
 
@@ -152,17 +168,20 @@ def test_geometry_is_never_touched(header: Dataset) -> None:
 # -- Specific Character Set -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("given", "expected"), [
-    ("", None),
-    ("ISO_IR 6", None),
-    ("ISO 2022 IR 6", None),
-    ("ISO-IR 100", "ISO_IR 100"),
-    ("iso_ir100", "ISO_IR 100"),
-    ("ISO 2022 IR 100", "ISO_IR 100"),
-    ("UTF-8", "ISO_IR 192"),
-    (["", "ISO 2022 IR 87"], ["ISO 2022 IR 6", "ISO 2022 IR 87"]),
-    ("NOT_A_CHARSET", None),
-])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("", None),
+        ("ISO_IR 6", None),
+        ("ISO 2022 IR 6", None),
+        ("ISO-IR 100", "ISO_IR 100"),
+        ("iso_ir100", "ISO_IR 100"),
+        ("ISO 2022 IR 100", "ISO_IR 100"),
+        ("UTF-8", "ISO_IR 192"),
+        (["", "ISO 2022 IR 87"], ["ISO 2022 IR 6", "ISO 2022 IR 87"]),
+        ("NOT_A_CHARSET", None),
+    ],
+)
 def test_character_set_is_repaired(header: Dataset, given: str | list[str], expected: str | list[str] | None) -> None:
     header.SpecificCharacterSet = given
     with warnings.catch_warnings():
@@ -198,18 +217,21 @@ def test_unknown_character_set_with_non_ascii_text_becomes_utf8(header: Dataset,
 # -- dates, times, closed sets, lengths -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("keyword", "given", "expected"), [
-    ("StudyDate", "***", ""),
-    ("StudyDate", "20230230", ""),
-    ("StudyDate", "2023.01.02", "20230102"),
-    ("StudyTime", "25:00", ""),
-    ("StudyTime", "10:15:00", "101500"),
-    ("StudyTime", "ab", ""),
-    ("PatientBirthDate", "01/02/1970", ""),
-    ("PatientBirthTime", "noon", None),  # Type 3: removed
-    ("AcquisitionDateTime", "yesterday", None),
-    ("LastMenstrualDate", "00000000", None),
-])
+@pytest.mark.parametrize(
+    ("keyword", "given", "expected"),
+    [
+        ("StudyDate", "***", ""),
+        ("StudyDate", "20230230", ""),
+        ("StudyDate", "2023.01.02", "20230102"),
+        ("StudyTime", "25:00", ""),
+        ("StudyTime", "10:15:00", "101500"),
+        ("StudyTime", "ab", ""),
+        ("PatientBirthDate", "01/02/1970", ""),
+        ("PatientBirthTime", "noon", None),  # Type 3: removed
+        ("AcquisitionDateTime", "yesterday", None),
+        ("LastMenstrualDate", "00000000", None),
+    ],
+)
 def test_invalid_dates_and_times(header: Dataset, keyword: str, given: str, expected: str | None) -> None:
     setattr(header, keyword, given)
     cleaned, notices = clean(header)
@@ -227,7 +249,10 @@ def test_valid_dates_and_times_are_kept(header: Dataset) -> None:
     cleaned, notices = clean(header)
     assert notices == []
     assert (cleaned.StudyTime, cleaned.AcquisitionDateTime, cleaned.PatientBirthTime) == (
-        "101500.123456", "20240102101500.5+0100", "1015")
+        "101500.123456",
+        "20240102101500.5+0100",
+        "1015",
+    )
 
 
 def test_notices_quote_study_values_but_never_patient_values(header: Dataset) -> None:
@@ -264,8 +289,9 @@ def test_person_names_that_are_not_pn_are_left_empty(header: Dataset) -> None:
     header.PatientName = "A^B^C^D^E^F"  # six components
     cleaned, notices = clean(header)
     assert cleaned.PatientName == ""
-    assert notices == ["source header: PatientName is not a person name (more than 3 groups or 5 components);"
-                       " left empty in the SEG"]
+    assert notices == [
+        "source header: PatientName is not a person name (more than 3 groups or 5 components); left empty in the SEG"
+    ]
 
 
 def test_single_component_names_are_valid_and_kept(header: Dataset) -> None:
@@ -302,8 +328,9 @@ def test_items_without_their_type1_content_are_removed(header: Dataset) -> None:
     assert [item.CodeValue for item in cleaned.ProcedureCodeSequence] == ["12345"]
     assert "ReferencedStudySequence" not in cleaned
     assert "source header: ProcedureCodeSequence item 1 lacks CodeValue; item left out of the SEG" in notices
-    assert ("source header: ReferencedStudySequence item 1 lacks ReferencedSOPInstanceUID; item left out of the"
-            " SEG") in notices
+    assert (
+        "source header: ReferencedStudySequence item 1 lacks ReferencedSOPInstanceUID; item left out of the SEG"
+    ) in notices
 
 
 def test_empty_sequences_nested_in_items_are_removed(header: Dataset) -> None:
@@ -323,8 +350,9 @@ def test_values_inside_items_are_validated(header: Dataset) -> None:
     header.ProcedureCodeSequence = Sequence([item])
     cleaned, notices = clean(header)
     assert cleaned.ProcedureCodeSequence[0].CodeMeaning == "m" * 64
-    assert notices == ["source header: ProcedureCodeSequence item 1 CodeMeaning is longer than 64 characters (LO);"
-                       " repaired in the SEG"]
+    assert notices == [
+        "source header: ProcedureCodeSequence item 1 CodeMeaning is longer than 64 characters (LO); repaired in the SEG"
+    ]
 
 
 # -- private, retired, modules ------------------------------------------------------------------------------------
@@ -346,8 +374,10 @@ def test_a_partial_optional_module_is_left_out(header: Dataset) -> None:
     header.ClinicalTrialProtocolName = "Protocol"  # without the Type 1 sponsor and protocol ID
     cleaned, notices = clean(header)
     assert "ClinicalTrialProtocolName" not in cleaned
-    assert notices == ["source header: Clinical Trial Subject module lacks ClinicalTrialSponsorName (Type 1);"
-                       " its attributes are left out of the SEG"]
+    assert notices == [
+        "source header: Clinical Trial Subject module lacks ClinicalTrialSponsorName (Type 1);"
+        " its attributes are left out of the SEG"
+    ]
 
 
 def test_a_complete_optional_module_is_kept_with_its_type2_attributes(header: Dataset) -> None:
@@ -382,18 +412,25 @@ def _no_private(seg: Dataset) -> bool:
 
 
 KINDS: dict[str, tuple[Callable[[Dataset], None], Callable[[Dataset], bool]]] = {
-    "empty-character-set": (lambda ds: setattr(ds, "SpecificCharacterSet", ""),
-                            lambda seg: "SpecificCharacterSet" not in seg),
+    "empty-character-set": (
+        lambda ds: setattr(ds, "SpecificCharacterSet", ""),
+        lambda seg: "SpecificCharacterSet" not in seg,
+    ),
     "study-date-stars": (lambda ds: setattr(ds, "StudyDate", "***"), lambda seg: seg.StudyDate == ""),
-    "single-component-name": (lambda ds: setattr(ds, "PatientName", "JANCT000"),
-                              lambda seg: seg.PatientName == "JANCT000"),
-    "empty-procedure-code-sequence": (lambda ds: setattr(ds, "ProcedureCodeSequence", Sequence([])),
-                                      lambda seg: "ProcedureCodeSequence" not in seg),
+    "single-component-name": (
+        lambda ds: setattr(ds, "PatientName", "JANCT000"),
+        lambda seg: seg.PatientName == "JANCT000",
+    ),
+    "empty-procedure-code-sequence": (
+        lambda ds: setattr(ds, "ProcedureCodeSequence", Sequence([])),
+        lambda seg: "ProcedureCodeSequence" not in seg,
+    ),
     "private-tags": (_private, _no_private),
-    "retired-attribute": (lambda ds: setattr(ds, "OtherPatientIDs", "OLD-ID"),
-                          lambda seg: "OtherPatientIDs" not in seg),
-    "overlong-lo": (lambda ds: setattr(ds, "StudyDescription", "d" * 80),
-                    lambda seg: seg.StudyDescription == "d" * 64),
+    "retired-attribute": (
+        lambda ds: setattr(ds, "OtherPatientIDs", "OLD-ID"),
+        lambda seg: "OtherPatientIDs" not in seg,
+    ),
+    "overlong-lo": (lambda ds: setattr(ds, "StudyDescription", "d" * 80), lambda seg: seg.StudyDescription == "d" * 64),
     "invalid-patient-sex": (lambda ds: setattr(ds, "PatientSex", "X"), lambda seg: seg.PatientSex == ""),
 }
 
@@ -461,8 +498,10 @@ def test_real_ge_ct_with_empty_character_set_gives_a_valid_seg(tmp_path: Path) -
     assert all(h.SpecificCharacterSet == "" for h in headers)  # what the case is here for
     headers.sort(key=lambda h: float(h.ImagePositionPatient[2]))
     results: list[tuple[Dataset, list[str]]] = [clean(h) for h in headers]
-    assert all("source header: SpecificCharacterSet is empty; left out of the SEG (default repertoire)" in n
-               for _, n in results)
+    assert all(
+        "source header: SpecificCharacterSet is empty; left out of the SEG (default repertoire)" in n
+        for _, n in results
+    )
     seg = build_seg([c for c, _ in results], tmp_path / "seg.dcm")
     assert syn.run_dciodvfy(tmp_path / "seg.dcm") == []
     assert "SpecificCharacterSet" not in seg and seg.PatientID == headers[0].PatientID

@@ -40,8 +40,10 @@ def matched(stacks: list[SourceSeries], info: lay.LayoutInfo) -> dict[str, Sourc
     result: dict[str, SourceSeries] = {}
     for stack in stacks:
         name = by_sources.get(frozenset(sources_of(stack)))
-        assert name is not None, (f"{stack.stack.describe()} holds {len(sources_of(stack))} planes that are no"
-                                  f" written stack: {sources_of(stack)[:3]}...")
+        assert name is not None, (
+            f"{stack.stack.describe()} holds {len(sources_of(stack))} planes that are no"
+            f" written stack: {sources_of(stack)[:3]}..."
+        )
         assert name not in result
         result[name] = stack
     assert sorted(result) == sorted(s.name for s in info.stacks)
@@ -82,51 +84,81 @@ def keys_contain(found: dict[str, SourceSeries], expected: dict[str, dict[str, s
 
 
 def _mixture(folder: Path) -> lay.LayoutInfo:
-    return lay.write_layout(folder, [lay.StackSpec.of_grid("classic", GRID)],
-                            [lay.EnhancedSpec((lay.StackSpec.of_grid("enhanced", SAGITTAL),), geometry="per_frame")])
+    return lay.write_layout(
+        folder,
+        [lay.StackSpec.of_grid("classic", GRID)],
+        [lay.EnhancedSpec((lay.StackSpec.of_grid("enhanced", SAGITTAL),), geometry="per_frame")],
+    )
 
 
 def _mixture_same_grid(folder: Path) -> lay.LayoutInfo:
-    return lay.write_layout(folder, [lay.StackSpec.of_grid("classic", GRID)],
-                            [lay.EnhancedSpec((lay.StackSpec.of_grid("enhanced", GRID),))])
+    return lay.write_layout(
+        folder, [lay.StackSpec.of_grid("classic", GRID)], [lay.EnhancedSpec((lay.StackSpec.of_grid("enhanced", GRID),))]
+    )
 
 
 MULTI_STACK: list[Any] = [
-    pytest.param(lambda f: lay.write_layout(f, lay.echo_stacks(GRID), modality="MR"),
-                 {"echo1": {"EchoNumbers": "1"}, "echo2": {"EchoNumbers": "2"}}, id="classic-echoes"),
-    pytest.param(lambda f: lay.write_layout(f, lay.magnitude_phase_stacks(GRID), modality="MR"),
-                 {"magnitude": {"ImageType": "ORIGINAL\\PRIMARY\\M\\ND"},
-                  "phase": {"ImageType": "ORIGINAL\\PRIMARY\\P\\ND"}}, id="magnitude-phase"),
-    pytest.param(lambda f: lay.write_layout(f, lay.dynamic_stacks(GRID, 3)),
-                 {f"t{i}": {"TemporalPositionIdentifier": str(i)} for i in (1, 2, 3)}, id="dynamics"),
-    pytest.param(lambda f: lay.write_layout(f, lay.diffusion_stacks(GRID), modality="MR"),
-                 {"b0": {"DiffusionBValue": "0"},
-                  "b1000_dir1": {"DiffusionBValue": "1000", "DiffusionGradientOrientation": "1\\0\\0"},
-                  "b1000_dir2": {"DiffusionBValue": "1000", "DiffusionGradientOrientation": "0\\1\\0"},
-                  "b1000_dir3": {"DiffusionBValue": "1000", "DiffusionGradientOrientation": "0\\0\\1"}},
-                 id="diffusion"),
-    pytest.param(lambda f: lay.write_layout(f, lay.localizer_stacks()),
-                 {name: {"orientation": name} for name in ("axial", "coronal", "sagittal")}, id="localizer"),
+    pytest.param(
+        lambda f: lay.write_layout(f, lay.echo_stacks(GRID), modality="MR"),
+        {"echo1": {"EchoNumbers": "1"}, "echo2": {"EchoNumbers": "2"}},
+        id="classic-echoes",
+    ),
+    pytest.param(
+        lambda f: lay.write_layout(f, lay.magnitude_phase_stacks(GRID), modality="MR"),
+        {"magnitude": {"ImageType": "ORIGINAL\\PRIMARY\\M\\ND"}, "phase": {"ImageType": "ORIGINAL\\PRIMARY\\P\\ND"}},
+        id="magnitude-phase",
+    ),
+    pytest.param(
+        lambda f: lay.write_layout(f, lay.dynamic_stacks(GRID, 3)),
+        {f"t{i}": {"TemporalPositionIdentifier": str(i)} for i in (1, 2, 3)},
+        id="dynamics",
+    ),
+    pytest.param(
+        lambda f: lay.write_layout(f, lay.diffusion_stacks(GRID), modality="MR"),
+        {
+            "b0": {"DiffusionBValue": "0"},
+            "b1000_dir1": {"DiffusionBValue": "1000", "DiffusionGradientOrientation": "1\\0\\0"},
+            "b1000_dir2": {"DiffusionBValue": "1000", "DiffusionGradientOrientation": "0\\1\\0"},
+            "b1000_dir3": {"DiffusionBValue": "1000", "DiffusionGradientOrientation": "0\\0\\1"},
+        },
+        id="diffusion",
+    ),
+    pytest.param(
+        lambda f: lay.write_layout(f, lay.localizer_stacks()),
+        {name: {"orientation": name} for name in ("axial", "coronal", "sagittal")},
+        id="localizer",
+    ),
     pytest.param(_mixture, {"classic": {"object": "single-frame images"}}, id="classic-and-enhanced"),
-    pytest.param(_mixture_same_grid, {"classic": {"object": "single-frame images"}},
-                 id="classic-and-enhanced-same-positions"),
-    pytest.param(lambda f: lay.write_enhanced(GRID, f, modality="MR", temporal_positions=3),
-                 {f"t{i}": {"TemporalPositionIndex": str(i)} for i in (1, 2, 3)}, id="enhanced-temporal"),
-    pytest.param(lambda f: lay.write_enhanced(GRID, f, modality="MR", geometry="per_frame", echo_times=(9.5, 21.0)),
-                 {"echo1": {"EffectiveEchoTime": "9.5"}, "echo2": {"EffectiveEchoTime": "21"}},
-                 id="enhanced-echoes-one-object"),
-    pytest.param(lambda f: lay.write_enhanced(GRID, f, modality="MR", echo_times=(9.5, 21.0), object_per_echo=True),
-                 {"echo1": {"EffectiveEchoTime": "9.5"}, "echo2": {"EffectiveEchoTime": "21"}},
-                 id="enhanced-object-per-echo"),
-    pytest.param(lambda f: lay.write_enhanced(GRID, f, modality="MR", temporal_positions=2, echo_times=(9.5, 21.0)),
-                 {"t2_echo1": {"TemporalPositionIndex": "2", "EffectiveEchoTime": "9.5"}},
-                 id="enhanced-temporal-and-echoes"),
+    pytest.param(
+        _mixture_same_grid, {"classic": {"object": "single-frame images"}}, id="classic-and-enhanced-same-positions"
+    ),
+    pytest.param(
+        lambda f: lay.write_enhanced(GRID, f, modality="MR", temporal_positions=3),
+        {f"t{i}": {"TemporalPositionIndex": str(i)} for i in (1, 2, 3)},
+        id="enhanced-temporal",
+    ),
+    pytest.param(
+        lambda f: lay.write_enhanced(GRID, f, modality="MR", geometry="per_frame", echo_times=(9.5, 21.0)),
+        {"echo1": {"EffectiveEchoTime": "9.5"}, "echo2": {"EffectiveEchoTime": "21"}},
+        id="enhanced-echoes-one-object",
+    ),
+    pytest.param(
+        lambda f: lay.write_enhanced(GRID, f, modality="MR", echo_times=(9.5, 21.0), object_per_echo=True),
+        {"echo1": {"EffectiveEchoTime": "9.5"}, "echo2": {"EffectiveEchoTime": "21"}},
+        id="enhanced-object-per-echo",
+    ),
+    pytest.param(
+        lambda f: lay.write_enhanced(GRID, f, modality="MR", temporal_positions=2, echo_times=(9.5, 21.0)),
+        {"t2_echo1": {"TemporalPositionIndex": "2", "EffectiveEchoTime": "9.5"}},
+        id="enhanced-temporal-and-echoes",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("build", "keys"), MULTI_STACK)
-def test_multi_stack_series(tmp_path: Path, build: Callable[[Path], lay.LayoutInfo],
-                            keys: dict[str, dict[str, str]]) -> None:
+def test_multi_stack_series(
+    tmp_path: Path, build: Callable[[Path], lay.LayoutInfo], keys: dict[str, dict[str, str]]
+) -> None:
     info = build(tmp_path / "dicom")
     stacks = find_stacks(info.folder)
     assert len(stacks) == len(info.stacks)
@@ -148,8 +180,11 @@ def test_enhanced_objects_are_keyed_by_object(tmp_path: Path) -> None:
 
 def test_main_stack_is_the_largest(tmp_path: Path) -> None:
     small = GRID.replace(slices=3)
-    info = lay.write_layout(tmp_path / "dicom", [lay.StackSpec.of_grid("small", small)],
-                            [lay.EnhancedSpec((lay.StackSpec.of_grid("large", SAGITTAL),))])
+    info = lay.write_layout(
+        tmp_path / "dicom",
+        [lay.StackSpec.of_grid("small", small)],
+        [lay.EnhancedSpec((lay.StackSpec.of_grid("large", SAGITTAL),))],
+    )
     stacks = find_stacks(info.folder)
     found = check_stacks(stacks, info)
     assert found["large"].stack.index == 1 and found["large"].stem == info.series_uid
@@ -168,19 +203,38 @@ def test_localizer_with_uneven_plane_counts(tmp_path: Path) -> None:
 
 
 ONE_STACK: list[Any] = [
-    pytest.param(lambda f: lay.write_layout(f, [lay.acquisition_number_stack(GRID)]), True,
-                 id="acquisition-number-per-slice"),
+    pytest.param(
+        lambda f: lay.write_layout(f, [lay.acquisition_number_stack(GRID)]), True, id="acquisition-number-per-slice"
+    ),
     pytest.param(lambda f: lay.write_layout(f, [lay.jittered_stack(GRID, seed=4)]), True, id="orientation-jitter"),
-    pytest.param(lambda f: lay.write_layout(f, [lay.jittered_stack(GRID, low=4e-5, high=5e-5, seed=5)]), True,
-                 id="orientation-jitter-5e-5"),
+    pytest.param(
+        lambda f: lay.write_layout(f, [lay.jittered_stack(GRID, low=4e-5, high=5e-5, seed=5)]),
+        True,
+        id="orientation-jitter-5e-5",
+    ),
     pytest.param(lambda f: lay.write_enhanced(GRID, f, geometry="per_frame"), True, id="enhanced-ct-per-frame"),
     pytest.param(lambda f: lay.write_enhanced(GRID, f, modality="MR"), True, id="enhanced-mr-shared"),
-    pytest.param(lambda f: lay.write_layout(f, [lay.missing_slice_stack(GRID.replace(slices=8))],
-                                            phantom=syn.Phantom.fitting(GRID)), False, id="missing-slice"),
-    pytest.param(lambda f: lay.write_layout(f, [lay.uneven_stack(GRID, [2.0, 2.0, 3.0, 2.0, 4.0])],
-                                            phantom=syn.Phantom.fitting(GRID)), False, id="variable-spacing"),
-    pytest.param(lambda f: lay.write_layout(f, [lay.uneven_stack(GRID, [2.0, 3.0, 2.0, 4.0, 2.0], tilt_degrees=15)],
-                                            phantom=syn.Phantom.fitting(GRID)), False, id="gantry-tilt-uneven"),
+    pytest.param(
+        lambda f: lay.write_layout(
+            f, [lay.missing_slice_stack(GRID.replace(slices=8))], phantom=syn.Phantom.fitting(GRID)
+        ),
+        False,
+        id="missing-slice",
+    ),
+    pytest.param(
+        lambda f: lay.write_layout(
+            f, [lay.uneven_stack(GRID, [2.0, 2.0, 3.0, 2.0, 4.0])], phantom=syn.Phantom.fitting(GRID)
+        ),
+        False,
+        id="variable-spacing",
+    ),
+    pytest.param(
+        lambda f: lay.write_layout(
+            f, [lay.uneven_stack(GRID, [2.0, 3.0, 2.0, 4.0, 2.0], tilt_degrees=15)], phantom=syn.Phantom.fitting(GRID)
+        ),
+        False,
+        id="gantry-tilt-uneven",
+    ),
     pytest.param(lambda f: lay.write_layout(f, [lay.single_plane_stack(GRID)]), True, id="single-plane"),
 ]
 
@@ -207,8 +261,9 @@ def test_jitter_is_in_the_headers_and_within_the_tolerance(tmp_path: Path) -> No
     """The jittered layout really differs per slice (1e-6..5e-5), yet stays one stack with one orientation."""
     spec = lay.jittered_stack(GRID, low=1e-6, high=5e-5, seed=4)
     info = lay.write_layout(tmp_path / "dicom", [spec])
-    written = np.array([pydicom.dcmread(p, stop_before_pixels=True).ImageOrientationPatient for p in info.paths],
-                       dtype=np.float64)
+    written = np.array(
+        [pydicom.dcmread(p, stop_before_pixels=True).ImageOrientationPatient for p in info.paths], dtype=np.float64
+    )
     deviation = np.abs(written - np.asarray(GRID.image_orientation)).max(axis=1)
     assert deviation.min() > 1e-7 and deviation.max() < 1e-4
     assert len({tuple(row) for row in written}) == GRID.slices

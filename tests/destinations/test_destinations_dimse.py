@@ -48,13 +48,26 @@ def _build_seg(sources: Sequence[pydicom.Dataset], path: Path, segmentation_type
     mask = np.zeros((len(sources), rows, cols), dtype=np.uint8)
     mask[1:3, 2:6, 3:7] = 1
     description = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="liver", segmented_property_category=codes.SCT.Organ,
-        segmented_property_type=codes.SCT.Liver, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+        segment_number=1,
+        segment_label="liver",
+        segmented_property_category=codes.SCT.Organ,
+        segmented_property_type=codes.SCT.Liver,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
     seg = hd.seg.Segmentation(
-        source_images=list(sources), pixel_array=mask, segmentation_type=segmentation_type,
-        segment_descriptions=[description], series_instance_uid=generate_uid(), series_number=100,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="segnode-test",
-        manufacturer_model_name="test", software_versions="0", device_serial_number="0")
+        source_images=list(sources),
+        pixel_array=mask,
+        segmentation_type=segmentation_type,
+        segment_descriptions=[description],
+        series_instance_uid=generate_uid(),
+        series_number=100,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="segnode-test",
+        manufacturer_model_name="test",
+        software_versions="0",
+        device_serial_number="0",
+    )
     seg.save_as(path)
     return path
 
@@ -64,8 +77,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     root = tmp_path_factory.mktemp("send-files")
     series = syn.write_series(syn.GridSpec.axial(rows=12, cols=10, slices=4), root / "ct")
     sources = [pydicom.dcmread(p) for p in series.paths]
-    return Files(ct=series.paths, seg=_build_seg(sources, root / "seg.dcm", "BINARY"),
-                 labelmap_seg=_build_seg(sources, root / "labelmap.dcm", "LABELMAP"))
+    return Files(
+        ct=series.paths,
+        seg=_build_seg(sources, root / "seg.dcm", "BINARY"),
+        labelmap_seg=_build_seg(sources, root / "labelmap.dcm", "LABELMAP"),
+    )
 
 
 @pytest.fixture
@@ -104,8 +120,13 @@ def peer(config: DicomDestination, *, calling_ae: str = "SEGNODE") -> Destinatio
 class ScriptedSCP:
     """A pynetdicom storage SCP on an OS-picked port; ``answer(index, event)`` gives each C-STORE's status."""
 
-    def __init__(self, contexts: Sequence[tuple[str, str]], answer: Callable[[int, Any], int] | None = None,
-                 *, ae_title: str = "SCRIPTED") -> None:
+    def __init__(
+        self,
+        contexts: Sequence[tuple[str, str]],
+        answer: Callable[[int, Any], int] | None = None,
+        *,
+        ae_title: str = "SCRIPTED",
+    ) -> None:
         self.received: list[pydicom.Dataset] = []
         self._answer = answer or (lambda index, event: 0x0000)
         self._lock = threading.Lock()
@@ -206,7 +227,8 @@ def test_orthanc_harness_pushes_a_series_to_a_modality(orthanc: OrthancServer, f
         (series_id,) = orthanc.series()
         orthanc.push_series(series_id, "node")
     assert sorted(ds.SOPInstanceUID for ds in node.received) == sorted(
-        pydicom.dcmread(p).SOPInstanceUID for p in files.ct)
+        pydicom.dcmread(p).SOPInstanceUID for p in files.ct
+    )
 
 
 # -- no peer, rejecting peers, scripted statuses -----------------------------------------------------------------
@@ -264,19 +286,22 @@ def test_implicit_only_peer_gets_a_converted_dataset(files: Files) -> None:
     assert scp.received[0].PixelData == pydicom.dcmread(files.seg).PixelData
 
 
-@pytest.mark.parametrize(("status", "outcome", "phrase"), [
-    (0xA700, Outcome.RETRY, "out of resources"),
-    (0xA7FF, Outcome.RETRY, "out of resources"),
-    (0x0110, Outcome.RETRY, "processing failure"),
-    (0xA900, Outcome.FAILED, "does not match SOP class"),
-    (0xC000, Outcome.FAILED, "cannot understand"),
-    (0xC211, Outcome.FAILED, "cannot understand"),
-    (0x0122, Outcome.FAILED, "SOP class not supported"),
-    (0xB000, Outcome.SENT, "warning: data elements coerced"),
-    (0xB006, Outcome.SENT, "warning: elements discarded"),
-    (0xB007, Outcome.SENT, "warning: data set does not match SOP class"),
-    (0x0111, Outcome.SENT, "already holds"),
-])
+@pytest.mark.parametrize(
+    ("status", "outcome", "phrase"),
+    [
+        (0xA700, Outcome.RETRY, "out of resources"),
+        (0xA7FF, Outcome.RETRY, "out of resources"),
+        (0x0110, Outcome.RETRY, "processing failure"),
+        (0xA900, Outcome.FAILED, "does not match SOP class"),
+        (0xC000, Outcome.FAILED, "cannot understand"),
+        (0xC211, Outcome.FAILED, "cannot understand"),
+        (0x0122, Outcome.FAILED, "SOP class not supported"),
+        (0xB000, Outcome.SENT, "warning: data elements coerced"),
+        (0xB006, Outcome.SENT, "warning: elements discarded"),
+        (0xB007, Outcome.SENT, "warning: data set does not match SOP class"),
+        (0x0111, Outcome.SENT, "already holds"),
+    ],
+)
 def test_peer_status_is_classified(files: Files, status: int, outcome: Outcome, phrase: str) -> None:
     with ScriptedSCP([CT_EXPLICIT], lambda index, event: status) as scp:
         results = peer(scp.destination).send(files.ct[:2])
@@ -334,7 +359,8 @@ def test_many_sop_classes_split_into_associations(files: Files, monkeypatch: pyt
     assert _outcomes(results) == [Outcome.SENT] * 3
     assert len(associations) == 2
     assert sorted(ds.SOPInstanceUID for ds in scp.received) == sorted(
-        pydicom.dcmread(p).SOPInstanceUID for p in (files.ct[0], files.seg, files.ct[1]))
+        pydicom.dcmread(p).SOPInstanceUID for p in (files.ct[0], files.seg, files.ct[1])
+    )
 
 
 # -- DCMTK storescp -------------------------------------------------------------------------------------------------

@@ -84,6 +84,7 @@ def test_check_reports_a_read_only_folder(tmp_path: Path) -> None:
     try:
         assert writer(folder).check() == f"archive (folder {folder}): the folder is not writable"
         assert writer(folder / "sub").check() == (
-            f"archive (folder {folder / 'sub'}): cannot create it, {folder} is not writable")
+            f"archive (folder {folder / 'sub'}): cannot create it, {folder} is not writable"
+        )
     finally:
         folder.chmod(0o755)

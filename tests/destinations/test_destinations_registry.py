@@ -81,17 +81,20 @@ def test_builtin_kinds() -> None:
     assert destinations.config_type("folder") is FolderDestination
 
 
-def test_a_registered_kind_loads_from_a_block_and_sends_through_the_protocol(bucket_kind: None,
-                                                                            tmp_path: Path) -> None:
+def test_a_registered_kind_loads_from_a_block_and_sends_through_the_protocol(bucket_kind: None, tmp_path: Path) -> None:
     path = tmp_path / "segnode.toml"
-    path.write_text('[node]\nae_title = "ME"\n[send]\ntimeout = 3\n'
-                    '[[destinations]]\nkind = "bucket"\nname = "b"\nbucket = "segs"\n', encoding="utf-8")
+    path.write_text(
+        '[node]\nae_title = "ME"\n[send]\ntimeout = 3\n'
+        '[[destinations]]\nkind = "bucket"\nname = "b"\nbucket = "segs"\n',
+        encoding="utf-8",
+    )
     config = load_config(path)
     assert config.destinations == (BucketDestination(name="b", bucket="segs", days=7),)
     assert "bucket" in destinations.kinds()
 
-    destination = destinations.create(config.destination("b"), calling_ae=config.node.ae_title,
-                                      timeout=config.send.timeout)
+    destination = destinations.create(
+        config.destination("b"), calling_ae=config.node.ae_title, timeout=config.send.timeout
+    )
     assert isinstance(destination, Bucket)
     assert (destination.calling_ae, destination.timeout) == ("ME", 3.0)
     assert (destination.name, destination.describe(), destination.check()) == ("b", "b (bucket segs)", None)
@@ -102,8 +105,10 @@ def test_a_registered_kind_loads_from_a_block_and_sends_through_the_protocol(buc
 def test_a_registered_kind_validates_its_keys(bucket_kind: None, tmp_path: Path) -> None:
     path = tmp_path / "segnode.toml"
     for block, expected in [
-        ('bucket = "s"\nday = 3\n', "[[destinations]] 'b' day: expected no such key (a bucket destination has only "
-                                    "name, bucket and days)"),
+        (
+            'bucket = "s"\nday = 3\n',
+            "[[destinations]] 'b' day: expected no such key (a bucket destination has only name, bucket and days)",
+        ),
         ("days = 3\n", "[[destinations]] 'b' bucket: expected a value (a bucket destination needs bucket)"),
         ('bucket = "s"\ndays = "3"\n', "[[destinations]] 'b' days: expected an integer, got '3'"),
     ]:

@@ -38,8 +38,17 @@ ENCODINGS = [  # (transfer syntax, implicit VR, little endian)
 
 
 @pytest.mark.parametrize("sop_uid", ["1.2.3.4", "1.2.3.45", "1.2.840.113619.2.55.3.604688119.969.1268071029.320"])
-@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
-                                    DeflatedExplicitVRLittleEndian, JPEG2000, RLELossless])
+@pytest.mark.parametrize(
+    "syntax",
+    [
+        ImplicitVRLittleEndian,
+        ExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        DeflatedExplicitVRLittleEndian,
+        JPEG2000,
+        RLELossless,
+    ],
+)
 def test_file_meta_is_what_pynetdicom_writes(sop_uid: str, syntax: str) -> None:
     ct = "1.2.840.10008.5.1.4.1.1.2"
     meta = create_file_meta(sop_class_uid=UID(ct), sop_instance_uid=UID(sop_uid), transfer_syntax=UID(syntax))
@@ -50,8 +59,10 @@ def test_file_meta_is_what_pynetdicom_writes(sop_uid: str, syntax: str) -> None:
 def test_file_meta_reads_back_with_pydicom(tmp_path: Path) -> None:
     path = tmp_path / "x.dcm"
     ds = _dataset()
-    path.write_bytes(file_meta("1.2.840.10008.5.1.4.1.1.4", "1.2.3.45", ExplicitVRLittleEndian)
-                     + _encode(ds, implicit=False, little_endian=True))
+    path.write_bytes(
+        file_meta("1.2.840.10008.5.1.4.1.1.4", "1.2.3.45", ExplicitVRLittleEndian)
+        + _encode(ds, implicit=False, little_endian=True)
+    )
     read = pydicom.dcmread(path)
     assert read.file_meta.MediaStorageSOPClassUID == "1.2.840.10008.5.1.4.1.1.4"
     assert read.file_meta.MediaStorageSOPInstanceUID == "1.2.3.45"
@@ -109,9 +120,9 @@ def _fast_walk_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("undefined", [False, True], ids=["defined-lengths", "undefined-lengths"])
 @pytest.mark.parametrize(("syntax", "implicit", "little_endian"), ENCODINGS)
-def test_walk_finds_the_uids_past_sequences_and_private_data(monkeypatch: pytest.MonkeyPatch, syntax: str,
-                                                             implicit: bool, little_endian: bool,
-                                                             undefined: bool) -> None:
+def test_walk_finds_the_uids_past_sequences_and_private_data(
+    monkeypatch: pytest.MonkeyPatch, syntax: str, implicit: bool, little_endian: bool, undefined: bool
+) -> None:
     _fast_walk_only(monkeypatch)
     data = _encode(_dataset(undefined_lengths=undefined), implicit=implicit, little_endian=little_endian)
     if undefined:
@@ -124,8 +135,10 @@ def test_walk_reads_deflated_data_sets(monkeypatch: pytest.MonkeyPatch) -> None:
     _fast_walk_only(monkeypatch)
     raw = _encode(_dataset(undefined_lengths=True), implicit=False, little_endian=True)
     deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    assert read_identity_uids(deflate.compress(raw) + deflate.flush(), DeflatedExplicitVRLittleEndian) == (SERIES,
-                                                                                                          STUDY)
+    assert read_identity_uids(deflate.compress(raw) + deflate.flush(), DeflatedExplicitVRLittleEndian) == (
+        SERIES,
+        STUDY,
+    )
 
 
 def test_walk_skips_an_undefined_length_un_as_implicit_little_endian(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,8 +146,12 @@ def test_walk_skips_an_undefined_length_un_as_implicit_little_endian(monkeypatch
     # content is implicit VR little endian whatever the transfer syntax.
     _fast_walk_only(monkeypatch)
     item = struct.pack("<HHI", 0x0008, 0x1150, 6) + b"1.2.3\x00"  # implicit VR inside
-    un_value = (struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + item + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
-                + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    un_value = (
+        struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+        + item
+        + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+        + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    )
     un = struct.pack("<HH2s2xI", 0x0011, 0x1010, b"UN", 0xFFFFFFFF) + un_value
     head = _encode(_dataset(), implicit=False, little_endian=True)
     split = head.index(struct.pack("<HH", 0x0018, 0x0050))  # before SliceThickness, in group order
@@ -154,8 +171,7 @@ def test_missing_uids_are_none() -> None:
     ds = _dataset()
     del ds.SeriesInstanceUID
     ds.StudyInstanceUID = ""
-    assert read_identity_uids(_encode(ds, implicit=False, little_endian=True), ExplicitVRLittleEndian) == (None,
-                                                                                                          None)
+    assert read_identity_uids(_encode(ds, implicit=False, little_endian=True), ExplicitVRLittleEndian) == (None, None)
 
 
 def test_a_value_running_past_the_end_is_a_header_error() -> None:
@@ -167,11 +183,20 @@ def test_a_value_running_past_the_end_is_a_header_error() -> None:
 
 
 @requires_dcmtk
-@pytest.mark.parametrize("options", [["+te", "+e"], ["+te", "-e"], ["+ti", "+e"], ["+ti", "-e"], ["+tb", "-e"]],
-                         ids=["explicit-le-defined", "explicit-le-undefined", "implicit-defined", "implicit-undefined",
-                              "explicit-be-undefined"])
-def test_walk_agrees_with_pydicom_on_files_dcmtk_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                       options: list[str]) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [["+te", "+e"], ["+te", "-e"], ["+ti", "+e"], ["+ti", "-e"], ["+tb", "-e"]],
+    ids=[
+        "explicit-le-defined",
+        "explicit-le-undefined",
+        "implicit-defined",
+        "implicit-undefined",
+        "explicit-be-undefined",
+    ],
+)
+def test_walk_agrees_with_pydicom_on_files_dcmtk_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: list[str]
+) -> None:
     source = tmp_path / "in.dcm"
     ds = _dataset(undefined_lengths=True)
     ds.file_meta = pydicom.dataset.FileMetaDataset()

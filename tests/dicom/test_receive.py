@@ -75,8 +75,9 @@ class Node:
 def node(tmp_path: Path) -> Iterator[Node]:
     data = tmp_path / "data"
     ends: queue.Queue[AssociationEnd] = queue.Queue()
-    scp = StorageSCP(InstanceStore(data), data / "segnode.sqlite3", ae_title=AE_TITLE, bind=HOST, port=0,
-                     on_association_end=ends.put)
+    scp = StorageSCP(
+        InstanceStore(data), data / "segnode.sqlite3", ae_title=AE_TITLE, bind=HOST, port=0, on_association_end=ends.put
+    )
     scp.start()
     try:
         yield Node(scp, data, ends)
@@ -173,8 +174,9 @@ def compressed_variants(source: list[Path], folder: Path) -> list[Path]:
     dcmtk(["dcmcjpls", "+en"], source[9], "jpeg_ls_near.dcm")
     dcmtk(["dcmcrle"], source[10], "rle.dcm")
     # Debian's DCMTK has no JPEG 2000 encoder; pydicom's (pylibjpeg-openjpeg) makes these.
-    for index, (syntax, name, options) in enumerate([(JPEG2000Lossless, "j2k_lossless.dcm", {}),
-                                                     (JPEG2000, "j2k.dcm", {"j2k_cr": [5]})]):
+    for index, (syntax, name, options) in enumerate(
+        [(JPEG2000Lossless, "j2k_lossless.dcm", {}), (JPEG2000, "j2k.dcm", {"j2k_cr": [5]})]
+    ):
         ds = pydicom.dcmread(source[11 + index])
         ds.compress(syntax, **options)  # type: ignore[arg-type]
         ds.save_as(folder / name)
@@ -218,8 +220,9 @@ def test_pixel_data_is_not_decoded_on_receipt(node: Node, tmp_path: Path) -> Non
 
 @requires_dcmtk
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
-def test_full_disk_answers_out_of_resources_and_keeps_serving(node: Node, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+def test_full_disk_answers_out_of_resources_and_keeps_serving(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
     info = small_series(tmp_path / "ct", slices=2)
 
     def full(fd: int, data: bytes) -> None:
@@ -252,8 +255,9 @@ def test_scp_from_config(tmp_path: Path) -> None:
     from dcmtk import free_port
 
     config_file = tmp_path / "segnode.toml"
-    config_file.write_text(f'[node]\nae_title = "CFGNODE"\nbind = "{HOST}"\nport = {free_port()}\n'
-                           '[paths]\ndata = "state"\n')
+    config_file.write_text(
+        f'[node]\nae_title = "CFGNODE"\nbind = "{HOST}"\nport = {free_port()}\n[paths]\ndata = "state"\n'
+    )
     config = load_config(config_file)
     with StorageSCP.from_config(config) as scp:
         assert scp.port == config.node.port and scp.running
@@ -271,11 +275,19 @@ def _item(kind: int, payload: bytes) -> bytes:
 
 def associate_rq(called: str, calling: str, abstract_syntax: str, transfer_syntax: str) -> bytes:
     """A minimal A-ASSOCIATE-RQ PDU (PS3.8 9.3.2), written by hand so the test does not trust pynetdicom."""
-    context = (struct.pack(">BBBB", 1, 0, 0, 0) + _item(0x30, abstract_syntax.encode())
-               + _item(0x40, transfer_syntax.encode()))
+    context = (
+        struct.pack(">BBBB", 1, 0, 0, 0) + _item(0x30, abstract_syntax.encode()) + _item(0x40, transfer_syntax.encode())
+    )
     user = _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.826.0.1.3680043.8.498.1")
-    body = (struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode() + bytes(32)
-            + _item(0x10, b"1.2.840.10008.3.1.1.1") + _item(0x20, context) + _item(0x50, user))
+    body = (
+        struct.pack(">HH", 1, 0)
+        + called.ljust(16).encode()
+        + calling.ljust(16).encode()
+        + bytes(32)
+        + _item(0x10, b"1.2.840.10008.3.1.1.1")
+        + _item(0x20, context)
+        + _item(0x50, user)
+    )
     return struct.pack(">BBI", 0x01, 0, len(body)) + body
 
 
@@ -316,8 +328,10 @@ def test_peer_dropping_mid_transfer_leaves_the_server_serving(node: Node) -> Non
 def scu() -> AE:
     ae = AE(ae_title="PYSCU")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = EVENT_TIMEOUT_S
-    ae.add_requested_context(syn.CT_IMAGE_STORAGE, [ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-                                                    ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian])
+    ae.add_requested_context(
+        syn.CT_IMAGE_STORAGE,
+        [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian],
+    )
     return ae
 
 
@@ -394,13 +408,16 @@ def test_stop_drains_then_aborts_associations_left_open(node: Node, tmp_path: Pa
 # -- the one place statuses come from ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("error", "status"), [
-    (StorageFullError("disk full"), STATUS_OUT_OF_RESOURCES),
-    (StateUnavailableError("state database unavailable (database is locked)"), STATUS_OUT_OF_RESOURCES),
-    (InvalidUIDError("SOP Instance UID '../x' is not a DICOM UID"), STATUS_CANNOT_UNDERSTAND),
-    (UnreadableInstanceError("instance 1.2 has no SeriesInstanceUID"), STATUS_CANNOT_UNDERSTAND),
-    (RuntimeError("a bug"), STATUS_PROCESSING_FAILURE),
-])
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (StorageFullError("disk full"), STATUS_OUT_OF_RESOURCES),
+        (StateUnavailableError("state database unavailable (database is locked)"), STATUS_OUT_OF_RESOURCES),
+        (InvalidUIDError("SOP Instance UID '../x' is not a DICOM UID"), STATUS_CANNOT_UNDERSTAND),
+        (UnreadableInstanceError("instance 1.2 has no SeriesInstanceUID"), STATUS_CANNOT_UNDERSTAND),
+        (RuntimeError("a bug"), STATUS_PROCESSING_FAILURE),
+    ],
+)
 def test_store_status_maps_each_failure(error: Exception, status: int) -> None:
     with store_status("C-STORE 1.2.3 from TEST") as outcome:
         raise error
@@ -417,8 +434,9 @@ def test_store_status_success_is_plain_zero() -> None:
 
 @pytest.mark.filterwarnings("ignore:End of file reached:UserWarning")
 @pytest.mark.parametrize("data", [b"", b"\xff" * 40, b"not dicom at all" * 20])
-@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian,
-                                    DeflatedExplicitVRLittleEndian])
+@pytest.mark.parametrize(
+    "syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian]
+)
 def test_unparseable_bytes_are_an_input_error(data: bytes, syntax: str) -> None:
     with pytest.raises(InputError, match=r"instance 1\.2\.3"):
         read_identity(data, syntax, "1.2.3")

@@ -28,8 +28,9 @@ from node.state import open_state
 # nibabel's annotations are partial: used as a dynamic module, as in tests/synthetic.py.
 nib: Any = nibabel
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None,
-                                reason="DCMTK not installed (scripts/test.sh installs it)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("storescu") is None, reason="DCMTK not installed (scripts/test.sh installs it)"
+)
 
 
 def children_of(pid: int) -> set[int]:
@@ -79,9 +80,15 @@ def test_concurrent_associations_are_all_stored_and_the_series_completes_once(no
     assert len(node.receivers.pids) == 3 and set(node.receivers.pids) <= children_of(os.getpid())
     grid = syn.GridSpec.axial(rows=64, cols=48, slices=24)
     info = syn.write_series(grid, tmp_path / "dicom", instance_numbers="shuffled")
-    senders = [subprocess.Popen(["storescu", "-aec", "SEGNODE", HOST, str(node.port), *map(str, info.paths[k::4])],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=dcmtk_env())
-               for k in range(4)]
+    senders = [
+        subprocess.Popen(
+            ["storescu", "-aec", "SEGNODE", HOST, str(node.port), *map(str, info.paths[k::4])],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            env=dcmtk_env(),
+        )
+        for k in range(4)
+    ]
     assert [sender.wait(60) for sender in senders] == [0, 0, 0, 0]
     with open_state(node.paths.data, node.paths.database, node_id="test-reader") as state:
         stored = state.series.instances(info.series_uid)
@@ -92,8 +99,7 @@ def test_concurrent_associations_are_all_stored_and_the_series_completes_once(no
     image = nib.load(export)
     assert image.shape[2] == grid.slices
     # Whole and in order: the first voxel sits on the first slice's first pixel (NIfTI RAS, DICOM LPS).
-    np.testing.assert_allclose(np.diag([-1.0, -1.0, 1.0]) @ image.affine[:3, 3], grid.centres_lps()[0, 0, 0],
-                               atol=1e-4)
+    np.testing.assert_allclose(np.diag([-1.0, -1.0, 1.0]) @ image.affine[:3, 3], grid.centres_lps()[0, 0, 0], atol=1e-4)
 
 
 def test_a_receiver_that_dies_is_started_again(node: Node) -> None:

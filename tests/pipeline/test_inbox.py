@@ -75,7 +75,8 @@ def settle(w: InboxWatcher, clock: FakeClock) -> list[InboxItem]:
 
 
 def test_growing_file_is_ready_only_after_unchanged_for_settle_period(
-        watcher: InboxWatcher, inbox: Path, clock: FakeClock) -> None:
+    watcher: InboxWatcher, inbox: Path, clock: FakeClock
+) -> None:
     label_map = write(inbox / "ct.nii.gz")
     assert watcher.ready_items() == []
     clock.advance(SETTLE - 1)
@@ -92,7 +93,8 @@ def test_growing_file_is_ready_only_after_unchanged_for_settle_period(
 
 
 def test_unchanged_item_is_yielded_once_and_again_when_changed(
-        watcher: InboxWatcher, inbox: Path, clock: FakeClock) -> None:
+    watcher: InboxWatcher, inbox: Path, clock: FakeClock
+) -> None:
     label_map = write(inbox / "ct.nii")
     [first] = settle(watcher, clock)
     clock.advance(10 * SETTLE)
@@ -112,7 +114,8 @@ def test_zero_settle_takes_an_item_on_first_sight(inbox: Path, clock: FakeClock)
 
 @pytest.mark.parametrize("temp_name", [".ct.nii.gz", "ct.nii.gz.tmp", "ct.nii.gz.part", ".masks"])
 def test_temp_and_hidden_names_are_ignored_until_renamed(
-        watcher: InboxWatcher, inbox: Path, clock: FakeClock, temp_name: str) -> None:
+    watcher: InboxWatcher, inbox: Path, clock: FakeClock, temp_name: str
+) -> None:
     temp = inbox / temp_name
     if temp_name == ".masks":
         write(temp / "liver.nii.gz")
@@ -128,7 +131,8 @@ def test_temp_and_hidden_names_are_ignored_until_renamed(
 
 
 def test_sidecar_travels_with_its_nifti_and_is_not_an_item(
-        watcher: InboxWatcher, inbox: Path, clock: FakeClock) -> None:
+    watcher: InboxWatcher, inbox: Path, clock: FakeClock
+) -> None:
     compressed = write(inbox / "a.nii.gz")
     compressed_sidecar = write(inbox / "a.json", b'{"SeriesInstanceUID": "1.2.3"}')
     plain = write(inbox / "b.nii")
@@ -153,7 +157,8 @@ def test_a_late_sidecar_restarts_the_settle_period(watcher: InboxWatcher, inbox:
 
 
 def test_lone_sidecar_and_unknown_files_are_left_alone_and_reported_once(
-        watcher: InboxWatcher, inbox: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    watcher: InboxWatcher, inbox: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
     lone = write(inbox / "orphan.json", b"{}")
     notes = write(inbox / "notes.txt", b"hello")
     with caplog.at_level(logging.WARNING, logger="node.pipeline.inbox"):
@@ -166,8 +171,7 @@ def test_lone_sidecar_and_unknown_files_are_left_alone_and_reported_once(
     assert any("orphan.json" in m for m in reported) and any("notes.txt" in m for m in reported)
 
 
-def test_mask_folder_is_one_item_and_waits_for_every_file(
-        watcher: InboxWatcher, inbox: Path, clock: FakeClock) -> None:
+def test_mask_folder_is_one_item_and_waits_for_every_file(watcher: InboxWatcher, inbox: Path, clock: FakeClock) -> None:
     folder = inbox / "segmentations"
     write(folder / "liver.nii.gz")
     assert watcher.ready_items() == []
@@ -186,8 +190,7 @@ def test_mask_folder_is_one_item_and_waits_for_every_file(
     assert item.sidecar is None
 
 
-def test_mask_folder_waits_for_temp_named_files_inside(
-        watcher: InboxWatcher, inbox: Path, clock: FakeClock) -> None:
+def test_mask_folder_waits_for_temp_named_files_inside(watcher: InboxWatcher, inbox: Path, clock: FakeClock) -> None:
     folder = inbox / "segmentations"
     write(folder / "liver.nii.gz")
     part = write(folder / "kidney.nii.gz.part")
@@ -209,7 +212,8 @@ def test_folder_without_nifti_is_not_an_item(watcher: InboxWatcher, inbox: Path,
 
 
 def test_hidden_files_in_a_mask_folder_neither_count_as_masks_nor_block(
-        watcher: InboxWatcher, inbox: Path, clock: FakeClock) -> None:
+    watcher: InboxWatcher, inbox: Path, clock: FakeClock
+) -> None:
     folder = inbox / "segmentations"
     write(folder / "._liver.nii.gz", b"AppleDouble")
     write(folder / ".DS_Store", b"finder")
@@ -220,7 +224,8 @@ def test_hidden_files_in_a_mask_folder_neither_count_as_masks_nor_block(
 
 
 def test_an_item_taken_away_and_brought_back_unchanged_is_new(
-        watcher: InboxWatcher, inbox: Path, tmp_path: Path, clock: FakeClock) -> None:
+    watcher: InboxWatcher, inbox: Path, tmp_path: Path, clock: FakeClock
+) -> None:
     label_map = write(inbox / "ct.nii.gz")
     [first] = settle(watcher, clock)
     aside = label_map.rename(tmp_path / "aside.nii.gz")
@@ -238,7 +243,8 @@ def test_mask_folder_carries_a_sidecar_beside_it(watcher: InboxWatcher, inbox: P
 
 
 def test_files_vanishing_between_listing_and_stat_are_skipped(
-        watcher: InboxWatcher, inbox: Path, clock: FakeClock) -> None:
+    watcher: InboxWatcher, inbox: Path, clock: FakeClock
+) -> None:
     (inbox / "gone.nii.gz").symlink_to(inbox / "nowhere.nii.gz")  # listed, but stat finds nothing
     (inbox / "masks").mkdir()
     (inbox / "masks" / "gone.nii.gz").symlink_to(inbox / "nowhere.nii.gz")
@@ -275,7 +281,8 @@ def wait_returns_early(w: InboxWatcher, change: Path) -> bool:
 
 
 def test_items_present_before_start_are_found_and_events_wake_wait(
-        watcher: InboxWatcher, inbox: Path, clock: FakeClock) -> None:
+    watcher: InboxWatcher, inbox: Path, clock: FakeClock
+) -> None:
     before = write(inbox / "early.nii.gz")
     watcher.start()
     assert not watcher.polling
@@ -314,10 +321,10 @@ class _NoInotify:
 
 
 def test_inotify_failure_falls_back_to_polling(
-        inbox: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    inbox: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(watch, "Observer", _NoInotify)
-    with caplog.at_level(logging.WARNING, logger="node.pipeline.inbox"), \
-            InboxWatcher(inbox, settle_seconds=0.5) as w:
+    with caplog.at_level(logging.WARNING, logger="node.pipeline.inbox"), InboxWatcher(inbox, settle_seconds=0.5) as w:
         assert w.polling
         assert wait_returns_early(w, inbox / "ct.nii.gz")
     assert any("polling instead" in r.getMessage() for r in caplog.records)
@@ -380,7 +387,8 @@ def test_move_item_without_reason_writes_no_reason_file(inbox: Path, tmp_path: P
 
 
 def test_move_item_never_overwrites_an_existing_destination(
-        inbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(filing, "_utc_stamp", lambda: "20240101T000000Z")
     processed = tmp_path / "processed"
     earlier = write(processed / "20240101T000000Z_ct.nii.gz" / "ct.nii.gz", b"earlier")
@@ -395,7 +403,8 @@ def test_move_item_never_overwrites_an_existing_destination(
 
 @pytest.mark.parametrize("name", ["ct.nii.gz", "segmentations"])
 def test_move_item_across_filesystems_copies_then_removes(
-        inbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    inbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
     item = settled_item(inbox, name, sidecar=True)
 
     def cross_device(source: Any, target: Any) -> None:
@@ -406,8 +415,9 @@ def test_move_item_across_filesystems_copies_then_removes(
     assert moved.exists()
     assert list(inbox.iterdir()) == []
     files = sorted(str(p.relative_to(moved.parent)) for p in moved.parent.rglob("*") if p.is_file())
-    expected_item = ["ct.nii.gz"] if name == "ct.nii.gz" else ["segmentations/liver.nii.gz",
-                                                               "segmentations/spleen.nii.gz"]
+    expected_item = (
+        ["ct.nii.gz"] if name == "ct.nii.gz" else ["segmentations/liver.nii.gz", "segmentations/spleen.nii.gz"]
+    )
     sidecar = "ct.json" if name == "ct.nii.gz" else "segmentations.json"
     assert files == sorted([*expected_item, sidecar, REASON_FILE])
 

@@ -61,8 +61,7 @@ def test_by_sidecar(tmp_path: Path) -> None:
 def test_a_sidecar_naming_a_series_never_received_is_refused(tmp_path: Path) -> None:
     path = item(tmp_path, "liver_seg.nii.gz")
     side = sidecar(tmp_path, "liver_seg", {"SeriesInstanceUID": SERIES_C})
-    with pytest.raises(MatchError, match=f"liver_seg.json: names series {SERIES_C}, which this node has not"
-                                         " received"):
+    with pytest.raises(MatchError, match=f"liver_seg.json: names series {SERIES_C}, which this node has not received"):
         match_item(path, side, KNOWN, CANDIDATES)
 
 

@@ -28,8 +28,9 @@ from node.destinations.folder import FolderWriter
 from node.service import Node
 from node.state.model import JobState
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None,
-                                reason="DCMTK not installed (scripts/test.sh installs it)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("storescu") is None, reason="DCMTK not installed (scripts/test.sh installs it)"
+)
 
 QUIET = 3600.0
 
@@ -74,7 +75,8 @@ def test_a_burst_takes_a_series_from_push_to_seg(node: Burst, series: syn.Series
 
 
 def test_a_full_disk_while_building_leaves_the_input_and_builds_once_space_returns(
-        node: Burst, series: syn.SeriesInfo, monkeypatch: pytest.MonkeyPatch) -> None:
+    node: Burst, series: syn.SeriesInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert storescu(node.port, series.paths, called_ae="SEGNODE").ok
     node.run(later=QUIET)
     real_write = write_dataset_atomically
@@ -103,7 +105,8 @@ def test_a_full_disk_while_building_leaves_the_input_and_builds_once_space_retur
 
 
 def test_two_nodes_on_one_data_folder_stepped_in_turns_send_each_seg_exactly_once(
-        tmp_path: Path, series: syn.SeriesInfo, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, series: syn.SeriesInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Count the work itself: a SEG built or copied twice would land under the same (deterministic) name.
     builds: list[str] = []
     copies: list[Path] = []
@@ -128,8 +131,10 @@ def test_two_nodes_on_one_data_folder_stepped_in_turns_send_each_seg_exactly_onc
     def clock() -> float:
         return time.time() + offset[0]
 
-    nodes = [Node(load_config(path), clock=clock, node_id=name)
-             for path, name in ((first_config, "node-a"), (second_config, "node-b"))]
+    nodes = [
+        Node(load_config(path), clock=clock, node_id=name)
+        for path, name in ((first_config, "node-a"), (second_config, "node-b"))
+    ]
     for one in nodes:
         one.start(threads=False)
     try:
@@ -152,8 +157,11 @@ def test_two_nodes_on_one_data_folder_stepped_in_turns_send_each_seg_exactly_onc
         turns(export.exists)
         image = nib.load(data / "export" / f"{series.series_uid}.nii.gz")
         labels = syn.labels_on_nifti_grid(image, syn.Phantom.fitting(series.grid), snap=series.grid).astype(np.uint8)
-        drop(data / "inbox", f"{series.series_uid}.nii.gz",
-             gzip.compress(nib.Nifti1Image(labels, image.affine, image.header).to_bytes()))
+        drop(
+            data / "inbox",
+            f"{series.series_uid}.nii.gz",
+            gzip.compress(nib.Nifti1Image(labels, image.affine, image.header).to_bytes()),
+        )
         outgoing = data / "outgoing"
 
         def sent() -> bool:

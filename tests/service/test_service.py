@@ -41,6 +41,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("storescu") is None, reason="DCMTK not installed (scripts/test.sh installs it)"),
 ]
 
+
 @pytest.fixture
 def series(tmp_path: Path) -> syn.SeriesInfo:
     """A small oblique series with a non-square matrix and non-square pixels, InstanceNumbers shuffled."""
@@ -75,8 +76,9 @@ def running() -> Iterator[list[Node]]:
         node.stop()
 
 
-def drop_into_inbox(inbox: Path, name: str, make: Callable[[Path], object],
-                    labels: dict[int, str] | None = None) -> Path:
+def drop_into_inbox(
+    inbox: Path, name: str, make: Callable[[Path], object], labels: dict[int, str] | None = None
+) -> Path:
     """Write an inbox item under a .part name and rename it, as a careful tool does; optionally a label sidecar."""
     if labels is not None:
         stem = name.removesuffix(".gz").removesuffix(".nii")
@@ -94,6 +96,7 @@ def label_map_on(reference: nib.Nifti1Image, phantom: syn.Phantom, grid: syn.Gri
         image = nib.Nifti1Image(labels, reference.affine, reference.header)
         # nibabel picks the format from the name; write as .nii.gz bytes under the .part name
         path.write_bytes(image.to_bytes() if not str(path).endswith(".gz.part") else _gzip(image))
+
     return make
 
 
@@ -118,8 +121,9 @@ def assert_seg_matches_truth(seg_bytes: bytes, info: syn.SeriesInfo, phantom: sy
 
 @pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc not installed (scripts/test.sh installs it)")
 @pytest.mark.skipif(not syn.have_tool("dcm2niix"), reason="dcm2niix not installed")
-def test_pacs_pushes_series_and_gets_two_correct_segs_back(tmp_path: Path, series: syn.SeriesInfo,
-                                                           running: list[Node]) -> None:
+def test_pacs_pushes_series_and_gets_two_correct_segs_back(
+    tmp_path: Path, series: syn.SeriesInfo, running: list[Node]
+) -> None:
     port = free_port()
     with OrthancServer(tmp_path, known_modalities={"segnode": ("SEGNODE", "127.0.0.1", port)}) as orthanc:
         config = write_config(tmp_path / "node", port, dicom_destination(orthanc))
@@ -135,16 +139,22 @@ def test_pacs_pushes_series_and_gets_two_correct_segs_back(tmp_path: Path, serie
 
         # 1. A tool's output on the export grid, named by the series UID.
         export_image = nib.load(data / "export" / f"{series.series_uid}.nii.gz")
-        drop_into_inbox(data / "inbox", f"{series.series_uid}.nii.gz", label_map_on(export_image, phantom, series.grid),
-                        phantom.names)
+        drop_into_inbox(
+            data / "inbox",
+            f"{series.series_uid}.nii.gz",
+            label_map_on(export_image, phantom, series.grid),
+            phantom.names,
+        )
         # 2. A tool's output on dcm2niix's own conversion of the same files: matched by geometry.
         (converted,) = syn.run_dcm2niix(series.folder, tmp_path / "dcm2niix")
         dcm2niix_image = nib.load(converted)
-        drop_into_inbox(data / "inbox", "totalseg_output.nii.gz", label_map_on(dcm2niix_image, phantom, series.grid),
-                        phantom.names)
+        drop_into_inbox(
+            data / "inbox", "totalseg_output.nii.gz", label_map_on(dcm2niix_image, phantom, series.grid), phantom.names
+        )
 
-        segs = wait_for("two SEGs in Orthanc", lambda: len(orthanc.find_seg_instances()) == 2 and
-                        orthanc.find_seg_instances())
+        segs = wait_for(
+            "two SEGs in Orthanc", lambda: len(orthanc.find_seg_instances()) == 2 and orthanc.find_seg_instances()
+        )
         assert isinstance(segs, list)
         for instance in segs:
             assert_seg_matches_truth(orthanc.get_instance_file(instance), series, phantom, tmp_path)
@@ -166,8 +176,12 @@ def test_pacs_down_then_up_gets_its_seg(tmp_path: Path, series: syn.SeriesInfo, 
         wait_for("export", (data / "export" / f"{series.series_uid}.json").exists)
         phantom = syn.Phantom.fitting(series.grid)
         export_image = nib.load(data / "export" / f"{series.series_uid}.nii.gz")
-        drop_into_inbox(data / "inbox", f"{series.series_uid}.nii.gz", label_map_on(export_image, phantom, series.grid),
-                        phantom.names)
+        drop_into_inbox(
+            data / "inbox",
+            f"{series.series_uid}.nii.gz",
+            label_map_on(export_image, phantom, series.grid),
+            phantom.names,
+        )
         node = running[0]
 
         def retrying() -> bool:
@@ -183,7 +197,8 @@ def test_pacs_down_then_up_gets_its_seg(tmp_path: Path, series: syn.SeriesInfo, 
 
 
 def test_bad_inbox_items_go_to_failed_with_a_reason_and_the_node_keeps_serving(
-        tmp_path: Path, series: syn.SeriesInfo, burst: Callable[[str], Burst]) -> None:
+    tmp_path: Path, series: syn.SeriesInfo, burst: Callable[[str], Burst]
+) -> None:
     node = burst("")
     data = node.data
     assert storescu(node.port, series.paths, called_ae="SEGNODE").ok
@@ -192,14 +207,22 @@ def test_bad_inbox_items_go_to_failed_with_a_reason_and_the_node_keeps_serving(
     inbox = data / "inbox"
     phantom = syn.Phantom.fitting(series.grid)
     export_image = nib.load(data / "export" / f"{series.series_uid}.nii.gz")
-    good = _gzip(nib.Nifti1Image(syn.labels_on_nifti_grid(export_image, phantom, snap=series.grid).astype(np.uint8),
-                                 export_image.affine, export_image.header))
+    good = _gzip(
+        nib.Nifti1Image(
+            syn.labels_on_nifti_grid(export_image, phantom, snap=series.grid).astype(np.uint8),
+            export_image.affine,
+            export_image.header,
+        )
+    )
     # A truncated gzip, a grid of no received series, and a valid file named after a series we never received.
     drop_into_inbox(inbox, "corrupt.nii.gz", lambda p: p.write_bytes(good[: len(good) // 2]))
     elsewhere = export_image.affine.copy()
     elsewhere[:3, 3] += 900.0
-    drop_into_inbox(inbox, "stranger.nii.gz", lambda p: p.write_bytes(
-        _gzip(nib.Nifti1Image(np.ones(export_image.shape, np.uint8), elsewhere))))
+    drop_into_inbox(
+        inbox,
+        "stranger.nii.gz",
+        lambda p: p.write_bytes(_gzip(nib.Nifti1Image(np.ones(export_image.shape, np.uint8), elsewhere))),
+    )
     drop_into_inbox(inbox, "1.2.3.4.5.nii.gz.json", lambda p: p.write_text("{}"))
     node.run()
     failed = data / "failed"
@@ -217,8 +240,9 @@ def test_bad_inbox_items_go_to_failed_with_a_reason_and_the_node_keeps_serving(
     assert_seg_matches_truth(seg_file.read_bytes(), series, phantom, tmp_path)
 
 
-def test_late_instance_reopens_series_and_exports_again(tmp_path: Path, series: syn.SeriesInfo,
-                                                        burst: Callable[[str], Burst]) -> None:
+def test_late_instance_reopens_series_and_exports_again(
+    tmp_path: Path, series: syn.SeriesInfo, burst: Callable[[str], Burst]
+) -> None:
     node = burst("")
     data = node.data
     assert storescu(node.port, series.paths[:-1], called_ae="SEGNODE").ok
@@ -245,9 +269,12 @@ def test_kill_9_during_transfer_loses_no_acknowledged_instance(tmp_path: Path) -
         wait_for_echo(port, called_ae="SEGNODE")
         sender_log = tmp_path / "storescu.log"
         # Output to a file: a pipe nobody reads would fill and stall storescu mid-transfer.
-        sender = subprocess.Popen(["storescu", "-v", "-aec", "SEGNODE", "127.0.0.1", str(port),
-                                   *map(str, info.paths)], stdout=sender_log.open("wb"), stderr=subprocess.STDOUT,
-                                  env={**os.environ, "TCP_NODELAY": "1"})
+        sender = subprocess.Popen(
+            ["storescu", "-v", "-aec", "SEGNODE", "127.0.0.1", str(port), *map(str, info.paths)],
+            stdout=sender_log.open("wb"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TCP_NODELAY": "1"},
+        )
         store = tmp_path / "node" / "data" / "instances" / info.series_uid
         wait_for("some instances stored", lambda: store.exists() and len(list(store.glob("*.dcm"))) >= 10)
         process.send_signal(signal.SIGKILL)
@@ -271,8 +298,7 @@ def test_kill_9_during_transfer_loses_no_acknowledged_instance(tmp_path: Path) -
         # The sender resends everything; the series then completes with every slice.
         assert storescu(port, info.paths, called_ae="SEGNODE").ok
         export = tmp_path / "node" / "data" / "export" / f"{info.series_uid}.nii.gz"
-        wait_for("the complete series exported",
-                 lambda: export.exists() and nib.load(export).shape[2] == grid.slices)
+        wait_for("the complete series exported", lambda: export.exists() and nib.load(export).shape[2] == grid.slices)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(15)
@@ -292,11 +318,13 @@ def test_sigterm_exits_promptly(tmp_path: Path) -> None:
             process.kill()
 
 
-def test_export_command_runs_a_tool_whose_mask_folder_becomes_one_seg(tmp_path: Path, series: syn.SeriesInfo,
-                                                                      burst: Callable[[str], Burst]) -> None:
+def test_export_command_runs_a_tool_whose_mask_folder_becomes_one_seg(
+    tmp_path: Path, series: syn.SeriesInfo, burst: Callable[[str], Burst]
+) -> None:
     tool = Path(__file__).resolve().parents[1] / "fake_segmenter.py"
-    node = burst(f'[export]\ncommand = "{sys.executable} {tool} {{nifti}} {{inbox}} {{series_uid}}"\n'
-                 "command_timeout = 60\n")
+    node = burst(
+        f'[export]\ncommand = "{sys.executable} {tool} {{nifti}} {{inbox}} {{series_uid}}"\ncommand_timeout = 60\n'
+    )
     data = node.data
     assert storescu(node.port, series.paths, called_ae="SEGNODE").ok
     node.run(later=QUIET)
@@ -306,11 +334,13 @@ def test_export_command_runs_a_tool_whose_mask_folder_becomes_one_seg(tmp_path: 
     assert sorted(syn.segment_names(seg_file).values()) == sorted(phantom.names.values())
     (item,) = (data / "processed").iterdir()
     assert sorted(p.name for p in (item / series.series_uid).iterdir()) == sorted(
-        f"{name}.nii.gz" for name in phantom.names.values())
+        f"{name}.nii.gz" for name in phantom.names.values()
+    )
 
 
 def test_series_whose_repeated_positions_nothing_tells_apart_is_refused(
-        tmp_path: Path, burst: Callable[[str], Burst]) -> None:
+    tmp_path: Path, burst: Callable[[str], Burst]
+) -> None:
     grid = syn.GridSpec.axial(rows=16, cols=16, slices=4)
     first = syn.write_series(grid, tmp_path / "phase1")
     # A second phase: same series, same positions, other instances, and no header attribute that differs.
@@ -327,8 +357,9 @@ def test_series_whose_repeated_positions_nothing_tells_apart_is_refused(
     assert not (node.data / "export" / f"{first.series_uid}.nii.gz").exists()
 
 
-def test_a_series_of_two_echoes_is_exported_and_segmented_per_stack(tmp_path: Path,
-                                                                   burst: Callable[[str], Burst]) -> None:
+def test_a_series_of_two_echoes_is_exported_and_segmented_per_stack(
+    tmp_path: Path, burst: Callable[[str], Burst]
+) -> None:
     grid = syn.GridSpec.oblique(rows=16, cols=20, slices=6, row_spacing=1.1, col_spacing=0.8, slice_step=2.0)
     layout = lay.write_layout(tmp_path / "dicom", lay.echo_stacks(grid), modality="MR")
     node = burst("")
@@ -345,8 +376,12 @@ def test_a_series_of_two_echoes_is_exported_and_segmented_per_stack(tmp_path: Pa
         np.testing.assert_allclose(np.asarray(sidecar["affine_ras"]), syn.export_grid_affine(grid), atol=1e-4)
     # By name: the second stack's export stem builds a SEG on the second echo's instances only.
     export_image = nib.load(data / "export" / f"{uid}_stack2.nii.gz")
-    drop_into_inbox(data / "inbox", f"{uid}_stack2.nii.gz", label_map_on(export_image, layout.phantom, grid),
-                    labels=layout.phantom.names)
+    drop_into_inbox(
+        data / "inbox",
+        f"{uid}_stack2.nii.gz",
+        label_map_on(export_image, layout.phantom, grid),
+        labels=layout.phantom.names,
+    )
     node.run()
     (seg_path,) = list((data / "outgoing").iterdir())
     assert_seg_matches_truth(seg_path.read_bytes(), layout.series_info("echo2"), layout.phantom, tmp_path)
@@ -360,14 +395,16 @@ def test_a_series_of_two_echoes_is_exported_and_segmented_per_stack(tmp_path: Pa
     assert "ambiguous" in reason and f"{uid}_stack2" in reason and "internal" not in reason
 
 
-def test_retry_puts_a_failed_input_back_once_its_series_has_arrived(tmp_path: Path, series: syn.SeriesInfo,
-                                                                    burst: Callable[[str], Burst]) -> None:
+def test_retry_puts_a_failed_input_back_once_its_series_has_arrived(
+    tmp_path: Path, series: syn.SeriesInfo, burst: Callable[[str], Burst]
+) -> None:
     node = burst("")
     data = node.data
     phantom = syn.Phantom.fitting(series.grid)
     affine, shape = syn.export_grid_affine(series.grid), syn.export_grid_shape(series.grid)
-    labels = nib.Nifti1Image(syn.labels_on_nifti_grid((affine, shape), phantom, snap=series.grid).astype(np.uint8),
-                             affine)
+    labels = nib.Nifti1Image(
+        syn.labels_on_nifti_grid((affine, shape), phantom, snap=series.grid).astype(np.uint8), affine
+    )
     # The segmentation arrives before its series: nothing to match yet.
     drop_into_inbox(data / "inbox", "early.nii.gz", lambda p: p.write_bytes(_gzip(labels)), phantom.names)
     node.run()

@@ -55,11 +55,13 @@ def test_write_is_fsynced_before_rename_and_folder_after(tmp_path: Path, monkeyp
     assert "replace" in events
     at = events.index("replace")
     assert "fsync-file" in events[:at]
-    assert events[at + 1:] == ["fsync-folder"]
+    assert events[at + 1 :] == ["fsync-folder"]
 
 
-@pytest.mark.parametrize("bad", ["../etc", "1.2/../../3", "..", "", " ", "1.2.a", "1..2", ".1.2", "1.2.",
-                                 "1/2", "1" * 65, "1.2\x00/x", "1.2.3\n"])
+@pytest.mark.parametrize(
+    "bad",
+    ["../etc", "1.2/../../3", "..", "", " ", "1.2.a", "1..2", ".1.2", "1.2.", "1/2", "1" * 65, "1.2\x00/x", "1.2.3\n"],
+)
 def test_uids_that_are_not_uids_never_become_paths(tmp_path: Path, bad: str) -> None:
     store = InstanceStore(tmp_path / "data")
     with pytest.raises(InvalidUIDError) as caught:
@@ -76,8 +78,9 @@ def test_uid_padding_is_removed_and_leading_zeros_tolerated() -> None:
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
-def test_full_disk_is_transient_and_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                        code: int) -> None:
+def test_full_disk_is_transient_and_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
     store = InstanceStore(tmp_path)
     earlier = store.put(SERIES, SOP, b"earlier copy")
 

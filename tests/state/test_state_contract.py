@@ -50,10 +50,17 @@ class Backend:
     database: Path
     opened: list[State] = field(default_factory=list)
 
-    def open(self, node_id: str = "node-a", *, data: Path | None = None, lease_seconds: float = LEASE,
-             busy_timeout: float = 5.0) -> State:
-        state = open_state(data or self.data, self.database, node_id=node_id, lease_seconds=lease_seconds,
-                           busy_timeout=busy_timeout)
+    def open(
+        self,
+        node_id: str = "node-a",
+        *,
+        data: Path | None = None,
+        lease_seconds: float = LEASE,
+        busy_timeout: float = 5.0,
+    ) -> State:
+        state = open_state(
+            data or self.data, self.database, node_id=node_id, lease_seconds=lease_seconds, busy_timeout=busy_timeout
+        )
         self.opened.append(state)
         return state
 
@@ -109,8 +116,12 @@ def test_series_life_cycle_through_claims(backend: Backend, state: State) -> Non
     receive(state, backend.data, series_uid(1), "1.2", T0 + 1)
     assert state.series.claim_due(QUIET, now=T0 + 10) == []
     [row] = state.series.claim_due(QUIET, now=T0 + 1 + QUIET)
-    assert (row.series_uid, row.state, row.instance_count, row.claimed_by) == (series_uid(1), SeriesState.RECEIVING,
-                                                                               2, "node-a")
+    assert (row.series_uid, row.state, row.instance_count, row.claimed_by) == (
+        series_uid(1),
+        SeriesState.RECEIVING,
+        2,
+        "node-a",
+    )
     assert state.series.claim_due(QUIET, now=T0 + 1 + QUIET) == []  # claimed: not handed out twice
     assert state.series.mark(row.series_uid, SeriesState.COMPLETE, if_revision=row.revision, now=T0 + 40)
     [complete] = state.series.claim_in_state(SeriesState.COMPLETE, now=T0 + 41)
@@ -158,8 +169,12 @@ def test_instances_group_into_a_receiving_series(backend: Backend, state: State)
     assert state.series.instances(s1) == [path, path.with_name("1.2.dcm")]
     assert [r.series_uid for r in state.series.list_series()] == [s1, s2]  # most recently received first
     assert [r.series_uid for r in state.series.list_series(limit=1)] == [s1]
-    assert state.series.counts() == {SeriesState.RECEIVING: 2, SeriesState.COMPLETE: 0, SeriesState.EXPORTED: 0,
-                                     SeriesState.FAILED: 0}
+    assert state.series.counts() == {
+        SeriesState.RECEIVING: 2,
+        SeriesState.COMPLETE: 0,
+        SeriesState.EXPORTED: 0,
+        SeriesState.FAILED: 0,
+    }
 
 
 def test_a_resent_instance_replaces_the_earlier_one(backend: Backend, state: State) -> None:
@@ -202,8 +217,7 @@ def test_a_late_instance_reopens_an_exported_series(backend: Backend, state: Sta
     assert state.series.record_instance(s1, STUDY, "1.2", CT, path, 100, T0 + 200) is True
     reopened = state.series.get(s1)
     assert reopened is not None
-    assert (reopened.state, reopened.last_received_at, reopened.instance_count) == (SeriesState.RECEIVING,
-                                                                                    T0 + 200, 2)
+    assert (reopened.state, reopened.last_received_at, reopened.instance_count) == (SeriesState.RECEIVING, T0 + 200, 2)
     assert reopened.revision > exported.revision and reopened.export_version == exported.export_version
     assert due_uids(state, T0 + 200 + QUIET - 1) == []
     assert due_uids(state, T0 + 200 + QUIET) == [s1]
@@ -215,12 +229,19 @@ def test_a_failed_series_keeps_its_reason_until_an_instance_reopens_it(backend: 
     state.series.claim_due(QUIET, now=T0 + QUIET)
     assert state.series.mark(s1, SeriesState.FAILED, reason="slices are not parallel")
     row = state.series.get(s1)
-    assert row is not None and (row.state, row.reason, row.claimed_by) == (SeriesState.FAILED,
-                                                                          "slices are not parallel", None)
+    assert row is not None and (row.state, row.reason, row.claimed_by) == (
+        SeriesState.FAILED,
+        "slices are not parallel",
+        None,
+    )
     assert [r.series_uid for r in state.series.list_series(state="failed")] == [s1]
     assert state.series.list_series(SeriesState.RECEIVING) == []
-    assert state.series.counts() == {SeriesState.RECEIVING: 0, SeriesState.COMPLETE: 0, SeriesState.EXPORTED: 0,
-                                     SeriesState.FAILED: 1}
+    assert state.series.counts() == {
+        SeriesState.RECEIVING: 0,
+        SeriesState.COMPLETE: 0,
+        SeriesState.EXPORTED: 0,
+        SeriesState.FAILED: 1,
+    }
     with pytest.raises(InputError, match="not known"):
         state.series.mark(series_uid(9), SeriesState.COMPLETE)
     with pytest.raises(ValueError):
@@ -274,8 +295,7 @@ def test_threads_and_nodes_record_at_once_without_losing_rows(backend: Backend, 
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(on, series_uid(n)))
-               for n, on in enumerate((state, state, other))]
+    threads = [threading.Thread(target=writer, args=(on, series_uid(n))) for n, on in enumerate((state, state, other))]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -322,8 +342,13 @@ def test_transient_build_failure_waits_then_is_due_again(backend: Backend, state
     state.jobs.claim_jobs(now=T0)
     assert state.jobs.mark_retry_later(job_id, "disk full", T0 + 60, now=T0 + 1)
     job = state.jobs.get(job_id)
-    assert (job.state, job.attempts, job.next_at, job.reason, job.claimed_by) == (JobState.RETRY_WAIT, 1, T0 + 60,
-                                                                                   "disk full", None)
+    assert (job.state, job.attempts, job.next_at, job.reason, job.claimed_by) == (
+        JobState.RETRY_WAIT,
+        1,
+        T0 + 60,
+        "disk full",
+        None,
+    )
     assert state.jobs.claim_jobs(now=T0 + 59) == []
     [again] = state.jobs.claim_jobs(now=T0 + 60)
     assert again.id == job_id and again.attempts == 1
@@ -423,8 +448,13 @@ def test_create_is_idempotent_per_item_version(backend: Backend, state: State) -
     second = state.jobs.create(item, "nifti")
     assert second != first
     row = state.jobs.get(second)
-    assert (row.state, row.inbox_path, row.item_kind, row.sends, row.attempts) == (JobState.PENDING, item, "nifti",
-                                                                                  (), 0)
+    assert (row.state, row.inbox_path, row.item_kind, row.sends, row.attempts) == (
+        JobState.PENDING,
+        item,
+        "nifti",
+        (),
+        0,
+    )
     with pytest.raises(InputError):
         state.jobs.create(item, "")
 
@@ -444,7 +474,9 @@ def test_one_send_per_destination_and_the_job_settles_when_all_are_done(backend:
     job = state.jobs.get(job_id)
     assert (job.state, job.series_uid, job.seg_sop_uid) == (JobState.BUILT, series_uid(1), SEG_UID)
     assert [(s.destination, s.state, s.attempts) for s in job.sends] == [
-        ("archive", SendState.PENDING, 0), ("pacs", SendState.PENDING, 0)]
+        ("archive", SendState.PENDING, 0),
+        ("pacs", SendState.PENDING, 0),
+    ]
     by_name = {s.destination: s for s in state.jobs.claim_sends(now=T0 + 2)}
     assert state.jobs.mark_send_ok(by_name["pacs"].id, now=T0 + 3)
     assert state.jobs.get(job_id).state is JobState.BUILT  # archive is still to be sent
@@ -669,8 +701,11 @@ def test_a_sqlite_write_that_raises_is_rolled_back(backend: Backend, state: Stat
 
     assert isinstance(state.backend, SqliteDatabase)
     with pytest.raises(RuntimeError), state.backend.writing("crash before commit") as conn:
-        conn.execute("INSERT INTO series (series_uid, study_uid, state, first_received_at, last_received_at,"
-                     " updated_at) VALUES (?, ?, 'receiving', 1, 1, 1)", (series_uid(1), STUDY))
+        conn.execute(
+            "INSERT INTO series (series_uid, study_uid, state, first_received_at, last_received_at,"
+            " updated_at) VALUES (?, ?, 'receiving', 1, 1, 1)",
+            (series_uid(1), STUDY),
+        )
         raise RuntimeError("crash before commit")
     assert state.series.list_series() == []
     receive(state, backend.data, series_uid(2), "2.1", T0)  # the pooled connection is usable again
@@ -709,11 +744,15 @@ def test_a_database_of_the_previous_schema_is_migrated_and_its_absolute_paths_re
     item, seg = data / "inbox" / "old.nii.gz", data / "segs" / "old.dcm"
     raw = sqlite3.connect(backend.database)
     raw.executescript(_SCHEMA_V1)
-    raw.execute("INSERT INTO series VALUES (?, ?, 'receiving', NULL, ?, ?, NULL, 1, NULL, ?)",
-                (series_uid(1), STUDY, T0, T0, T0))
+    raw.execute(
+        "INSERT INTO series VALUES (?, ?, 'receiving', NULL, ?, ?, NULL, 1, NULL, ?)",
+        (series_uid(1), STUDY, T0, T0, T0),
+    )
     raw.execute("INSERT INTO instances VALUES (?, '1.1', ?, ?, 100, ?)", (series_uid(1), CT, str(instance), T0))
-    raw.execute("INSERT INTO jobs VALUES (1, ?, 'sig', 'nifti', 'built', ?, ?, ?, NULL, ?, ?)",
-                (str(item), series_uid(1), str(seg), SEG_UID, T0, T0))
+    raw.execute(
+        "INSERT INTO jobs VALUES (1, ?, 'sig', 'nifti', 'built', ?, ?, ?, NULL, ?, ?)",
+        (str(item), series_uid(1), str(seg), SEG_UID, T0, T0),
+    )
     raw.execute("INSERT INTO sends VALUES (1, 1, 'pacs', 'pending', 0, ?, NULL, ?)", (T0, T0))
     raw.commit()
     raw.close()
