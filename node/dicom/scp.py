@@ -21,8 +21,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,15 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from node.config import Config
 from node.dicom.listener import ListenerServer, open_listener
 from node.dicom.part10 import UnreadableInstanceError, file_meta, read_identity
-from node.errors import InputError, SegnodeError, TransientError
+from node.dicom.status import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_PROCESSING_FAILURE,
+    STATUS_SUCCESS,
+    StoreOutcome,
+    store_status,
+)
+from node.errors import SegnodeError, TransientError
 from node.state import State, open_state
 from node.state.instances import InstanceStore, check_uid
 
@@ -91,11 +98,6 @@ TRANSFER_SYNTAXES: tuple[UID, ...] = (
     RLELossless,  # 1.2.840.10008.1.2.5
 )
 
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_CANNOT_UNDERSTAND = 0xC000
-STATUS_PROCESSING_FAILURE = 0x0110
-
 #: The largest PDU the node accepts. Senders split a data set into PDUs of at most this size, and pynetdicom's
 #: per-PDU decoding costs CPU: 1 MiB instead of its 16 KiB default cuts the receiver's CPU per instance by a
 #: fifth (bench/bench_ingest.py) for 1 MiB of buffer per association.
@@ -133,47 +135,6 @@ class _Session:
     peer: str
     series_uids: set[str] = field(default_factory=set)
     instances: int = 0
-
-
-@dataclass
-class StoreOutcome:
-    """The status a C-STORE handler returns; :func:`store_status` sets it when the handler fails."""
-
-    status: int = STATUS_SUCCESS
-    comment: str = ""
-
-    def response(self) -> int | Dataset:
-        if not self.comment:
-            return self.status
-        reply = Dataset()
-        reply.Status = self.status
-        # LO: at most 64 characters, no backslash or control characters.
-        reply.ErrorComment = "".join(c if c.isprintable() and c != "\\" else " " for c in self.comment)[:64]
-        return reply
-
-
-@contextmanager
-def store_status(what: str) -> Iterator[StoreOutcome]:
-    """The one place where a C-STORE failure becomes a DICOM status (cf. pynetdicom's ``attempt``).
-
-    Parameters
-    ----------
-    what
-        Names the instance and peer in the log line (no patient data).
-    """
-    outcome = StoreOutcome()
-    try:
-        yield outcome
-    except TransientError as exc:
-        # Disk or quota full, database locked or full: nothing wrong with the instance, so ask for a retry.
-        log.error("%s: refused, out of resources: %s", what, exc)
-        outcome.status, outcome.comment = STATUS_OUT_OF_RESOURCES, "out of resources, retry later"
-    except InputError as exc:
-        log.warning("%s: refused, cannot understand: %s", what, exc)
-        outcome.status, outcome.comment = STATUS_CANNOT_UNDERSTAND, str(exc)
-    except Exception:
-        log.exception("%s: processing failure", what)
-        outcome.status, outcome.comment = STATUS_PROCESSING_FAILURE, "processing failure, see the node's log"
 
 
 class StorageSCP:
