@@ -4,5 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
 .venv/bin/ruff check node tests bench
+.venv/bin/ruff format --check node tests bench
 .venv/bin/mypy
+.venv/bin/mypy tests bench
 .venv/bin/python -m pytest "$@"
