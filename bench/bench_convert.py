@@ -31,6 +31,8 @@ import numpy as np
 import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The benches share the test harness's builders and peers (tests/synthetic.py, dcmtk.py) instead of copying them.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
 from convert_inputs import Inputs, prepare_inputs
 from ct_series import CtSpec
 from report import first_line, package_version

@@ -34,127 +34,6 @@ from node.convert.label_tables import LabelEntry, names_from_nifti_header, read_
 from node.convert.seg import AlgorithmInfo, segment_description
 from node.errors import InputError, LabelError
 
-#: TotalSegmentator v2 ``total`` task, label values 1..117 in order (totalsegmentator/map_to_binary.py).
-TOTALSEG_TOTAL = [
-    "spleen",
-    "kidney_right",
-    "kidney_left",
-    "gallbladder",
-    "liver",
-    "stomach",
-    "pancreas",
-    "adrenal_gland_right",
-    "adrenal_gland_left",
-    "lung_upper_lobe_left",
-    "lung_lower_lobe_left",
-    "lung_upper_lobe_right",
-    "lung_middle_lobe_right",
-    "lung_lower_lobe_right",
-    "esophagus",
-    "trachea",
-    "thyroid_gland",
-    "small_bowel",
-    "duodenum",
-    "colon",
-    "urinary_bladder",
-    "prostate",
-    "kidney_cyst_left",
-    "kidney_cyst_right",
-    "sacrum",
-    "vertebrae_S1",
-    "vertebrae_L5",
-    "vertebrae_L4",
-    "vertebrae_L3",
-    "vertebrae_L2",
-    "vertebrae_L1",
-    "vertebrae_T12",
-    "vertebrae_T11",
-    "vertebrae_T10",
-    "vertebrae_T9",
-    "vertebrae_T8",
-    "vertebrae_T7",
-    "vertebrae_T6",
-    "vertebrae_T5",
-    "vertebrae_T4",
-    "vertebrae_T3",
-    "vertebrae_T2",
-    "vertebrae_T1",
-    "vertebrae_C7",
-    "vertebrae_C6",
-    "vertebrae_C5",
-    "vertebrae_C4",
-    "vertebrae_C3",
-    "vertebrae_C2",
-    "vertebrae_C1",
-    "heart",
-    "aorta",
-    "pulmonary_vein",
-    "brachiocephalic_trunk",
-    "subclavian_artery_right",
-    "subclavian_artery_left",
-    "common_carotid_artery_right",
-    "common_carotid_artery_left",
-    "brachiocephalic_vein_left",
-    "brachiocephalic_vein_right",
-    "atrial_appendage_left",
-    "superior_vena_cava",
-    "inferior_vena_cava",
-    "portal_vein_and_splenic_vein",
-    "iliac_artery_left",
-    "iliac_artery_right",
-    "iliac_vena_left",
-    "iliac_vena_right",
-    "humerus_left",
-    "humerus_right",
-    "scapula_left",
-    "scapula_right",
-    "clavicula_left",
-    "clavicula_right",
-    "femur_left",
-    "femur_right",
-    "hip_left",
-    "hip_right",
-    "spinal_cord",
-    "gluteus_maximus_left",
-    "gluteus_maximus_right",
-    "gluteus_medius_left",
-    "gluteus_medius_right",
-    "gluteus_minimus_left",
-    "gluteus_minimus_right",
-    "autochthon_left",
-    "autochthon_right",
-    "iliopsoas_left",
-    "iliopsoas_right",
-    "brain",
-    "skull",
-    "rib_left_1",
-    "rib_left_2",
-    "rib_left_3",
-    "rib_left_4",
-    "rib_left_5",
-    "rib_left_6",
-    "rib_left_7",
-    "rib_left_8",
-    "rib_left_9",
-    "rib_left_10",
-    "rib_left_11",
-    "rib_left_12",
-    "rib_right_1",
-    "rib_right_2",
-    "rib_right_3",
-    "rib_right_4",
-    "rib_right_5",
-    "rib_right_6",
-    "rib_right_7",
-    "rib_right_8",
-    "rib_right_9",
-    "rib_right_10",
-    "rib_right_11",
-    "rib_right_12",
-    "sternum",
-    "costal_cartilages",
-]
-
 SERIES_UID = "1.2.826.0.1.3680043.8.498.12345"
 
 
@@ -410,7 +289,7 @@ def label_image() -> nib.Nifti1Image:
 
 
 def test_totalsegmentator_header_names(tmp_path: Path) -> None:
-    names = {i: name for i, name in enumerate(TOTALSEG_TOTAL, start=1)}
+    names = {i: name for i, name in enumerate(syn.TOTALSEG_TOTAL, start=1)}
     names[118] = "odd <name> & more"  # CDATA keeps markup characters literal
     image = label_image()
     add_totalsegmentator_label_table(image, names)
@@ -450,10 +329,10 @@ def test_malformed_or_dtd_label_tables_are_ignored(tmp_path: Path, xml: bytes) -
 
 
 def test_total_task_has_117_classes() -> None:
-    assert len(TOTALSEG_TOTAL) == 117 == len(set(TOTALSEG_TOTAL))
+    assert len(syn.TOTALSEG_TOTAL) == 117 == len(set(syn.TOTALSEG_TOTAL))
 
 
-@pytest.mark.parametrize("name", TOTALSEG_TOTAL)
+@pytest.mark.parametrize("name", syn.TOTALSEG_TOTAL)
 def test_every_totalsegmentator_class_has_snomed_ct_codes(name: str) -> None:
     known = known_structure(name)
     assert known is not None, f"{name} is not in node/data/anatomy.json"
@@ -472,7 +351,7 @@ def test_every_totalsegmentator_class_has_snomed_ct_codes(name: str) -> None:
 
 def test_totalsegmentator_classes_have_distinct_codes() -> None:
     signatures: dict[tuple[str | None, ...], str] = {}
-    for name in TOTALSEG_TOTAL:
+    for name in syn.TOTALSEG_TOTAL:
         k = known_structure(name)
         assert k is not None
         signature = tuple(c.value if c is not None else None for c in (k.type, k.modifier, k.region, k.region_modifier))
@@ -480,7 +359,7 @@ def test_totalsegmentator_classes_have_distinct_codes() -> None:
         signatures[signature] = name
 
 
-@pytest.mark.parametrize("name", [n for n in TOTALSEG_TOTAL if "_left" in n or "_right" in n])
+@pytest.mark.parametrize("name", [n for n in syn.TOTALSEG_TOTAL if "_left" in n or "_right" in n])
 def test_sided_structures_carry_their_laterality(name: str) -> None:
     known = known_structure(name)
     assert known is not None
@@ -541,7 +420,7 @@ def test_unknown_names_are_not_guessed() -> None:
 
 def test_known_names_are_all_sct_coded() -> None:
     names = known_structure_names()
-    assert set(TOTALSEG_TOTAL) <= set(names)
+    assert set(syn.TOTALSEG_TOTAL) <= set(names)
     for name in names:
         known = known_structure(name)
         assert known is not None and known.key == name, f"{name} does not find itself"
