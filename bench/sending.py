@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from dcmtk import association_args
 from peers import HOST, dcmtk_env
 
 
@@ -34,23 +35,7 @@ def split(files: Sequence[Path], parts: int) -> list[list[Path]]:
 
 
 def storescu_command(port: int, called_ae: str, files: Sequence[Path], *, timeout: float) -> list[str]:
-    seconds = str(max(1, int(timeout)))
-    return [
-        "storescu",
-        "-aet",
-        "BENCH",
-        "-aec",
-        called_ae,
-        "-to",
-        seconds,
-        "-ta",
-        seconds,
-        "-td",
-        seconds,
-        HOST,
-        str(port),
-        *(str(f) for f in files),
-    ]
+    return ["storescu", *association_args("BENCH", called_ae, timeout), HOST, str(port), *(str(f) for f in files)]
 
 
 def send(

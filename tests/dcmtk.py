@@ -80,6 +80,12 @@ def run_tool(args: Sequence[str], *, timeout: float = TOOL_TIMEOUT_S) -> ToolRes
     return ToolResult(tuple(args), completed.returncode, completed.stdout + completed.stderr)
 
 
+def association_args(calling_ae: str, called_ae: str, timeout: float) -> list[str]:
+    """The AE titles and the connection, ACSE and DIMSE timeouts (whole seconds, at least 1) of a DCMTK SCU."""
+    seconds = str(max(1, int(timeout)))
+    return ["-aet", calling_ae, "-aec", called_ae, "-to", seconds, "-ta", seconds, "-td", seconds]
+
+
 def echoscu(
     port: int,
     *,
@@ -89,25 +95,8 @@ def echoscu(
     timeout: float = TOOL_TIMEOUT_S,
 ) -> ToolResult:
     """C-ECHO the peer at ``host:port``."""
-    seconds = str(max(1, int(timeout)))
-    return run_tool(
-        [
-            "echoscu",
-            "-aet",
-            calling_ae,
-            "-aec",
-            called_ae,
-            "-to",
-            seconds,
-            "-ta",
-            seconds,
-            "-td",
-            seconds,
-            host,
-            str(port),
-        ],
-        timeout=timeout + 5,
-    )
+    args = ["echoscu", *association_args(calling_ae, called_ae, timeout), host, str(port)]
+    return run_tool(args, timeout=timeout + 5)
 
 
 def storescu(
@@ -127,28 +116,8 @@ def storescu(
     files in their own transfer syntax. storescu exits non-zero when it could not associate; a refused instance
     shows in the statuses.
     """
-    seconds = str(max(1, int(timeout)))
-    return run_tool(
-        [
-            "storescu",
-            "-d",
-            "-aet",
-            calling_ae,
-            "-aec",
-            called_ae,
-            "-to",
-            seconds,
-            "-ta",
-            seconds,
-            "-td",
-            seconds,
-            *extra_args,
-            host,
-            str(port),
-            *(str(f) for f in files),
-        ],
-        timeout=timeout + 5,
-    )
+    args = ["storescu", "-d", *association_args(calling_ae, called_ae, timeout), *extra_args, host, str(port)]
+    return run_tool([*args, *(str(f) for f in files)], timeout=timeout + 5)
 
 
 def storescu_config(folder: Path, sop_class_uid: str, transfer_syntaxes: Sequence[str]) -> list[str]:
