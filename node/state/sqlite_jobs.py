@@ -20,22 +20,19 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from node.errors import InputError
-from node.state.model import JobRow, JobState, JobStateError, SendRow, SendState, item_signature
-from node.state.sqlite_job_rows import _OPEN_SENDS, _RELEASE, _SEND_SELECT, _TO_BUILD, JobRows
+from node.state.model import JobRow, JobState, item_signature
+from node.state.sqlite_job_rows import _RELEASE, _TO_BUILD
+from node.state.sqlite_schema import now_or_clock
+from node.state.sqlite_sends import SendTransitions
 
 log = logging.getLogger(__name__)
 
 
-def _now(now: float | None) -> float:
-    return time.time() if now is None else now
-
-
-class SqliteJobStore(JobRows):
+class SqliteJobStore(SendTransitions):
     """Jobs and sends in one SQLite database (see the module docstring).
 
     Parameters
@@ -47,8 +44,6 @@ class SqliteJobStore(JobRows):
     lease_seconds
         How long a claim holds before another node may take it over.
     """
-
-    # Creating and reading.
 
     def create(
         self, inbox_path: Path, item_kind: str, *, signature: str | None = None, now: float | None = None
@@ -64,7 +59,7 @@ class SqliteJobStore(JobRows):
         if signature is None:
             signature = item_signature(inbox_path)
         stored, absolute = self.paths.store(inbox_path), str(self.paths.load(self.paths.store(inbox_path)))
-        stamp = _now(now)
+        stamp = now_or_clock(now)
         with self.database.writing(f"create the job of {inbox_path}") as conn:
             # A database from before relative paths holds the absolute path of the same item.
             row = conn.execute(
@@ -113,11 +108,9 @@ class SqliteJobStore(JobRows):
         with self.database.reading("list resumable jobs") as conn:
             return self._jobs(conn, "SELECT * FROM jobs WHERE state NOT IN ('sent', 'failed') ORDER BY id", ())
 
-    # Claims.
-
     def claim_jobs(self, *, now: float | None = None, limit: int | None = None) -> list[JobRow]:
         """Claim the jobs whose SEG is to be built (PENDING, MATCHED, or RETRY_WAIT before a SEG and due)."""
-        stamp = _now(now)
+        stamp = now_or_clock(now)
         query = (
             f"SELECT j.id FROM jobs j WHERE {_TO_BUILD} AND (j.state != 'retry_wait' OR j.next_at <= ?)"
             " AND (j.claimed_by IS NULL OR j.lease_until < ?) ORDER BY j.id"
@@ -130,7 +123,7 @@ class SqliteJobStore(JobRows):
     def claim_job(self, job_id: int, *, now: float | None = None) -> JobRow | None:
         """Claim one job to build it now (whatever its next attempt time); None when it is not to be built or
         another node holds it."""
-        stamp = _now(now)
+        stamp = now_or_clock(now)
         with self.database.writing(f"claim job {job_id}") as conn:
             row = conn.execute(
                 f"SELECT j.id FROM jobs j WHERE j.id = ? AND {_TO_BUILD}"
@@ -146,23 +139,6 @@ class SqliteJobStore(JobRows):
         )
         return self._job_row(conn, conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
-    def claim_sends(self, *, now: float | None = None, limit: int | None = None) -> list[SendRow]:
-        """Claim the open sends whose (next) attempt is due and that no other node holds, oldest due first."""
-        stamp = _now(now)
-        query = (
-            f"SELECT s.id FROM sends s JOIN jobs j ON j.id = s.job_id WHERE {_OPEN_SENDS} AND s.next_at <= ?"
-            " AND (s.claimed_by IS NULL OR s.lease_until < ?) ORDER BY s.next_at, s.id"
-        )
-        query += "" if limit is None else f" LIMIT {int(limit)}"
-        with self.database.writing("claim sends") as conn:
-            ids = [row[0] for row in conn.execute(query, (stamp, stamp)).fetchall()]
-            for send_id in ids:
-                conn.execute(
-                    "UPDATE sends SET claimed_by = ?, lease_until = ? WHERE id = ?",
-                    (self.node_id, stamp + self.lease_seconds, send_id),
-                )
-            return [self._send_row(conn.execute(_SEND_SELECT + " WHERE s.id = ?", (i,)).fetchone()) for i in ids]
-
     def release_claims(self) -> int:
         """Give up every job and send claim this node holds (on stop); returns how many."""
         with self.database.writing("release job claims") as conn:
@@ -170,12 +146,10 @@ class SqliteJobStore(JobRows):
             sends = conn.execute(f"UPDATE sends SET {_RELEASE} WHERE claimed_by = ?", (self.node_id,)).rowcount
         return int(jobs + sends)
 
-    # Job transitions.
-
     def mark_matched(self, job_id: int, series_uid: str, *, now: float | None = None) -> bool:
         """A job to build -> MATCHED with the series the item belongs to; the claim stays (the build goes on)
         and its lease starts again. False when this node no longer holds the claim."""
-        stamp = _now(now)
+        stamp = now_or_clock(now)
         with self.database.writing(f"mark job {job_id} matched") as conn:
             if not self._holds(conn, "jobs", job_id, "mark it matched"):
                 return False
@@ -196,7 +170,7 @@ class SqliteJobStore(JobRows):
     ) -> bool:
         """MATCHED -> BUILT (SENT when there is no destination): the SEG is on disk, one send per destination is
         due at once; the claim is released. False when this node no longer holds the claim."""
-        stamp = _now(now)
+        stamp = now_or_clock(now)
         names = list(dict.fromkeys(destinations))
         if not all(isinstance(name, str) and name for name in names):
             raise InputError(f"job {job_id}: destination names must be non-empty strings, not {names!r}")
@@ -228,7 +202,7 @@ class SqliteJobStore(JobRows):
     def mark_retry_later(self, job_id: int, reason: str, next_at: float, *, now: float | None = None) -> bool:
         """A job to build -> RETRY_WAIT after a transient failure (disk full, database busy): one more attempt
         counted, due again at ``next_at``; the claim is released. False when this node no longer holds it."""
-        stamp = _now(now)
+        stamp = now_or_clock(now)
         with self.database.writing(f"mark job {job_id} for a retry") as conn:
             if not self._holds(conn, "jobs", job_id, "mark it for a retry"):
                 return False
@@ -244,7 +218,7 @@ class SqliteJobStore(JobRows):
     def mark_failed(self, job_id: int, reason: str, *, now: float | None = None) -> bool:
         """Any state but SENT -> FAILED with ``reason``; its open sends are failed too (nothing more is sent); the
         claim is released. False when this node no longer holds the claim."""
-        stamp = _now(now)
+        stamp = now_or_clock(now)
         with self.database.writing(f"mark job {job_id} failed") as conn:
             if not self._holds(conn, "jobs", job_id, "mark it failed"):
                 return False
@@ -258,65 +232,6 @@ class SqliteJobStore(JobRows):
         log.info("job %d failed: %s", job_id, reason)
         return True
 
-    # Send transitions.
-
-    def _settle(self, conn: sqlite3.Connection, job_id: int, stamp: float) -> None:
-        """Derive the job's state from its sends (inside the caller's transaction)."""
-        sends = conn.execute("SELECT destination, state, reason FROM sends WHERE job_id = ?", (job_id,)).fetchall()
-        states = [SendState(row["state"]) for row in sends]
-        if any(s.open for s in states):
-            waiting = SendState.RETRY_WAIT in states
-            self._set_job(conn, job_id, JobState.RETRY_WAIT if waiting else JobState.BUILT, stamp)
-        elif all(s is SendState.OK for s in states):
-            self._set_job(conn, job_id, JobState.SENT, stamp, reason=None)
-        else:
-            reasons = "; ".join(
-                f"{row['destination']}: {row['reason']}" for row in sends if row["state"] == SendState.FAILED.value
-            )
-            self._set_job(conn, job_id, JobState.FAILED, stamp, reason=reasons)
-
-    def _send(
-        self, send_id: int, state: SendState, reason: str | None, next_at: float | None, now: float | None
-    ) -> bool:
-        """Record one attempt's outcome and settle the job; False when this node lost the claim."""
-        stamp = _now(now)
-        with self.database.writing(f"mark send {send_id} {state.value}") as conn:
-            row = conn.execute(
-                "SELECT s.job_id, s.state, j.state AS job_state FROM sends s JOIN jobs j"
-                " ON j.id = s.job_id WHERE s.id = ?",
-                (send_id,),
-            ).fetchone()
-            if row is None:
-                raise InputError(f"send {send_id} does not exist")
-            if not self._holds(conn, "sends", send_id, f"mark it {state.value}"):
-                return False
-            current = SendState(row["state"])
-            if not current.open:
-                raise JobStateError(
-                    f"send {send_id} of job {row['job_id']} is already {current.value}; `segnode retry` re-opens it"
-                )
-            conn.execute(
-                f"UPDATE sends SET state = ?, reason = ?, next_at = ?, attempts = attempts + 1,"
-                f" updated_at = ?, {_RELEASE} WHERE id = ?",
-                (state.value, reason, next_at, stamp, send_id),
-            )
-            if JobState(row["job_state"]) in (JobState.BUILT, JobState.RETRY_WAIT):
-                self._settle(conn, row["job_id"], stamp)
-        return True
-
-    def mark_send_ok(self, send_id: int, *, now: float | None = None) -> bool:
-        """The destination accepted the SEG. False (nothing changed) when this node no longer holds the claim,
-        e.g. a second node took the send over and already marked it."""
-        return self._send(send_id, SendState.OK, None, None, now)
-
-    def mark_send_retry(self, send_id: int, reason: str, next_at: float, *, now: float | None = None) -> bool:
-        """The attempt failed in a way that may pass; try again at ``next_at``. False when the claim is lost."""
-        return self._send(send_id, SendState.RETRY_WAIT, reason, next_at, now)
-
-    def mark_send_failed(self, send_id: int, reason: str, *, now: float | None = None) -> bool:
-        """The destination refused the SEG for good (or attempts ran out). False when the claim is lost."""
-        return self._send(send_id, SendState.FAILED, reason, None, now)
-
     def retry(self, job_id: int, *, now: float | None = None) -> JobState:
         """Re-open a job for ``segnode retry`` (claims on it dropped); returns its new state.
 
@@ -326,7 +241,7 @@ class SqliteJobStore(JobRows):
 
         Raises JobStateError when the job is pending, matched, built (already in progress) or sent.
         """
-        stamp = _now(now)
+        stamp = now_or_clock(now)
         with self.database.writing(f"retry job {job_id}") as conn:
             state = self._require(conn, job_id, "retry", (JobState.FAILED, JobState.RETRY_WAIT))
             has_seg = conn.execute(

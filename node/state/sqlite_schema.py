@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -258,3 +259,8 @@ class SqliteDatabase:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def now_or_clock(now: float | None) -> float:
+    """``now`` as given (tests and callers with their own clock), else the current time."""
+    return time.time() if now is None else now

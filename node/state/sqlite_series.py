@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from node.errors import InputError
 from node.state.model import CLAIM_LEASE_SECONDS, HINT_GRACE_SECONDS, SeriesRow, SeriesState
 from node.state.paths import StoredPaths
-from node.state.sqlite_schema import SqliteDatabase
+from node.state.sqlite_schema import SqliteDatabase, now_or_clock
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +31,6 @@ _DUE = (
     " AND s.hint_at >= s.last_received_at AND s.hint_at <= :hinted_before))"
 )
 _CLAIMABLE = "(s.claimed_by IS NULL OR s.lease_until < :now)"
-
-
-def _now(now: float | None) -> float:
-    return time.time() if now is None else now
 
 
 def _series_row(row: sqlite3.Row) -> SeriesRow:
@@ -124,7 +119,7 @@ class SqliteSeriesIndex:
         uids = list(dict.fromkeys(series_uids))
         if not uids:
             return 0
-        stamp = _now(now)
+        stamp = now_or_clock(now)
         hinted = 0
         with self.database.writing(f"hint {len(uids)} series complete") as conn:
             for uid in uids:
@@ -147,7 +142,7 @@ class SqliteSeriesIndex:
         Due: still receiving, and the last instance older than the quiet period, or hinted and quiet since the
         hint for ``grace_seconds``.
         """
-        stamp = _now(now)
+        stamp = now_or_clock(now)
         return self._claim(
             _DUE,
             {"quiet_before": stamp - quiet_seconds, "hinted_before": stamp - grace_seconds},
@@ -160,7 +155,9 @@ class SqliteSeriesIndex:
         self, state: SeriesState | str, *, now: float | None = None, limit: int | None = None
     ) -> list[SeriesRow]:
         """Claim the series in ``state`` (e.g. COMPLETE, to export them) that no other node holds, oldest first."""
-        return self._claim("s.state = :state", {"state": SeriesState(state).value}, _now(now), limit, "s.updated_at")
+        return self._claim(
+            "s.state = :state", {"state": SeriesState(state).value}, now_or_clock(now), limit, "s.updated_at"
+        )
 
     def _claim(
         self, condition: str, params: dict[str, object], now: float, limit: int | None, order: str
@@ -213,7 +210,7 @@ class SqliteSeriesIndex:
             The series is not known.
         """
         state = SeriesState(state)
-        stamp = _now(now)
+        stamp = now_or_clock(now)
         with self.database.writing(f"mark series {series_uid} {state.value}") as conn:
             row = conn.execute("SELECT revision, claimed_by FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
             if row is None:
