@@ -914,9 +914,10 @@ def _fresh_source(folder: Path, *, enhanced: bool) -> Source:
 
 
 def _moved(root: Path, name: str) -> Path | None:
+    """The folder the item was filed into, once the item itself is there (its reason.txt is written first)."""
     if not root.is_dir():
         return None
-    found = [p for p in root.iterdir() if p.name.endswith(f"_{name}")]
+    found = [p for p in root.iterdir() if p.name.endswith(f"_{name}") and (p / name).exists()]
     return found[0] if found else None
 
 
