@@ -10,9 +10,8 @@ import sqlite3
 from collections.abc import Sequence
 
 from node.errors import InputError
-from node.state.model import CLAIM_LEASE_SECONDS, JobRow, JobState, JobStateError, SendRow, SendState
-from node.state.paths import StoredPaths
-from node.state.sqlite_schema import SqliteDatabase
+from node.state.model import JobRow, JobState, JobStateError, SendRow, SendState
+from node.state.sqlite_schema import ClaimingStore
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +26,9 @@ _BUILDABLE = (JobState.PENDING, JobState.MATCHED, JobState.RETRY_WAIT)
 _RELEASE = "claimed_by = NULL, lease_until = NULL"
 
 
-class JobRows:
+class JobRows(ClaimingStore):
     """Rows of the ``jobs`` and ``sends`` tables as :class:`~node.state.model.JobRow`/``SendRow``, and the checks
     every transition makes: that this node holds the claim, and that the job is in a state that allows it."""
-
-    def __init__(self, database: SqliteDatabase, node_id: str, *, lease_seconds: float = CLAIM_LEASE_SECONDS) -> None:
-        self.database = database
-        self.paths = StoredPaths(database.data_folder)
-        self.node_id = node_id
-        self.lease_seconds = lease_seconds
 
     def _send_row(self, row: sqlite3.Row) -> SendRow:
         return SendRow(

@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from node.errors import InputError, StateUnavailableError
-from node.state.model import StateError
+from node.state.model import CLAIM_LEASE_SECONDS, StateError
+from node.state.paths import StoredPaths
 
 log = logging.getLogger(__name__)
 
@@ -264,3 +265,14 @@ class SqliteDatabase:
 def now_or_clock(now: float | None) -> float:
     """``now`` as given (tests and callers with their own clock), else the current time."""
     return time.time() if now is None else now
+
+
+class ClaimingStore:
+    """What a store on the SQLite back end holds: the database, how paths are stored, who claims and for how
+    long. The series index and the job store both build on it."""
+
+    def __init__(self, database: SqliteDatabase, node_id: str, *, lease_seconds: float = CLAIM_LEASE_SECONDS) -> None:
+        self.database = database
+        self.paths = StoredPaths(database.data_folder)
+        self.node_id = node_id
+        self.lease_seconds = lease_seconds

@@ -15,9 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from node.errors import InputError
-from node.state.model import CLAIM_LEASE_SECONDS, HINT_GRACE_SECONDS, SeriesRow, SeriesState
-from node.state.paths import StoredPaths
-from node.state.sqlite_schema import SqliteDatabase, now_or_clock
+from node.state.model import HINT_GRACE_SECONDS, SeriesRow, SeriesState
+from node.state.sqlite_schema import ClaimingStore, now_or_clock
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ def _series_row(row: sqlite3.Row) -> SeriesRow:
     )
 
 
-class SqliteSeriesIndex:
+class SqliteSeriesIndex(ClaimingStore):
     """Series and their instances in one SQLite database (see the module docstring).
 
     Parameters
@@ -62,12 +61,6 @@ class SqliteSeriesIndex:
     lease_seconds
         How long a claim holds before another node may take it over.
     """
-
-    def __init__(self, database: SqliteDatabase, node_id: str, *, lease_seconds: float = CLAIM_LEASE_SECONDS) -> None:
-        self.database = database
-        self.paths = StoredPaths(database.data_folder)
-        self.node_id = node_id
-        self.lease_seconds = lease_seconds
 
     def record_instance(
         self,
