@@ -35,6 +35,23 @@ def choice(choices: tuple[str, ...]) -> Check:
     return check
 
 
+def each(check: Check) -> Check:
+    """A check of every item of a list value; names the first item that fails.
+
+    >>> each(not_empty)(("a", " "))
+    "a list whose every item is a non-empty value (item 2, ' ', is not)"
+    """
+
+    def check_items(values: Any) -> str | None:
+        for number, value in enumerate(values, 1):
+            problem = check(value)
+            if problem is not None:
+                return f"a list whose every item is {problem} (item {number}, {value!r}, is not)"
+        return None
+
+    return check_items
+
+
 def not_empty(value: Any) -> str | None:
     return None if str(value).strip() else "a non-empty value"
 

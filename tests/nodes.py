@@ -5,9 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
+import tomli_w
 from orthanc import OrthancServer
 
 from node.config import load_config
@@ -27,31 +29,38 @@ def wait_for(what: str, condition: Callable[[], object], timeout: float = WAIT_S
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
-def write_config(folder: Path, port: int, destinations: str, *, quiet: float = 1.0, receive_processes: int = 2) -> Path:
+def write_config(
+    folder: Path,
+    port: int,
+    destinations: str,
+    *,
+    quiet: float = 1.0,
+    receive_processes: int = 2,
+    sections: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Path:
+    """A node config in ``folder``; ``sections`` adds or overrides keys table by table (``{"tls": {...}}``).
+
+    The HTTP endpoint is off unless ``sections`` turns it on, so that nodes of parallel tests never share a port.
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    document: dict[str, dict[str, Any]] = {
+        "node": {
+            "ae_title": "SEGNODE",
+            "bind": "127.0.0.1",
+            "port": port,
+            "log_level": "DEBUG",
+            "receive_processes": receive_processes,
+        },
+        "paths": {"data": "data", "inbox": "data/inbox", "export": "data/export"},
+        "series": {"quiet_seconds": quiet},
+        "inbox": {"settle_seconds": 0.3},
+        "send": {"max_attempts": 50, "backoff_initial": 0.2, "backoff_max": 1.0, "timeout": 5},
+        "http": {"port": 0},
+    }
+    for name, keys in (sections or {}).items():
+        document.setdefault(name, {}).update(keys)
     path = folder / "node.toml"
-    path.write_text(f"""
-[node]
-ae_title = "SEGNODE"
-bind = "127.0.0.1"
-port = {port}
-log_level = "DEBUG"
-receive_processes = {receive_processes}
-[paths]
-data = "data"
-inbox = "data/inbox"
-export = "data/export"
-[series]
-quiet_seconds = {quiet}
-[inbox]
-settle_seconds = 0.3
-[send]
-max_attempts = 50
-backoff_initial = 0.2
-backoff_max = 1.0
-timeout = 5
-{destinations}
-""")
+    path.write_text(tomli_w.dumps(document) + "\n" + destinations)
     return path
 
 

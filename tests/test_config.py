@@ -233,7 +233,7 @@ def test_config_is_frozen(tmp_path: Path) -> None:
         (
             '[[destinations]]\nname = "p"\nkind = "dicom"\nfolder = "/x"\n',
             "[[destinations]] 'p' folder: expected no such key"
-            " (a DICOM destination has only name, ae_title, host and port)",
+            " (a DICOM destination has only name, ae_title, host, port and tls)",
         ),
         (
             '[[destinations]]\nname = "p"\nkind = "dicom"\nae_title = "P"\nport = 104\n',

@@ -31,9 +31,11 @@ class DicomDestination:
     ae_title: str = checked(check=ae_title_problem)
     host: str = checked(check=host_problem)
     port: int = checked(check=port_problem)
+    #: Connect with DICOM TLS, verifying the server against ``[tls] ca_certificates``.
+    tls: bool = False
 
     def describe(self) -> str:
-        return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"
+        return f"{self.name} ({self.ae_title}@{self.host}:{self.port}{', TLS' if self.tls else ''})"
 
 
 def create_store_scu(config: DicomDestination, *, calling_ae: str, timeout: float) -> destinations.Destination:

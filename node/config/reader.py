@@ -1,9 +1,8 @@
-"""The node's configuration: frozen dataclasses, validated once by :func:`load_config` at start-up.
+"""Reading a configuration file: :func:`load_config` turns TOML into the frozen sections of
+:mod:`node.config.sections`, validated once at start-up.
 
-Every key has its default on its dataclass field and nowhere else; a field's ``metadata["check"]`` says what a
-value must be. :func:`load_config` rejects unknown keys (a typo must not silently fall back to a default) and
-raises :class:`~node.errors.ConfigError` with one line naming the file, the key and what is expected.
-
+Unknown keys are rejected (a typo must not silently fall back to a default); every mistake is a
+:class:`~node.errors.ConfigError` of one line naming the file, the key, the value and what is expected.
 Relative paths in the file resolve against the folder that holds the file, so a config can travel with its data.
 """
 
@@ -11,178 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
-import string
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 from node import destinations as kinds
-from node.checks import Check, ae_title_problem, checked, choice, not_empty, number_range
+from node.checks import Check
+from node.config.sections import DESTINATION_NAME, SECTIONS, Config, SendConfig, TlsConfig
 from node.destinations import DestinationConfig
-
-# The built-in kinds' blocks, under the names callers have always imported them by.
-from node.destinations.dimse import DicomDestination
-from node.destinations.folder import FolderDestination
 from node.errors import ConfigError
-
-__all__ = [
-    "Config",
-    "ConfigError",
-    "DestinationConfig",
-    "DicomDestination",
-    "FolderDestination",
-    "ae_title_problem",
-    "load_config",
-]
 
 log = logging.getLogger(__name__)
 
-#: Where `segnode run` and the other node commands look for the configuration (systemd/segnode.service too).
-DEFAULT_CONFIG = Path("/etc/segnode/segnode.toml")
-
-#: SEG types the builder knows (values of ``node.convert.seg.SegType``; strings, so loading a config stays light).
-SEG_TYPES = ("binary", "labelmap", "fractional")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-#: Placeholders an export command may use; anything else in braces is a typo.
-EXPORT_PLACEHOLDERS = frozenset({"nifti", "series_uid", "inbox", "sidecar"})
-
-_DESTINATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: The kind of a [[destinations]] block without ``kind``, as files written before ``kind`` existed meant it: a
 #: ``folder`` key makes it "folder" (checked first), any of ae_title, host, port "dicom". New kinds need ``kind``.
 _LEGACY_KIND_KEYS = (("folder", frozenset({"folder"})), ("dicom", frozenset({"ae_title", "host", "port"})))
-
-
-def _export_command(value: Any) -> str | None:
-    try:
-        names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
-    except ValueError:
-        return "a command whose braces are balanced (write {{ and }} for literal braces)"
-    unknown = names - EXPORT_PLACEHOLDERS
-    if unknown:
-        allowed = ", ".join("{" + n + "}" for n in sorted(EXPORT_PLACEHOLDERS))
-        return f"a command using only the placeholders {allowed} (found {{{sorted(unknown)[0]}}})"
-    return None
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """``[node]``: the DICOM listener."""
-
-    ae_title: str = checked("SEGNODE", ae_title_problem)
-    bind: str = checked("0.0.0.0", not_empty)
-    port: int = checked(11112, number_range(1, 65535))
-    max_associations: int = checked(10, number_range(1, 1000))
-    receive_processes: int = checked(2, number_range(1, 64))
-    log_level: str = checked("INFO", choice(LOG_LEVELS))
-
-
-@dataclass(frozen=True)
-class PathsConfig:
-    """``[paths]``: where the node keeps its state and exchanges files with segmentation tools."""
-
-    data: Path = Path("/var/lib/segnode")
-    inbox: Path = Path("/var/lib/segnode/inbox")
-    export: Path = Path("/var/lib/segnode/export")
-
-    @property
-    def database(self) -> Path:
-        """The SQLite state database."""
-        return self.data / "segnode.sqlite3"
-
-    @property
-    def processed(self) -> Path:
-        """Where inbox items go once their SEG is built."""
-        return self.data / "processed"
-
-    @property
-    def failed(self) -> Path:
-        """Where inbox items go when they cannot be turned into a SEG, each with a reason file."""
-        return self.data / "failed"
-
-
-@dataclass(frozen=True)
-class SeriesConfig:
-    """``[series]``: when a received series counts as complete."""
-
-    quiet_seconds: float = checked(30.0, number_range(0.0, 86400.0))
-
-
-@dataclass(frozen=True)
-class InboxConfig:
-    """``[inbox]``: watching for segmentations."""
-
-    settle_seconds: float = checked(5.0, number_range(0.0, 3600.0))
-    poll: bool = False
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """``[export]``: NIfTI export of completed series and the optional per-site command run on each."""
-
-    enabled: bool = True
-    command: str = checked("", _export_command)
-    command_timeout: float = checked(3600.0, number_range(1.0, 7 * 86400.0))
-
-
-@dataclass(frozen=True)
-class SegConfig:
-    """``[seg]``: how SEG objects are built."""
-
-    type: str = checked("binary", choice(SEG_TYPES))
-    algorithm_name: str = checked("segnode", not_empty)
-    #: Empty means "segnode's own version".
-    algorithm_version: str = ""
-    #: Default label table (names, colours, codes) for items without one; None for none.
-    labels: Path | None = None
-    series_description: str = "segnode SEG"
-
-
-@dataclass(frozen=True)
-class SendConfig:
-    """``[send]``: C-STORE of SEGs to the destinations, with exponential backoff."""
-
-    max_attempts: int = checked(10, number_range(1, 1000))
-    backoff_initial: float = checked(5.0, number_range(0.0, 86400.0))
-    backoff_max: float = checked(600.0, number_range(0.0, 7 * 86400.0))
-    timeout: float = checked(30.0, number_range(1.0, 3600.0))
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole validated configuration."""
-
-    node: NodeConfig = NodeConfig()
-    paths: PathsConfig = PathsConfig()
-    series: SeriesConfig = SeriesConfig()
-    inbox: InboxConfig = InboxConfig()
-    export: ExportConfig = ExportConfig()
-    seg: SegConfig = SegConfig()
-    send: SendConfig = SendConfig()
-    destinations: tuple[DestinationConfig, ...] = ()
-    #: The file this was loaded from (None for a default-constructed Config).
-    source: Path | None = None
-
-    def destination(self, name: str) -> DestinationConfig:
-        """The destination called ``name``; ConfigError naming the known ones otherwise."""
-        for destination in self.destinations:
-            if destination.name == name:
-                return destination
-        known = ", ".join(d.name for d in self.destinations) or "none configured"
-        raise ConfigError(f"{self.source or 'config'}: no destination named {name!r} (known: {known})")
-
-
-_SECTIONS: dict[str, type[Any]] = {
-    "node": NodeConfig,
-    "paths": PathsConfig,
-    "series": SeriesConfig,
-    "inbox": InboxConfig,
-    "export": ExportConfig,
-    "seg": SegConfig,
-    "send": SendConfig,
-}
 
 _T = TypeVar("_T")
 
@@ -235,6 +78,10 @@ class _Reader:
             if not isinstance(value, str):
                 raise self.fail(key, "a string", value)
             return value
+        if kind == tuple[str, ...]:
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise self.fail(key, 'a list of strings, like ["A", "B"]', value)
+            return tuple(value)
         if kind is Path:
             return self.path_value(key, value)
         if kind == Path | None:
@@ -286,7 +133,7 @@ class _Reader:
         if not isinstance(table, Mapping):
             raise self.fail(where, "a table")
         name = table.get("name")
-        if not isinstance(name, str) or not _DESTINATION_NAME.match(name):
+        if not isinstance(name, str) or not DESTINATION_NAME.match(name):
             raise self.fail(f"{where} name", "a name of letters, digits, '.', '_' or '-' (1-64)", name)
         where = f"[[destinations]] {name!r}"
         known_kinds = ", ".join(repr(kind) for kind in kinds.kinds())
@@ -318,9 +165,9 @@ class _Reader:
 
     def config(self, document: Mapping[str, Any]) -> Config:
         for key in document:
-            if key not in _SECTIONS and key != "destinations":
-                raise self.fail(key, "no such section (known: " + ", ".join([*_SECTIONS, "destinations"]) + ")")
-        sections = {name: self.section(cls, name, document.get(name, {})) for name, cls in _SECTIONS.items()}
+            if key not in SECTIONS and key != "destinations":
+                raise self.fail(key, "no such section (known: " + ", ".join([*SECTIONS, "destinations"]) + ")")
+        sections = {name: self.section(cls, name, document.get(name, {})) for name, cls in SECTIONS.items()}
         raw_destinations = document.get("destinations", [])
         if not isinstance(raw_destinations, list):
             raise self.fail("destinations", "an array of tables written as [[destinations]]")
@@ -337,7 +184,33 @@ class _Reader:
                 f"a number of at least backoff_initial ({send.backoff_initial:g})",
                 send.backoff_max,
             )
+        self.check_tls(sections["tls"], destinations)
         return Config(destinations=destinations, source=self.path, **sections)
+
+    def check_tls(self, tls: TlsConfig, destinations: tuple[DestinationConfig, ...]) -> None:
+        """What [tls] needs besides its own keys: files for a listener, a CA bundle to verify against."""
+        if tls.port and (tls.certificate is None or tls.private_key is None):
+            raise self.fail("[tls] certificate", "a PEM certificate and private_key when [tls] port is set")
+        if not tls.plain and not tls.port:
+            raise self.fail("[tls] plain", "true unless [tls] port opens a TLS listener", tls.plain)
+        if tls.require_client_certificate and tls.ca_certificates is None:
+            raise self.fail("[tls] ca_certificates", "a PEM bundle to verify client certificates against")
+        for destination in destinations:
+            if getattr(destination, "tls", False) and tls.ca_certificates is None:
+                raise self.fail(
+                    "[tls] ca_certificates", f"a PEM bundle to verify destination {destination.name!r} against"
+                )
+        for key in ("certificate", "private_key", "ca_certificates"):
+            path: Path | None = getattr(tls, key)
+            if path is not None and not path.is_file():
+                raise self.fail(f"[tls] {key}", "a readable PEM file", str(path))
+        if tls.port or tls.ca_certificates is not None:
+            from node.dicom.tls import TlsFileError, check_files  # ssl loads only where TLS is configured
+
+            try:
+                check_files(tls)
+            except TlsFileError as exc:
+                raise self.fail(f"[tls] {exc.key}", exc.expected, str(exc.path)) from None
 
 
 def load_config(path: Path) -> Config:
