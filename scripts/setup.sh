@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up segnode on a Debian machine with Python 3.11, as root: system packages, then a virtualenv in .venv.
 #   scripts/setup.sh          runtime only
-#   scripts/setup.sh --test   plus the real peers the tests talk to (DCMTK, dcm2niix, dicom3tools, Orthanc)
+#   scripts/setup.sh --test   plus the real peers the tests talk to (DCMTK, dcm2niix, dicom3tools, Orthanc, openssl, systemd-analyze)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,8 @@ if [ "$want_test" = 1 ]; then
   command -v dcm2niix >/dev/null || apt_packages+=(dcm2niix)
   command -v dciodvfy >/dev/null || apt_packages+=(dicom3tools)
   command -v Orthanc >/dev/null || apt_packages+=(orthanc)
+  command -v openssl >/dev/null || apt_packages+=(openssl)
+  command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
 fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${apt_packages[*]}"
