@@ -201,6 +201,15 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class QcConfig:
+    """``[qc]``: a QC picture of every SEG in ``data/qc``, optionally sent along as a Secondary Capture."""
+
+    enabled: bool = True
+    #: Also send the picture to every DICOM destination as a Secondary Capture image in a series of its own.
+    send: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
@@ -216,6 +225,7 @@ class Config:
     retention: RetentionConfig = RetentionConfig()
     http: HttpConfig = HttpConfig()
     logging: LoggingConfig = LoggingConfig()
+    qc: QcConfig = QcConfig()
     destinations: tuple[DestinationConfig, ...] = ()
     #: The file this was loaded from (None for a default-constructed Config).
     source: Path | None = None
@@ -243,4 +253,5 @@ SECTIONS: dict[str, type[Any]] = {
     "retention": RetentionConfig,
     "http": HttpConfig,
     "logging": LoggingConfig,
+    "qc": QcConfig,
 }
