@@ -14,15 +14,70 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from node.config import Config
 from node.convert.seg import SegOptions
 from node.state import State
 
 
+class PipelineEvents(Protocol):
+    """What the stages report as it happens, for the service's metrics (the pipeline never imports the service).
+
+    Called from the stage threads, after the state change they report was committed; must return quickly.
+    """
+
+    def series_completed(self) -> None:
+        """A received series went quiet and is complete."""
+
+    def series_failed(self) -> None:
+        """A complete series could not be exported (its reason is in the state)."""
+
+    def seg_built(self, seconds: float) -> None:
+        """A SEG was built and queued for delivery; ``seconds``: match, build, verify and write."""
+
+    def build_failed(self) -> None:
+        """An inbox item failed for good (moved to ``failed/`` with its reason)."""
+
+    def seg_sent(self, destination: str, end_to_end_seconds: float | None) -> None:
+        """``destination`` acknowledged a SEG; ``end_to_end_seconds``: since its series' last instance arrived
+        (None when the series is not known, e.g. a job re-opened after its series was removed)."""
+
+    def send_failed(self, destination: str) -> None:
+        """A send to ``destination`` failed for good."""
+
+    def send_retry(self, destination: str) -> None:
+        """A send to ``destination`` failed in a way that may pass; it is tried again later."""
+
+
+class NoEvents:
+    """Events that go nowhere: the default, for stages run without a service (tools, tests)."""
+
+    def series_completed(self) -> None:
+        return None
+
+    def series_failed(self) -> None:
+        return None
+
+    def seg_built(self, seconds: float) -> None:
+        return None
+
+    def build_failed(self) -> None:
+        return None
+
+    def seg_sent(self, destination: str, end_to_end_seconds: float | None) -> None:
+        return None
+
+    def send_failed(self, destination: str) -> None:
+        return None
+
+    def send_retry(self, destination: str) -> None:
+        return None
+
+
 @dataclass
 class PipelineContext:
-    """What the stages share: the configuration, the state, the clock and the stop flag."""
+    """What the stages share: the configuration, the state, the clock, the stop flag and where events go."""
 
     config: Config
     options: SegOptions
@@ -30,6 +85,7 @@ class PipelineContext:
     state: State
     clock: Callable[[], float] = time.time
     stopping: threading.Event = field(default_factory=threading.Event)
+    events: PipelineEvents = field(default_factory=NoEvents)
 
     @property
     def segs(self) -> Path:
