@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import re
+import time
 
 from node.convert import build_seg_from_input, write_dataset_atomically
 from node.convert.label_input import nifti_stem
@@ -90,6 +91,7 @@ class Build(Stage):
 
     def _build(self, job: JobRow, item: InboxItem) -> None:
         store, paths = self.state.jobs, self.context.config.paths
+        started = time.monotonic()
         try:
             try:
                 known, candidates = self._candidates()
@@ -122,6 +124,7 @@ class Build(Stage):
         destinations = [d.name for d in self.context.config.destinations]
         if not store.mark_built(job.id, seg_path, sop_uid, destinations):
             return  # another node took the job over meanwhile; it files the item
+        self.context.events.seg_built(time.monotonic() - started)
         stack = f" {series.stack.describe()}" if series.stack.count > 1 else ""
         summary = (
             f"SEG {sop_uid} built for series {match.series_uid}{stack} (matched by {match.how}):"
@@ -140,6 +143,7 @@ class Build(Stage):
         log.warning("%s: failed: %s", item.path.name, reason)
         if self.state.jobs.mark_failed(job.id, reason):
             move_item(item, self.context.config.paths.failed, reason)
+            self.context.events.build_failed()
 
     def _candidates(self) -> tuple[set[str], list[Candidate]]:
         """Received series, and the exported stacks an item may match (read from their export sidecars)."""

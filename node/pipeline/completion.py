@@ -26,5 +26,7 @@ class Completion(Stage):
             if self.context.stopping.is_set():
                 series.release(row.series_uid)
                 continue
-            done += series.mark(row.series_uid, SeriesState.COMPLETE, if_revision=row.revision)
+            if series.mark(row.series_uid, SeriesState.COMPLETE, if_revision=row.revision):
+                self.context.events.series_completed()
+                done += 1
         return done

@@ -39,16 +39,28 @@ class Deliver(Stage):
             destination = create(config.destination(name), calling_ae=config.node.ae_title, timeout=config.send.timeout)
         except SegnodeError as exc:
             for row in rows:
-                store.mark_send_failed(row.id, error_line(exc))
+                if store.mark_send_failed(row.id, error_line(exc)):
+                    self.context.events.send_failed(name)
             return
         results = destination.send([row.seg_path for row in rows])
         settings = config.send
         for row, result in zip(rows, results, strict=True):
             if result.outcome is Outcome.SENT:
-                store.mark_send_ok(row.id)
+                if store.mark_send_ok(row.id):
+                    self.context.events.seg_sent(name, self._since_last_instance(row))
             elif result.outcome is Outcome.RETRY and row.attempts + 1 < settings.max_attempts:
                 delay = backoff_delay(row.attempts + 1, settings.backoff_initial, settings.backoff_max)
-                store.mark_send_retry(row.id, result.reason, self.context.clock() + delay)
+                if store.mark_send_retry(row.id, result.reason, self.context.clock() + delay):
+                    self.context.events.send_retry(name)
             else:
                 gave_up = f" (gave up after {row.attempts + 1} attempts)" if result.outcome is Outcome.RETRY else ""
-                store.mark_send_failed(row.id, result.reason + gave_up)
+                if store.mark_send_failed(row.id, result.reason + gave_up):
+                    self.context.events.send_failed(name)
+
+    def _since_last_instance(self, row: SendRow) -> float | None:
+        """Seconds from the last instance of the SEG's series to now (end-to-end latency); None when unknown."""
+        try:
+            series = self.state.series.get(row.series_uid) if row.series_uid else None
+        except SegnodeError:
+            return None  # a busy database must not stop delivery for a metric
+        return None if series is None else max(0.0, self.context.clock() - series.last_received_at)

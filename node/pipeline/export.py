@@ -221,16 +221,18 @@ class Export(Stage):
         except SegnodeError as exc:
             reason = f"series {uid}: {error_line(exc)}"
             log.warning("%s", reason)
-            self.state.series.mark(uid, SeriesState.FAILED, reason=reason, if_revision=row.revision)
+            if self.state.series.mark(uid, SeriesState.FAILED, reason=reason, if_revision=row.revision):
+                self.context.events.series_failed()
             return
         except Exception as exc:  # one bad series must not stop the stage; the reason is kept with the series
             log.exception("series %s: unexpected error", uid)
-            self.state.series.mark(
+            if self.state.series.mark(
                 uid,
                 SeriesState.FAILED,
                 reason=f"series {uid}: unexpected error: {error_line(exc)}",
                 if_revision=row.revision,
-            )
+            ):
+                self.context.events.series_failed()
             return
         marked = self.state.series.mark(
             uid, SeriesState.EXPORTED, export_version=row.revision, if_revision=row.revision
