@@ -253,6 +253,22 @@ class SqliteDatabase:
         with translated(f"{self.path}: {what}"), self._borrowed() as conn, transaction(conn):
             yield conn
 
+    def check_writable(self, timeout: float = 2.0) -> None:
+        """Prove a write would succeed now, changing nothing: take the write lock (waiting at most ``timeout``
+        seconds for another writer), write the header, roll back. StateUnavailableError when it cannot."""
+        with translated(f"{self.path}: write check"), self._borrowed() as conn:
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            try:
+                conn.execute("BEGIN IMMEDIATE")  # a read-only file takes this; only a write is refused
+                try:
+                    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                    conn.execute(f"PRAGMA user_version = {version}")
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+
     def close(self) -> None:
         """Close every idle connection; borrowed ones close when returned. A closed database refuses work."""
         with self._lock:
