@@ -6,80 +6,105 @@
 
 from __future__ import annotations
 
-import errno
 import logging
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, evt
+from pynetdicom import _config
 from pynetdicom.association import Association
 
+from node.destinations.dimse_connect import (
+    DicomPeer,
+    association_failure,
+    connect_failure,
+    describe_peer,
+    new_ae,
+    open_association,
+)
 from node.destinations.dimse_status import VERIFICATION, classify_status, sop_class_name
 from node.destinations.results import Outcome, SendResult, log_batch
-from node.errors import ConfigError
+from node.errors import ConfigError, error_line
+
+if TYPE_CHECKING:
+    import ssl
+
+    from node.config.sections import TlsConfig
 
 log = logging.getLogger(__name__)
 
 #: An association carries at most 128 presentation contexts (odd context IDs 1..255, PS3.8 9.3.2.2).
 MAX_CONTEXTS = 128
-#: Seconds a second, diagnostic connection attempt may take when the association could not connect.
-PROBE_TIMEOUT_S = 5.0
 #: Transfer syntaxes pynetdicom converts between when it must re-encode a dataset.
 _UNCOMPRESSED_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-
-
-class DicomPeer(Protocol):
-    """Anything with a DICOM destination's fields (``DicomDestination`` from the configuration)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def ae_title(self) -> str: ...
-    @property
-    def host(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-
-
-def describe_peer(dest: DicomPeer) -> str:
-    """``PACS pacs (PACS@10.0.0.5:104)``: how reasons and logs name a DICOM destination."""
-    return f"PACS {dest.name} ({dest.ae_title}@{dest.host}:{dest.port})"
 
 
 class StoreSCU:
     """A DICOM peer as a destination: ``send`` is C-STORE (one association per batch), ``check`` is C-ECHO.
 
-    Never raises for network trouble; raises :class:`~node.errors.ConfigError` only for an AE title pynetdicom
-    refuses (config validation should have).
+    Never raises for network trouble (a TLS handshake that fails included); raises
+    :class:`~node.errors.ConfigError` only for an AE title pynetdicom refuses (config validation should have) and
+    for a TLS peer without the ``[tls]`` section to verify it against.
 
     Parameters
     ----------
     peer
-        The peer's name, AE title, host and port.
+        The peer's name, AE title, host, port and whether it speaks DICOM TLS.
     calling_ae
         Our AE title.
     timeout
         Seconds allowed for the TCP connection, the association and each response.
+    tls
+        The node's ``[tls]`` section, for a peer with ``tls``: the CA bundle the server is verified against and
+        the certificate presented as client certificate. The SSL context is built on the first send or check.
     """
 
-    def __init__(self, peer: DicomPeer, *, calling_ae: str, timeout: float) -> None:
+    def __init__(self, peer: DicomPeer, *, calling_ae: str, timeout: float, tls: TlsConfig | None = None) -> None:
+        if peer.tls and tls is None:
+            raise ConfigError(f"destination {peer.name}: tls = true needs the [tls] section to verify the PACS against")
         self.peer = peer
         self.calling_ae = calling_ae
         self.timeout = timeout
+        self.tls = tls
+        self._context: ssl.SSLContext | None = None
 
     @property
     def name(self) -> str:
         return self.peer.name
 
     def describe(self) -> str:
-        return f"{self.peer.name} ({self.peer.ae_title}@{self.peer.host}:{self.peer.port})"
+        tls = ", TLS" if self.peer.tls else ""
+        return f"{self.peer.name} ({self.peer.ae_title}@{self.peer.host}:{self.peer.port}{tls})"
+
+    def _secure(self) -> ssl.SSLContext | None:
+        """The TLS context of a TLS peer (built once, then kept), None for a plain one.
+
+        Raises :class:`~node.dicom.tls.TlsFileError` when a ``[tls]`` file no longer loads.
+        """
+        if not self.peer.tls:
+            return None
+        if self._context is None:
+            from node.dicom.tls import client_context  # ssl contexts only for TLS destinations
+
+            assert self.tls is not None  # checked in __init__
+            self._context = client_context(self.tls)
+        return self._context
+
+    def _tls_problem(self) -> tuple[ssl.SSLContext | None, str | None]:
+        """The TLS context (None for a plain peer), or the one line saying why it cannot be built."""
+        if not self.peer.tls:
+            return None, None
+        from node.dicom.tls import TlsFileError
+
+        try:
+            return self._secure(), None
+        except TlsFileError as exc:
+            return None, f"{describe_peer(self.peer)}: {error_line(exc)}; fix the file, sends are retried"
 
     def send(self, paths: Sequence[Path]) -> list[SendResult]:
         """C-STORE ``paths``, one association for the batch (more only past :data:`MAX_CONTEXTS` contexts).
@@ -96,8 +121,12 @@ class StoreSCU:
             else:
                 items.append((index, read))
         position = {id(item): index for index, item in items}
+        context, problem = self._tls_problem() if items else (None, None)
         for batch in _batches([item for _, item in items]):
-            results = _send_association(self.peer, batch, self.calling_ae, self.timeout)
+            if problem is not None:
+                results = [SendResult(item.path, Outcome.RETRY, None, problem) for item in batch]
+            else:
+                results = _send_association(self.peer, batch, self.calling_ae, self.timeout, context)
             for item, result in zip(batch, results, strict=True):
                 slots[position[id(item)]] = result
         sent = [result for result in slots if result is not None]
@@ -108,16 +137,19 @@ class StoreSCU:
         """C-ECHO the peer: None if it answered with success, else one line saying what went wrong."""
         dest, timeout = self.peer, self.timeout
         who = describe_peer(dest)
-        ae = _new_ae(self.calling_ae, timeout)
+        context, problem = self._tls_problem()
+        if problem is not None:
+            return problem
+        ae = new_ae(self.calling_ae, timeout)
         ae.add_requested_context(VERIFICATION)
-        assoc, connected = _open(ae, dest, timeout)
+        assoc, connected = open_association(ae, dest, timeout, context)
         if assoc is None:
-            return f"{who} unreachable: {_unreachable_reason(dest, timeout)}"
+            return connect_failure(dest, timeout, context)
         if not assoc.is_established:
             answer = getattr(assoc.acceptor, "primitive", None)
             if answer is not None and answer.result == 0x00:
                 return f"{who}: destination does not accept Verification (C-ECHO)"
-            return _association_failure(dest, assoc, connected, timeout)
+            return association_failure(dest, assoc, connected, timeout, context)
         try:
             response = assoc.send_c_echo()
         finally:
@@ -186,74 +218,6 @@ def _batches(items: Sequence[_Item]) -> list[list[_Item]]:
     return [members for members, _ in batches]
 
 
-def _unreachable_reason(dest: DicomPeer, timeout: float) -> str:
-    """Why no TCP connection could be made, found by one plain connection attempt (pynetdicom only logs it)."""
-    # The association attempt already waited its full timeout; the probe only needs to name the error.
-    probe_timeout = min(timeout, PROBE_TIMEOUT_S)
-    try:
-        with socket.create_connection((dest.host, dest.port), timeout=probe_timeout):
-            return "could not open an association (the port answered a moment later)"
-    except socket.gaierror as exc:
-        return f"cannot resolve host name ({exc.strerror or exc})"
-    except TimeoutError:
-        return "connection timed out"
-    except OSError as exc:
-        if exc.errno == errno.ECONNREFUSED:
-            return "connection refused"
-        return (exc.strerror or str(exc)).lower()
-
-
-def _association_failure(dest: DicomPeer, assoc: Association, connected: bool, timeout: float) -> str:
-    who = describe_peer(dest)
-    if not connected:
-        return f"{who} unreachable: {_unreachable_reason(dest, timeout)}"
-    answer = getattr(assoc.acceptor, "primitive", None)
-    if assoc.is_rejected and answer is not None:
-        hint = "; check the AE titles in the configuration and on the PACS" if "AE title" in answer.reason_str else ""
-        return (
-            f"{who} rejected the association ({answer.result_str.lower()}, {answer.source_str}: "
-            f"{answer.reason_str}){hint}"
-        )
-    if answer is None:
-        return f"{who} did not answer the association request within {timeout:g} s"
-    return f"{who} aborted the association"
-
-
-def _open(ae: AE, dest: DicomPeer, timeout: float) -> tuple[Association | None, bool]:
-    """Associate; returns the association (None if the host name did not resolve) and whether TCP connected.
-
-    Raises ConfigError if the destination's AE title is not a valid one.
-    """
-    connected: list[bool] = []
-
-    def on_open(event: evt.Event) -> None:
-        connected.append(True)
-
-    try:
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, on_open)])
-    except OSError:
-        # Name resolution happens before pynetdicom's own error handling.
-        return None, False
-    except ValueError as exc:
-        raise ConfigError(
-            f"destination {dest.name}: AE title {dest.ae_title!r} cannot be used ({exc}); "
-            "fix its ae_title in the configuration"
-        ) from exc
-    return assoc, bool(connected)
-
-
-def _new_ae(calling_ae: str, timeout: float) -> AE:
-    try:
-        ae = AE(ae_title=calling_ae)
-    except ValueError as exc:
-        raise ConfigError(f"our AE title {calling_ae!r} cannot be used ({exc}); fix [node] ae_title") from exc
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = timeout
-    ae.connection_timeout = timeout
-    return ae
-
-
 class _NoResponse(Exception):
     """The peer did not acknowledge a C-STORE: the association is gone or cannot be trusted."""
 
@@ -283,20 +247,22 @@ def _store_one(assoc: Association, item: _Item) -> int:
     return int(response.Status)
 
 
-def _send_association(dest: DicomPeer, items: Sequence[_Item], calling_ae: str, timeout: float) -> list[SendResult]:
+def _send_association(
+    dest: DicomPeer, items: Sequence[_Item], calling_ae: str, timeout: float, tls: ssl.SSLContext | None
+) -> list[SendResult]:
     who = describe_peer(dest)
-    ae = _new_ae(calling_ae, timeout)
+    ae = new_ae(calling_ae, timeout)
     for sop_class, transfer_syntax in dict.fromkeys(c for item in items for c in _contexts_of(item)):
         ae.add_requested_context(sop_class, transfer_syntax)
-    assoc, connected = _open(ae, dest, timeout)
+    assoc, connected = open_association(ae, dest, timeout, tls)
     if assoc is None:
-        reason = f"{who} unreachable: {_unreachable_reason(dest, timeout)}"
+        reason = connect_failure(dest, timeout, tls)
         return [SendResult(item.path, Outcome.RETRY, None, reason) for item in items]
     answer = getattr(assoc.acceptor, "primitive", None)
     # Accepted but without a single usable context: pynetdicom aborts, yet the answer is about SOP classes.
     negotiated = answer is not None and answer.result == 0x00
     if not assoc.is_established and not negotiated:
-        reason = _association_failure(dest, assoc, connected, timeout)
+        reason = association_failure(dest, assoc, connected, timeout, tls)
         return [SendResult(item.path, Outcome.RETRY, None, reason) for item in items]
 
     accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}

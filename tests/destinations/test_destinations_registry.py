@@ -141,3 +141,23 @@ def test_backoff_grows_then_caps() -> None:
         assert 0.9 * exact[n - 1] <= jittered <= exact[n - 1]
     with pytest.raises(ValueError, match="attempt"):
         backoff_delay(0, 5.0, 300.0)
+
+
+def test_tls_reaches_only_the_factories_that_take_it(bucket_kind: None) -> None:
+    from node.config.sections import TlsConfig
+
+    tls = TlsConfig(ca_certificates=Path("/etc/ssl/ca.pem"))
+    # A kind registered before TLS existed keeps working when the node passes its [tls] section.
+    plain = destinations.create(BucketDestination("b", "segs"), calling_ae="ME", timeout=1.0, tls=tls)
+    assert isinstance(plain, Bucket) and plain.calling_ae == "ME"
+
+    given: list[TlsConfig | None] = []
+
+    def make_secure(config: BucketDestination, *, calling_ae: str, timeout: float, tls: TlsConfig | None) -> Bucket:
+        given.append(tls)
+        return Bucket(config, calling_ae, timeout)
+
+    destinations.register("bucket", make_secure, BucketDestination)
+    destinations.create(BucketDestination("b", "segs"), calling_ae="ME", timeout=1.0, tls=tls)
+    destinations.create(BucketDestination("b", "segs"), calling_ae="ME", timeout=1.0)
+    assert given == [tls, None]
