@@ -36,7 +36,9 @@ class Deliver(Stage):
     def _send_batch(self, name: str, rows: list[SendRow]) -> None:
         config, store = self.context.config, self.state.jobs
         try:
-            destination = create(config.destination(name), calling_ae=config.node.ae_title, timeout=config.send.timeout)
+            destination = create(
+                config.destination(name), calling_ae=config.node.ae_title, timeout=config.send.timeout, tls=config.tls
+            )
         except SegnodeError as exc:
             for row in rows:
                 if store.mark_send_failed(row.id, error_line(exc)):
