@@ -129,6 +129,11 @@ class HttpServer:
         return int(self._server.effective_port) if self._server is not None else 0
 
     @property
+    def address(self) -> tuple[str, int]:
+        """The host and port the socket is bound to, once started."""
+        return (str(self._server.effective_host), self.port) if self._server is not None else (self.bind, 0)
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
