@@ -9,6 +9,7 @@ tests and one-shot runs).
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import signal
 import threading
 import time
@@ -17,8 +18,10 @@ from types import FrameType
 
 from node.config import Config
 from node.convert.seg import AlgorithmInfo, SegOptions, SegType
+from node.dicom.counters import ReceiverCounters
 from node.dicom.receivers import ReceiverPool
 from node.dicom.scp import StorageSCP
+from node.diskspace import DiskGuard
 from node.durable import remove_temp_files
 from node.errors import TransientError
 from node.pipeline.build import Build
@@ -29,6 +32,9 @@ from node.pipeline.filing import find_moved_item, restore_item
 from node.pipeline.inbox import InboxWatcher
 from node.pipeline.intake import Intake
 from node.pipeline.stage import PipelineContext, Stage
+from node.service.health import Health, database_problem, health_route, oldest_pending_seconds, stage_health
+from node.service.http import HttpServer
+from node.service.metrics import Metrics
 from node.state import open_state
 from node.state.instances import InstanceStore
 from node.state.model import JobState
@@ -58,6 +64,15 @@ class Node:
         self.watcher: InboxWatcher | None = None
         self.stages: list[Stage] = []
         self._threads: list[threading.Thread] = []
+        #: The receivers count into shared memory held here, so counts survive a receiver process's restart.
+        self.counters = ReceiverCounters()
+        self.disk = DiskGuard.from_config(config)
+        self.metrics = Metrics([d.name for d in config.destinations])
+        self.metrics.watch_receivers(self.counters.snapshot)
+        self.metrics.watch_state(
+            self.state, disk_free_bytes=lambda: self.disk.check().free_bytes, heartbeats=self.heartbeats
+        )
+        self.http: HttpServer | None = None
         options = SegOptions(
             seg_type=SegType(config.seg.type),
             algorithm=AlgorithmInfo(
@@ -65,7 +80,9 @@ class Node:
             ),
             series_description=config.seg.series_description,
         )
-        self.context = PipelineContext(config=config, options=options, state=self.state, clock=clock)
+        self.context = PipelineContext(
+            config=config, options=options, state=self.state, clock=clock, events=self.metrics
+        )
 
     @property
     def stopping(self) -> threading.Event:
@@ -95,6 +112,11 @@ class Node:
         """Prepare, then start the listener, the inbox watcher and (unless ``threads`` is false, for burst mode
         with :meth:`run_until_idle`) the stage threads; returns at once."""
         self.prepare()
+        if self.config.http.port:
+            # First: an address already in use fails the start before anything else runs.
+            routes = {"/healthz": health_route(self.health), "/metrics": self.metrics.route}
+            self.http = HttpServer(self.config.http.bind, self.config.http.port, routes)
+            self.http.start()
         if self.config.node.receive_processes > 1:
             self.receivers = ReceiverPool(self.config, self.config.node.receive_processes)
             self.receivers.start()
@@ -143,6 +165,8 @@ class Node:
             self.watcher.stop()
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self.http is not None:
+            self.http.stop()  # last: /healthz answers 503 while the node drains
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
             log.warning("stopping with %s still busy; their work resumes at next start", ", ".join(alive))
@@ -208,6 +232,36 @@ class Node:
                 raise TimeoutError(f"pipeline still busy after {timeout:g} s")
             if not done:
                 time.sleep(0.05)
+
+    @property
+    def http_port(self) -> int:
+        """The port /healthz and /metrics are served on; 0 when ``[http] port = 0`` or not started."""
+        return self.http.port if self.http is not None else 0
+
+    def listening(self) -> bool:
+        """Whether the DICOM listener serves: the in-process SCP, or the pool's socket with every receiver alive."""
+        if self.scp is not None:
+            return self.scp.running
+        if self.receivers is not None:
+            pids = self.receivers.pids
+            alive = {process.pid for process in multiprocessing.active_children()}
+            return bool(pids) and all(pid in alive for pid in pids)
+        return False
+
+    def stopped_stages(self) -> list[str]:
+        """Stages whose thread has ended (none in burst mode, where the caller's thread steps them)."""
+        return [stage.name for stage, thread in zip(self.stages, self._threads, strict=False) if not thread.is_alive()]
+
+    def health(self) -> Health:
+        """What GET /healthz answers: listener, database, disk, backlog and stages, each checked now."""
+        return Health(
+            listening=self.listening(),
+            database_problem=database_problem(self.state),
+            disk=self.disk.check(),
+            reserve_bytes=self.disk.reserve_bytes,
+            oldest_pending_job_seconds=oldest_pending_seconds(self.state, self.context.clock()),
+            stages=stage_health(self.heartbeats(), self.stopped_stages(), self.config.node.stall_seconds),
+        )
 
     def heartbeats(self) -> dict[str, float]:
         """Seconds since each stage last stepped."""
