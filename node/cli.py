@@ -78,6 +78,21 @@ def _parser() -> argparse.ArgumentParser:
     ping = with_config("echo", "check a configured destination (C-ECHO a DICOM one)")
     ping.add_argument("destination", nargs="?", help="destination name (default: every DICOM destination)")
     ping.set_defaults(handler=_echo)
+    demo = commands.add_parser("demo", help="see segnode work without a PACS: a phantom CT in, a SEG out")
+    demo.add_argument(
+        "--output", type=Path, default=Path("segnode-demo"), help="folder the SEG ends in (default ./segnode-demo)"
+    )
+    demo.add_argument(
+        "--exit-when-done",
+        "--no-wait",
+        dest="exit_when_done",
+        action="store_true",
+        help="exit once the SEG is ready instead of running until Ctrl-C",
+    )
+    demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the SEG (default 120)")
+    demo.add_argument("--port", type=int, default=0, help="DICOM port (default: a free one)")
+    demo.add_argument("--http-port", type=int, default=0, help="HTTP port of the status page (default: a free one)")
+    demo.set_defaults(handler=_demo)
     return parser
 
 
@@ -169,6 +184,20 @@ def _echo(args: argparse.Namespace) -> int:
         print(f"{block.describe()}: {problem or 'ok'}")
         failures += problem is not None
     return 1 if failures else 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from node.service.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        output=args.output,
+        exit_when_done=args.exit_when_done,
+        timeout=args.timeout,
+        port=args.port,
+        http_port=args.http_port,
+        verbose=args.verbose,
+    )
+    return run_demo(options)
 
 
 def configure_logging(args: argparse.Namespace) -> None:
