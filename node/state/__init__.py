@@ -26,9 +26,11 @@ from typing import Protocol
 
 from node.state.model import (
     CLAIM_LEASE_SECONDS,
+    FINISHED_SERIES,
     HINT_GRACE_SECONDS,
     JobRow,
     JobState,
+    RemovedJob,
     SendRow,
     SeriesRow,
     SeriesState,
@@ -113,6 +115,32 @@ class SeriesIndex(Protocol):
         """How many series are in each state (every state present)."""
         ...
 
+    def expired_series(
+        self,
+        before: float,
+        *,
+        states: Iterable[SeriesState | str] = FINISHED_SERIES,
+        now: float | None = None,
+        limit: int | None = None,
+    ) -> list[SeriesRow]:
+        """Series retention may remove, oldest first: in ``states``, last active (an instance received, a state
+        change) before ``before``, claimed by no node, and needed by no job (none that is unfinished or finished
+        at or after ``before``; none at all while a job waits to be matched, as it may match any series)."""
+        ...
+
+    def remove_series(
+        self,
+        series_uid: str,
+        *,
+        before: float,
+        states: Iterable[SeriesState | str] = FINISHED_SERIES,
+        now: float | None = None,
+    ) -> list[Path] | None:
+        """Forget one series and its instances (one transaction) if it is still expired as
+        :meth:`expired_series` says; the instance files it listed, for the caller to delete. None: kept (an
+        instance arrived, a job needs it, a node claimed it). A re-sent instance afterwards starts a new series."""
+        ...
+
 
 class JobStore(Protocol):
     """Jobs (one inbox item each) and their sends (one per destination); see :mod:`node.state.sqlite_jobs`."""
@@ -189,6 +217,16 @@ class JobStore(Protocol):
     def retry(self, job_id: int, *, now: float | None = None) -> JobState:
         """``segnode retry``: re-open a FAILED job (BUILT when it has a SEG, else PENDING) or make a RETRY_WAIT
         one due now; JobStateError for a job in progress or sent. Its new state."""
+        ...
+
+    def expired_jobs(self, before: float, *, now: float | None = None, limit: int | None = None) -> list[JobRow]:
+        """Jobs retention may remove, oldest first: SENT or FAILED (every send done), last updated before
+        ``before``, claimed by no node."""
+        ...
+
+    def remove_job(self, job_id: int, *, before: float, now: float | None = None) -> RemovedJob | None:
+        """Forget one job and its sends (one transaction) if it is still expired as :meth:`expired_jobs` says;
+        None when it was kept (re-opened by ``segnode retry``, or unknown)."""
         ...
 
 

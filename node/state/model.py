@@ -135,6 +135,19 @@ class JobRow:
     lease_until: float | None = None
 
 
+#: Series states in which a series is finished with: what retention may remove once it is old enough.
+FINISHED_SERIES = (SeriesState.EXPORTED, SeriesState.FAILED)
+
+
+@dataclass(frozen=True)
+class RemovedJob:
+    """A job retention removed from the state, for deleting its files: the row as it was, and whether another
+    job still uses its SEG file (the same item built again gets the same SEG UID, so the same file)."""
+
+    job: JobRow
+    seg_shared: bool
+
+
 def item_signature(path: Path) -> str:
     """What identifies one version of an inbox item: size and mtime of the file, or of every file in a folder.
 

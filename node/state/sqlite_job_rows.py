@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from node.errors import InputError
 from node.state.model import JobRow, JobState, JobStateError, SendRow, SendState
@@ -68,7 +68,9 @@ class JobRows(ClaimingStore):
             lease_until=row["lease_until"],
         )
 
-    def _jobs(self, conn: sqlite3.Connection, query: str, params: Sequence[object]) -> list[JobRow]:
+    def _jobs(
+        self, conn: sqlite3.Connection, query: str, params: Sequence[object] | Mapping[str, object]
+    ) -> list[JobRow]:
         return [self._job_row(conn, row) for row in conn.execute(query, params).fetchall()]
 
     def _holds(self, conn: sqlite3.Connection, table: str, row_id: int, action: str) -> bool:

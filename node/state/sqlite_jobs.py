@@ -24,12 +24,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from node.errors import InputError
-from node.state.model import JobRow, JobState, item_signature
+from node.state.model import JobRow, JobState, RemovedJob, item_signature
 from node.state.sqlite_job_rows import _RELEASE, _TO_BUILD
 from node.state.sqlite_schema import now_or_clock
 from node.state.sqlite_sends import SendTransitions
 
 log = logging.getLogger(__name__)
+
+#: What retention may remove: finished (so every send is done), old, and no node holds it.
+_EXPIRED = (
+    "j.state IN ('sent', 'failed') AND j.updated_at < :before AND (j.claimed_by IS NULL OR j.lease_until < :now)"
+    " AND NOT EXISTS (SELECT 1 FROM sends s WHERE s.job_id = j.id AND s.state IN ('pending', 'retry_wait'))"
+)
 
 
 class SqliteJobStore(SendTransitions):
@@ -282,3 +288,31 @@ class SqliteJobStore(SendTransitions):
                 )
         log.info("job %d re-opened by retry: %s -> %s", job_id, state.value, new_state.value)
         return new_state
+
+    def expired_jobs(self, before: float, *, now: float | None = None, limit: int | None = None) -> list[JobRow]:
+        """Jobs retention may remove: SENT or FAILED, every send done, last updated before ``before``, unclaimed;
+        oldest first."""
+        query = f"SELECT * FROM jobs j WHERE {_EXPIRED} ORDER BY j.updated_at, j.id"
+        query += "" if limit is None else f" LIMIT {int(limit)}"
+        with self.database.reading("list expired jobs") as conn:
+            return self._jobs(conn, query, {"before": before, "now": now_or_clock(now)})
+
+    def remove_job(self, job_id: int, *, before: float, now: float | None = None) -> RemovedJob | None:
+        """Delete an expired job and its sends in one transaction, checking in it that the job is still expired;
+        the row as it was and whether another job shares its SEG file, or None when it was kept."""
+        params = {"id": job_id, "before": before, "now": now_or_clock(now)}
+        with self.database.writing(f"remove job {job_id}") as conn:
+            row = conn.execute(f"SELECT * FROM jobs j WHERE j.id = :id AND {_EXPIRED}", params).fetchone()
+            if row is None:
+                return None
+            job = self._job_row(conn, row)
+            shared = row["seg_path"] is not None and (
+                conn.execute(
+                    "SELECT 1 FROM jobs WHERE seg_path = ? AND id != ? LIMIT 1", (row["seg_path"], job_id)
+                ).fetchone()
+                is not None
+            )
+            conn.execute("DELETE FROM sends WHERE job_id = ?", (job_id,))
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        log.debug("job %d removed (%s, last updated %.0f)", job_id, job.state.value, job.updated_at)
+        return RemovedJob(job, seg_shared=shared)

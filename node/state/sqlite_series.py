@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from node.errors import InputError
-from node.state.model import HINT_GRACE_SECONDS, SeriesRow, SeriesState
+from node.state.model import FINISHED_SERIES, HINT_GRACE_SECONDS, SeriesRow, SeriesState
 from node.state.sqlite_schema import ClaimingStore, now_or_clock
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,22 @@ _DUE = (
     " AND s.hint_at >= s.last_received_at AND s.hint_at <= :hinted_before))"
 )
 _CLAIMABLE = "(s.claimed_by IS NULL OR s.lease_until < :now)"
+#: What retention may remove (the states are spliced in as literals of SeriesState values, never user text): old,
+#: unclaimed, and no job needs it: none unfinished or finished recently refers to it, and none waits to be matched
+#: (it may match any series by geometry or name).
+_EXPIRED = (
+    "s.state IN ({states}) AND MAX(s.last_received_at, s.updated_at) < :before AND " + _CLAIMABLE + " AND NOT EXISTS"
+    " (SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid AND (j.state NOT IN ('sent', 'failed')"
+    " OR j.updated_at >= :before)) AND NOT EXISTS"
+    " (SELECT 1 FROM jobs j WHERE j.series_uid IS NULL AND j.state NOT IN ('sent', 'failed'))"
+)
+
+
+def _expired(states: Iterable[SeriesState | str]) -> str:
+    values = sorted({SeriesState(state).value for state in states})
+    if not values:
+        raise InputError("retention: no series state given to remove series in")
+    return _EXPIRED.format(states=", ".join(f"'{value}'" for value in values))
 
 
 def _series_row(row: sqlite3.Row) -> SeriesRow:
@@ -287,3 +303,42 @@ class SqliteSeriesIndex(ClaimingStore):
             for row in conn.execute("SELECT state, COUNT(*) AS n FROM series GROUP BY state"):
                 counts[SeriesState(row["state"])] = row["n"]
         return counts
+
+    def expired_series(
+        self,
+        before: float,
+        *,
+        states: Iterable[SeriesState | str] = FINISHED_SERIES,
+        now: float | None = None,
+        limit: int | None = None,
+    ) -> list[SeriesRow]:
+        """Series retention may remove (see :meth:`node.state.SeriesIndex.expired_series`), oldest first."""
+        query = _SERIES_SELECT + f" WHERE {_expired(states)} ORDER BY s.last_received_at, s.series_uid"
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+        with self.database.reading("list expired series") as conn:
+            rows = conn.execute(query, {"before": before, "now": now_or_clock(now)}).fetchall()
+        return [_series_row(row) for row in rows]
+
+    def remove_series(
+        self,
+        series_uid: str,
+        *,
+        before: float,
+        states: Iterable[SeriesState | str] = FINISHED_SERIES,
+        now: float | None = None,
+    ) -> list[Path] | None:
+        """Delete the rows of an expired series and its instances in one transaction, checking in it that the
+        series is still expired; the instance files (absolute) the rows named, or None when the series was kept."""
+        params = {"uid": series_uid, "before": before, "now": now_or_clock(now)}
+        with self.database.writing(f"remove series {series_uid}") as conn:
+            found = conn.execute(
+                f"SELECT 1 FROM series s WHERE s.series_uid = :uid AND {_expired(states)}", params
+            ).fetchone()
+            if found is None:
+                return None
+            rows = conn.execute("SELECT path FROM instances WHERE series_uid = ?", (series_uid,)).fetchall()
+            conn.execute("DELETE FROM instances WHERE series_uid = ?", (series_uid,))
+            conn.execute("DELETE FROM series WHERE series_uid = ?", (series_uid,))
+        log.debug("series %s removed from the index (%d instances)", series_uid, len(rows))
+        return sorted(self.paths.load(row["path"]) for row in rows)

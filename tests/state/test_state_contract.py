@@ -822,3 +822,177 @@ def test_a_closed_state_refuses_work_with_a_transient_error(state: State, backen
     for call in calls:
         with pytest.raises(StateUnavailableError):
             call()
+
+
+# -- retention -------------------------------------------------------------------------------------------------------
+
+DAY = 86_400.0
+
+
+def finished_series(state: State, data: Path, n: int, at: float, final: SeriesState = SeriesState.EXPORTED) -> str:
+    """Series ``n`` received at ``at`` and taken to ``final`` (exported or failed) a minute later."""
+    uid = series_uid(n)
+    receive(state, data, uid, f"{n}.1", at)
+    receive(state, data, uid, f"{n}.2", at)
+    claimed = [r.series_uid for r in state.series.claim_due(QUIET, now=at + 60)]
+    for other in claimed:
+        if other != uid:
+            state.series.release(other)  # others due too are not this helper's to finish
+    assert uid in claimed
+    assert state.series.mark(uid, final, reason="bad pixels" if final is SeriesState.FAILED else None, now=at + 60)
+    return uid
+
+
+def job_of(state: State, data: Path, name: str, series: str, at: float, *, seg: str | None = None) -> int:
+    """A job for ``series`` built at ``at`` with one send to "pacs" (still open), its SEG ``segs/<seg>.dcm``."""
+    job_id = new_job(state, data, name, at=at)
+    assert state.jobs.claim_job(job_id, now=at) is not None
+    assert state.jobs.mark_matched(job_id, series, now=at)
+    assert state.jobs.mark_built(job_id, data / "segs" / f"{seg or name}.dcm", SEG_UID, ["pacs"], now=at)
+    return job_id
+
+
+def send_all(state: State, job_id: int, at: float, *, ok: bool = True) -> None:
+    """The job's sends done at ``at`` (ok or failed); other jobs' sends are left as they were."""
+    others = False
+    for send in state.jobs.claim_sends(now=at):
+        if send.job_id != job_id:
+            others = True
+        elif ok:
+            assert state.jobs.mark_send_ok(send.id, now=at)
+        else:
+            assert state.jobs.mark_send_failed(send.id, "no", now=at)
+    if others:
+        state.jobs.release_claims()
+
+
+def test_expired_series_are_finished_old_unclaimed_and_needed_by_no_job(backend: Backend, state: State) -> None:
+    data, before = backend.data, T0 + 30 * DAY
+    old_exported = finished_series(state, data, 1, T0)
+    old_failed = finished_series(state, data, 2, T0 + 1, SeriesState.FAILED)
+    young = finished_series(state, data, 3, before - 30)  # exported after `before`
+    receive(state, data, series_uid(4), "4.1", T0)  # still receiving, however old
+    needed = finished_series(state, data, 5, T0)
+    job_of(state, data, "pending-send.nii.gz", needed, T0 + 100)  # its send is still open
+    recently_sent = finished_series(state, data, 6, T0)
+    sent = job_of(state, data, "recent.nii.gz", recently_sent, T0 + 100)
+    send_all(state, sent, before + 1)  # finished, but after `before`: it may still be retried
+    long_sent = finished_series(state, data, 7, T0)
+    old_job = job_of(state, data, "old.nii.gz", long_sent, T0 + 100)
+    send_all(state, old_job, T0 + 200)
+
+    expired = state.series.expired_series(before, now=before)
+    assert [r.series_uid for r in expired] == [old_exported, long_sent, old_failed]
+    assert young not in {r.series_uid for r in expired}
+    assert [r.series_uid for r in state.series.expired_series(before, now=before, limit=1)] == [old_exported]
+    # Complete series count only when the caller says so (export turned off: complete is as far as they go).
+    assert state.series.expired_series(before, states=[SeriesState.COMPLETE], now=before) == []
+    with pytest.raises(InputError):
+        state.series.expired_series(before, states=[])
+
+
+def test_a_job_waiting_to_be_matched_keeps_every_series(backend: Backend, state: State) -> None:
+    old = finished_series(state, backend.data, 1, T0)
+    waiting = new_job(state, backend.data, "unmatched.nii.gz", at=T0)  # may match any series
+    assert state.series.expired_series(T0 + DAY, now=T0 + DAY) == []
+    assert state.series.remove_series(old, before=T0 + DAY, now=T0 + DAY) is None
+    state.jobs.claim_job(waiting, now=T0 + 1)
+    assert state.jobs.mark_failed(waiting, "no series fits", now=T0 + 2)
+    assert [r.series_uid for r in state.series.expired_series(T0 + DAY, now=T0 + DAY)] == [old]
+
+
+def test_a_removed_series_is_forgotten_and_a_resent_instance_starts_a_fresh_one(backend: Backend, state: State) -> None:
+    data, before = backend.data, T0 + DAY
+    uid = finished_series(state, data, 1, T0)
+    kept = finished_series(state, data, 2, T0)
+    files = state.series.instances(uid)
+    assert state.series.remove_series(uid, before=before, now=before) == files and len(files) == 2
+    assert state.series.get(uid) is None and state.series.instances(uid) == []
+    assert state.series.remove_series(uid, before=before, now=before) is None  # gone: nothing more to remove
+    assert [r.series_uid for r in state.series.list_series()] == [kept]
+    assert state.series.counts()[SeriesState.EXPORTED] == 1
+    # The same series sent again: a new series from its first instance, not the old one re-opened.
+    assert receive(state, data, uid, "1.9", before + 5) and not state.series.record_instance(
+        uid, STUDY, "1.10", CT, data / "instances" / uid / "1.10.dcm", 100, before + 6
+    )
+    fresh = state.series.get(uid)
+    assert fresh is not None
+    assert (fresh.state, fresh.revision, fresh.instance_count, fresh.export_version) == (
+        SeriesState.RECEIVING,
+        2,
+        2,
+        None,
+    )
+    assert fresh.first_received_at == before + 5
+    assert [r.series_uid for r in state.series.claim_due(QUIET, now=before + 6 + QUIET)] == [uid]
+
+
+def test_a_series_that_changed_or_was_claimed_since_it_was_listed_is_kept(backend: Backend) -> None:
+    state, other = backend.open("node-a"), backend.open("node-b")
+    before = T0 + DAY
+    changed = finished_series(state, backend.data, 1, T0)
+    claimed = finished_series(state, backend.data, 2, T0)
+    assert len(state.series.expired_series(before, now=before)) == 2
+    receive(state, backend.data, changed, "1.3", before - 1)  # a late instance re-opens it
+    assert [r.series_uid for r in other.series.claim_in_state(SeriesState.EXPORTED, now=before)] == [claimed]
+    assert state.series.remove_series(changed, before=before, now=before) is None
+    assert state.series.remove_series(claimed, before=before, now=before) is None
+    still = state.series.get(changed)
+    assert still is not None and still.instance_count == 3 and still.state is SeriesState.RECEIVING
+    assert state.series.get(claimed) is not None
+    # Once the other node's lease has run out, the claim no longer protects it.
+    later = before + LEASE + 1
+    assert state.series.remove_series(claimed, before=before, now=later) is not None
+
+
+def test_expired_jobs_are_finished_old_and_unclaimed(backend: Backend, state: State) -> None:
+    data, before = backend.data, T0 + DAY
+    sent = job_of(state, data, "sent.nii.gz", series_uid(1), T0)
+    send_all(state, sent, T0 + 10)
+    failed = job_of(state, data, "failed.nii.gz", series_uid(1), T0)
+    send_all(state, failed, T0 + 20, ok=False)
+    waiting = job_of(state, data, "waiting.nii.gz", series_uid(1), T0)
+    [send] = [s for s in state.jobs.claim_sends(now=T0 + 30) if s.job_id == waiting]
+    assert state.jobs.mark_send_retry(send.id, "busy", before + 600, now=T0 + 30)
+    pending = new_job(state, data, "pending.nii.gz", at=T0)
+    young = job_of(state, data, "young.nii.gz", series_uid(1), T0)
+    send_all(state, young, before)  # finished exactly at `before`: not before it
+    never_built = new_job(state, data, "never.nii.gz", at=T0)
+    state.jobs.claim_job(never_built, now=T0)
+    assert state.jobs.mark_failed(never_built, "not a NIfTI file", now=T0 + 40)
+
+    assert [j.id for j in state.jobs.expired_jobs(before, now=before)] == [sent, failed, never_built]
+    assert [j.id for j in state.jobs.expired_jobs(before, now=before, limit=2)] == [sent, failed]
+    assert pending not in {j.id for j in state.jobs.expired_jobs(T0 + 100 * DAY)}
+
+
+def test_a_removed_job_is_forgotten_with_its_sends_and_a_shared_seg_is_said_so(backend: Backend, state: State) -> None:
+    data, before = backend.data, T0 + DAY
+    # The same item dropped twice (new signature) builds the same SEG UID, so the same file.
+    first = job_of(state, data, "liver.nii.gz", series_uid(1), T0, seg="same")
+    second = job_of(state, data, "liver-again.nii.gz", series_uid(1), T0 + 5, seg="same")
+    for job_id in (first, second):
+        send_all(state, job_id, T0 + 10)
+    removed = state.jobs.remove_job(first, before=before, now=before)
+    assert removed is not None and removed.seg_shared
+    assert (removed.job.id, removed.job.state, removed.job.seg_path) == (first, JobState.SENT, data / "segs/same.dcm")
+    assert removed.job.inbox_path == data / "inbox" / "liver.nii.gz" and removed.job.signature == "file:1:liver.nii.gz"
+    with pytest.raises(InputError):
+        state.jobs.get(first)
+    assert state.jobs.remove_job(first, before=before, now=before) is None
+    last = state.jobs.remove_job(second, before=before, now=before)
+    assert last is not None and not last.seg_shared
+    assert state.jobs.list_jobs() == [] and state.jobs.claim_sends(now=before + DAY) == []
+    # The item dropped again after its job was removed is a new job, not the old one's state.
+    again = state.jobs.get(new_job(state, data, "liver.nii.gz", at=before))
+    assert (again.state, again.created_at, again.seg_path, again.sends) == (JobState.PENDING, before, None, ())
+
+
+def test_a_job_reopened_since_it_was_listed_is_kept(backend: Backend, state: State) -> None:
+    before = T0 + DAY
+    job_id = job_of(state, backend.data, "liver.nii.gz", series_uid(1), T0)
+    send_all(state, job_id, T0 + 10, ok=False)
+    assert [j.id for j in state.jobs.expired_jobs(before, now=before)] == [job_id]
+    assert state.jobs.retry(job_id, now=T0 + 20) is JobState.BUILT  # `segnode retry`, e.g. by the operator
+    assert state.jobs.remove_job(job_id, before=before, now=before) is None
+    assert state.jobs.get(job_id).state is JobState.BUILT
