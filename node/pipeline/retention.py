@@ -1,0 +1,174 @@
+"""Retention: what is finished and older than ``[retention] days`` is removed, files and state rows.
+
+Age is measured from the last activity the state knows (the last instance received or the series' last state
+change; the job's last update), never from a file's age. Removed, once old enough:
+
+* finished jobs (SENT, or FAILED: terminal either way, so their reason goes too) with their SEG in ``segs/``
+  (unless another job still uses the same file) and their inbox item in ``processed/`` or ``failed/`` (the item's
+  folder, found by the signature its ``reason.txt`` records);
+* finished series (exported or failed; complete too when export is off) with their instance files and folder
+  and their exports (``<uid>.nii.gz``, ``.json``, ``_stackN`` files).
+
+Nothing that is still on its way is touched: not a receiving series, not a job that is pending, building or has a
+send open, not a series such a job refers to (nor any series while a job waits to be matched). The state row is
+removed first, in one transaction that re-checks all this, then the files; a file written after the cut-off (an
+instance re-sent while the sweep ran) is never deleted. A crash between the two leaves a few files for the
+operator, never a row whose files are gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.pipeline.inbox import REASON_FILE
+from node.pipeline.stage import PipelineContext, Stage
+from node.state.model import FINISHED_SERIES, JobRow, SeriesState
+
+log = logging.getLogger(__name__)
+
+#: Seconds between sweeps: retention counts in days, so a few minutes late is nothing.
+SWEEP_SECONDS = 300.0
+#: Rows handled per state query, so a first sweep over a large backlog stops promptly when the node stops.
+BATCH = 200
+DAY_SECONDS = 86_400.0
+
+
+@dataclass
+class Sweep:
+    """What one sweep removed."""
+
+    series: int = 0
+    instances: int = 0
+    exports: int = 0
+    jobs: int = 0
+    segs: int = 0
+    items: int = 0
+
+    def describe(self, days: float) -> str:
+        return (
+            f"retention: removed {self.series} series ({self.instances} instance files, {self.exports} export files)"
+            f" and {self.jobs} jobs ({self.segs} SEGs, {self.items} inbox items) finished more than {days:g} days ago"
+        )
+
+
+def _remove_file(path: Path, before: float) -> bool:
+    """Delete ``path`` unless it is gone or was written at or after ``before`` (then it is new, not ours)."""
+    try:
+        if path.stat().st_mtime >= before:
+            log.info("retention: %s was written after the cut-off; kept", path)
+            return False
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _item_folders(root: Path, job: JobRow) -> list[Path]:
+    """The folders :func:`node.pipeline.filing.move_item` made for this job's item below ``root``."""
+    label = f"_{job.inbox_path.name[:200]}"
+    signature = f"signature: {job.signature}\n"
+    found = []
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False) and entry.name.endswith(label):
+            try:
+                text = (Path(entry.path) / REASON_FILE).read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            if signature in text:
+                found.append(Path(entry.path))
+    return found
+
+
+class Retention(Stage):
+    """Removes finished series and jobs older than ``[retention] days`` (0: keeps everything); see the module."""
+
+    name = "retention"
+
+    def __init__(self, context: PipelineContext) -> None:
+        super().__init__(context)
+        self._last_sweep: float | None = None
+
+    def step(self) -> int:
+        days = self.context.config.retention.days
+        now = self.context.clock()
+        if days <= 0 or (self._last_sweep is not None and now - self._last_sweep < SWEEP_SECONDS):
+            return 0
+        self._last_sweep = now
+        before = now - days * DAY_SECONDS
+        sweep = Sweep()
+        # Jobs first: a series is kept while a job that is not yet removed refers to it.
+        self._jobs(before, now, sweep)
+        self._series(before, now, sweep)
+        if sweep.series or sweep.jobs:
+            log.info("%s", sweep.describe(days))
+        else:
+            log.debug("%s", sweep.describe(days))
+        return sweep.series + sweep.jobs
+
+    def _stopping(self) -> bool:
+        return self.context.stopping.is_set()
+
+    def _jobs(self, before: float, now: float, sweep: Sweep) -> None:
+        paths, store = self.context.config.paths, self.state.jobs
+        seen: set[int] = set()
+        while not self._stopping():
+            batch = [job for job in store.expired_jobs(before, now=now, limit=BATCH) if job.id not in seen]
+            if not batch:
+                return
+            for job in batch:
+                seen.add(job.id)
+                if self._stopping():
+                    return
+                removed = store.remove_job(job.id, before=before, now=now)
+                if removed is None:
+                    continue
+                sweep.jobs += 1
+                seg = removed.job.seg_path
+                if seg is not None and not removed.seg_shared and _remove_file(seg, before):
+                    sweep.segs += 1
+                for root in (paths.processed, paths.failed):
+                    for folder in _item_folders(root, removed.job):
+                        shutil.rmtree(folder, ignore_errors=True)
+                        sweep.items += 1
+
+    def _series(self, before: float, now: float, sweep: Sweep) -> None:
+        config, index = self.context.config, self.state.series
+        states: tuple[SeriesState, ...] = FINISHED_SERIES
+        if not config.export.enabled:
+            states += (SeriesState.COMPLETE,)  # without export, complete is as far as a series goes
+        seen: set[str] = set()
+        while not self._stopping():
+            batch = [
+                row
+                for row in index.expired_series(before, states=states, now=now, limit=BATCH)
+                if row.series_uid not in seen
+            ]
+            if not batch:
+                return
+            for row in batch:
+                uid = row.series_uid
+                seen.add(uid)
+                if self._stopping():
+                    return
+                files = index.remove_series(uid, before=before, states=states, now=now)
+                if files is None:
+                    continue
+                sweep.series += 1
+                sweep.instances += sum(_remove_file(path, before) for path in files)
+                for folder in {path.parent for path in files}:
+                    # Not empty (an instance re-sent meanwhile is kept) or already gone: left as it is.
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+                export = config.paths.export
+                exports = [export / f"{uid}.nii.gz", export / f"{uid}.json"]
+                exports += sorted(export.glob(f"{uid}_stack*.nii.gz")) + sorted(export.glob(f"{uid}_stack*.json"))
+                sweep.exports += sum(_remove_file(path, before) for path in exports)
