@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TextIO
 
 from node import logs
 from node.config import Config
@@ -98,7 +98,10 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
         node: Node | None = None
         try:
             say(f"working folder {work} (removed when the demo ends)")
-            output.mkdir(parents=True, exist_ok=True)
+            try:
+                output.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DemoError(f"preparing the output folder {output}: {error_line(exc)}") from exc
             with _node_log(output / "node.log", options.verbose) as errors:
                 say(f"node log: {output / 'node.log'}")
                 phantom = write_phantom(work / "phantom")
@@ -115,7 +118,7 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
                 seg, sop_uid = _wait_for_seg(node, phantom, output, options.timeout, stop, errors, say)
                 say(f"SEG ready: {seg}")
                 say(_qc_line(node, sop_uid, output, stop))
-                http = _http_port(node)
+                http = node.http_port
                 say(f"status page: http://{LOOPBACK}:{http}/" if http else "status page: not served by this node")
                 if options.exit_when_done:
                     return 0
@@ -337,14 +340,6 @@ def _qc_line(node: Node, sop_uid: str, output: Path, stop: threading.Event) -> s
     copy = output / picture.name
     shutil.copyfile(picture, copy)
     return f"QC picture: {copy}"
-
-
-def _http_port(node: Node) -> int | None:
-    """The port of the node's HTTP endpoint, if it serves one (``node.http_port`` or ``node.http.port``)."""
-    found: Any = getattr(node, "http_port", None)
-    if found is None:
-        found = getattr(getattr(node, "http", None), "port", None)
-    return found if isinstance(found, int) and found > 0 else None
 
 
 def _remove(work: Path, say: Callable[[str], None]) -> None:

@@ -84,7 +84,6 @@ def run(nifti: Path, out: Path) -> dict[str, int]:
     payload = result.to_bytes()
     if out.name.endswith(".gz"):
         payload = gzip.compress(payload, compresslevel=1)
-    out.parent.mkdir(parents=True, exist_ok=True)
     table = json.dumps(label_table(), indent=2) + "\n"
     # The sidecar first: once the label map appears, its table is already beside it.
     _write_atomically(sidecar_path(out), lambda p: p.write_text(table, encoding="utf-8"))
