@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,6 +23,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from node.dicom.access import RejectionKind
+from node.dicom.counters import REFUSAL_KINDS, ReceiverSnapshot
 from node.errors import SegnodeError, error_line
 from node.service.http import Request, Response
 from node.state import State
@@ -36,25 +37,8 @@ BUILD_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
 END_TO_END_BUCKETS = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
 
 #: Association rejection reasons and C-STORE refusals always exported, so a rate of 0 is a series, not a gap.
-REJECTION_REASONS = ("calling_aet", "called_aet", "source", "limit", "disk")
-REFUSAL_STATUSES = ("out_of_resources", "cannot_understand", "processing_failure")
-
-
-class ReceiverSnapshot(Protocol):
-    """What :class:`ReceiverCollector` reads (:class:`node.dicom.counters.ReceiverSnapshot`)."""
-
-    @property
-    def instances_received(self) -> int: ...
-    @property
-    def bytes_received(self) -> int: ...
-    @property
-    def associations_accepted(self) -> int: ...
-    @property
-    def associations_rejected(self) -> Mapping[str, int]: ...
-    @property
-    def stores_refused(self) -> Mapping[str, int]: ...
-    @property
-    def open_associations(self) -> int: ...
+REJECTION_REASONS = tuple(kind.value for kind in RejectionKind)
+REFUSAL_STATUSES = REFUSAL_KINDS
 
 
 def _by_key(known: Sequence[str], counts: Mapping[str, int]) -> list[tuple[str, int]]:
