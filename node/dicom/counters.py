@@ -180,6 +180,10 @@ class ReceiverCounters:
             if self._values[index] > 0:  # forget_open may have cleared the row meanwhile
                 self._values[index] -= 1
 
+    def open_in(self, number: int) -> int:
+        """Associations receiver ``number`` holds open."""
+        return int(self._values[number * _COLUMNS + _OPEN])
+
     def forget_open(self, number: int) -> int:
         """Clear receiver ``number``'s open associations (it died with them); returns how many there were."""
         with self._admitting():

@@ -2,7 +2,9 @@
 
 :func:`open_listener` binds once, in the main process; the in-process :class:`~node.dicom.scp.StorageSCP` or
 several receiver processes (:mod:`node.dicom.receivers`) then serve that one socket through
-:class:`ListenerServer`.
+:class:`ListenerServer`. For DICOM TLS the server wraps each accepted connection and runs the handshake on the
+connection's own thread; and it reports the end of every association's thread, where admission gives back its
+slot (:mod:`node.dicom.admission`).
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +61,88 @@ def open_listener(
             time.sleep(0.5)
 
 
-class ListenerServer(ThreadedAssociationServer):
-    """pynetdicom's association server, serving a socket opened beforehand (:func:`open_listener`)."""
+#: Seconds a TLS client has to complete its handshake unless the server is told otherwise.
+HANDSHAKE_SECONDS = 30.0
 
-    def __init__(self, *args: Any, listener: socket.socket, **kwargs: Any) -> None:
+
+class _ExitReportingHandler(RequestHandler):
+    """pynetdicom's request handler, whose associations report to their server when their thread ends."""
+
+    server: ListenerServer
+
+    def _create_association(self) -> Any:
+        assoc = super()._create_association()
+        reactor = assoc.run
+        server = self.server
+
+        def run_then_report() -> None:
+            try:
+                reactor()
+            finally:
+                server.association_exited(assoc)
+
+        # The association's own thread runs this: its end is the one point every path reaches (release, abort,
+        # rejection, timeout, the peer vanishing, an exception), which events cannot promise.
+        assoc.run = run_then_report  # type: ignore[method-assign]
+        return assoc
+
+
+class ListenerServer(ThreadedAssociationServer):
+    """pynetdicom's association server, serving a socket opened beforehand (:func:`open_listener`).
+
+    Parameters
+    ----------
+    listener
+        The listening socket.
+    on_exit
+        Called with each association on its own thread as that thread ends (exceptions are logged).
+    handshake_seconds
+        With an ``ssl_context``: how long a client has for its TLS handshake. The handshake runs on the
+        connection's own thread, not in ``accept``, so a client that never completes it delays nobody else.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        listener: socket.socket,
+        on_exit: Callable[[Any], None] | None = None,
+        handshake_seconds: float = HANDSHAKE_SECONDS,
+        **kwargs: Any,
+    ) -> None:
         self._listener = listener
+        self.on_exit = on_exit
+        self.handshake_seconds = handshake_seconds
+        kwargs.setdefault("request_handler", _ExitReportingHandler)
         super().__init__(*args, **kwargs)
+
+    def association_exited(self, assoc: Any) -> None:
+        if self.on_exit is None:
+            return
+        try:
+            self.on_exit(assoc)
+        except Exception:
+            log.exception("association exit handler failed")
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        context = self.ssl_context  # read per connection: a reload may have replaced it
+        if context is not None:
+            client = context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(self.handshake_seconds)
+                request.do_handshake()
+                request.settimeout(None)
+            except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
+                host, port = client_address[0], client_address[1]
+                log.warning("TLS handshake with %s:%s failed: %s", host, port, getattr(exc, "reason", None) or exc)
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
 
     def server_bind(self) -> None:
         if self.socket is not None:

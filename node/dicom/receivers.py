@@ -14,6 +14,13 @@ finish for a while, then are aborted). When the main process dies, its receivers
 processes, and leaves no orphan holding the port. Nothing acknowledged is lost either way, since a success status
 is only sent once the instance is on disk and indexed. A receiver that exits while the node runs is started
 again.
+
+The receivers count into one :class:`~node.dicom.counters.ReceiverCounters` made by the parent (shared memory,
+so counts survive a receiver's restart, and the association limit holds over all receivers together). With
+``[tls] port`` every receiver serves the TLS socket too, with an SSL context it builds itself from the config
+(contexts do not pickle). On SIGHUP (:meth:`ReceiverPool.reload`) a receiver reads its configuration file again
+and applies it to new associations (:meth:`StorageSCP.apply`); a file that does not load leaves the old one in
+force, with the reason logged.
 """
 
 from __future__ import annotations
@@ -31,9 +38,12 @@ from types import FrameType
 from typing import Any
 
 from node import logs
-from node.config import Config
+from node.config import Config, load_config
+from node.dicom.counters import ROWS, ReceiverCounters
 from node.dicom.listener import open_listener
 from node.dicom.scp import ABORT_WAIT_SECONDS, StorageSCP
+from node.dicom.tls import TlsFileError
+from node.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -56,75 +66,149 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def serve(config: Config, listener: socket.socket, number: int, parent_pid: int, log_level: int) -> None:
-    """A receiver process's body: serve ``listener`` until SIGTERM/SIGINT or the parent's death."""
-    stop = threading.Event()
+def _reload(scp: StorageSCP, config: Config) -> Config:
+    """``config`` read again from its file and applied to ``scp``; on error the old one, with the reason logged."""
+    if config.source is None:
+        log.error("reload: the configuration was not read from a file; keeping it")
+        return config
+    try:
+        fresh = load_config(config.source)
+        scp.apply(fresh)
+    except (ConfigError, TlsFileError) as exc:
+        log.error("reload: keeping the previous configuration: %s", exc)
+        return config
+    return fresh
 
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
+
+def serve(
+    config: Config,
+    listener: socket.socket | None,
+    number: int,
+    parent_pid: int,
+    log_level: int,
+    counters: ReceiverCounters | None = None,
+    tls_listener: socket.socket | None = None,
+) -> None:
+    """A receiver process's body: serve ``listener`` (and ``tls_listener``) until SIGTERM/SIGINT or the parent's
+    death; SIGHUP reloads the configuration."""
+    stop = threading.Event()
+    wake = threading.Event()
+    reloads: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            reloads.append(signum)
+        else:
+            stop.set()
+        wake.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    # The pool blocks SIGHUP while it starts a receiver (a SIGHUP before this point would kill it); any that
+    # came meanwhile is delivered now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     logs.configure(log_level, process=f"receiver-{number}")
     _die_with_parent(parent_pid)
-    scp = StorageSCP.from_config(config, listener=listener)
+    scp = StorageSCP.from_config(
+        config,
+        listener=listener,
+        tls_listener=tls_listener,
+        counters=counters.for_receiver(number) if counters is not None else None,
+    )
     scp.start()
     drain = DRAIN_SECONDS
     try:
-        while not stop.wait(1.0):
+        while not stop.is_set():
+            wake.wait(1.0)
+            wake.clear()
             if os.getppid() != parent_pid:
                 log.error("the node's main process is gone; stopping at once")
                 drain = 0.0
                 break
+            if reloads and not stop.is_set():
+                reloads.clear()
+                config = _reload(scp, config)
     finally:
         scp.stop(drain_seconds=drain)
 
 
 class ReceiverPool:
-    """``processes`` receiver processes serving one listening socket on ``[node] bind:port``.
+    """``processes`` receiver processes serving the listening sockets of ``[node] bind:port`` and ``[tls] port``.
 
     Start it from the thread that will also stop it and that lives as long as the node (the main thread):
     Linux sends the parent-death signal when the *thread* that started a process exits.
+
+    ``counters`` must have a row per receiver (the default :data:`~node.dicom.counters.ROWS` has); None: the pool
+    makes its own (:attr:`counters`).
     """
 
-    def __init__(self, config: Config, processes: int) -> None:
+    def __init__(self, config: Config, processes: int, *, counters: ReceiverCounters | None = None) -> None:
+        if counters is not None and counters.rows <= processes:
+            raise ValueError(f"counters of {counters.rows} rows cannot count {processes} receivers (row 0 is spare)")
         self.config = config
         self.processes = processes
+        self.counters = counters if counters is not None else ReceiverCounters(rows=max(ROWS, processes + 1))
         self._context: Any = multiprocessing.get_context("spawn")
         self._listener: socket.socket | None = None
+        self._tls_listener: socket.socket | None = None
         self._workers: dict[int, Any] = {}
-        self.port = config.node.port
+        self.port = config.node.port if config.tls.plain else 0
+        self.tls_port = config.tls.port
 
     def start(self) -> None:
-        """Bind the address and start the receivers; returns at once (connections wait in the socket's backlog
+        """Bind the addresses and start the receivers; returns at once (connections wait in the sockets' backlog
         until a receiver is up to accept them).
 
         Raises
         ------
         OSError
-            The address cannot be bound.
+            An address cannot be bound.
         """
-        self._listener = open_listener(self.config.node.bind, self.config.node.port)
-        self.port = int(self._listener.getsockname()[1])
+        node, tls = self.config.node, self.config.tls
+        try:
+            if tls.plain:
+                self._listener = open_listener(node.bind, node.port)
+                self.port = int(self._listener.getsockname()[1])
+            if tls.port:
+                self._tls_listener = open_listener(node.bind, tls.port)
+                self.tls_port = int(self._tls_listener.getsockname()[1])
+        except BaseException:
+            self._close_listeners()
+            raise
         for number in range(1, self.processes + 1):
             self._start(number)
+        ports = ", ".join(
+            f"{port} ({kind})" for port, kind in ((self.port, "plain"), (self.tls_port, "TLS")) if port
+        )
         log.info(
-            "listening as %s on %s:%d with %d receiver processes",
-            self.config.node.ae_title,
-            self.config.node.bind,
-            self.port,
-            self.processes,
+            "listening as %s on %s: %s with %d receiver processes", node.ae_title, node.bind, ports, self.processes
         )
 
+    def _close_listeners(self) -> None:
+        for listener in (self._listener, self._tls_listener):
+            if listener is not None:
+                listener.close()  # the receivers hold their own copies until they stop
+        self._listener = self._tls_listener = None
+
     def _start(self, number: int) -> None:
-        assert self._listener is not None
-        process = self._context.Process(
-            target=serve,
-            name=f"segnode-receiver-{number}",
-            daemon=True,
-            args=(self.config, self._listener, number, os.getpid(), logging.getLogger().getEffectiveLevel()),
+        args = (
+            self.config,
+            self._listener,
+            number,
+            os.getpid(),
+            logging.getLogger().getEffectiveLevel(),
+            self.counters,
+            self._tls_listener,
         )
-        process.start()
+        process = self._context.Process(target=serve, name=f"segnode-receiver-{number}", daemon=True, args=args)
+        # Blocked here, SIGHUP stays blocked in the new process (the mask survives fork and exec) until serve()
+        # has a handler for it: a reload during start-up must not kill the receiver.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         self._workers[number] = process
 
     @property
@@ -132,21 +216,38 @@ class ReceiverPool:
         """Process IDs of the receivers, in receiver order."""
         return [process.pid for _, process in sorted(self._workers.items())]
 
+    @property
+    def running(self) -> bool:
+        return self._listener is not None or self._tls_listener is not None
+
     def check(self) -> None:
         """Start again every receiver that has exited (called periodically while the node runs)."""
-        if self._listener is None:
+        if not self.running:
             return
         for number, process in list(self._workers.items()):
             if not process.is_alive():
                 log.error("receiver %d exited with status %s; starting it again", number, process.exitcode)
                 process.close()
+                lost = self.counters.forget_open(number)  # its associations died with it
+                if lost:
+                    log.warning("receiver %d took %d open association(s) with it", number, lost)
                 self._start(number)
+
+    def reload(self, config: Config | None = None) -> None:
+        """Ask every receiver to read its configuration file again (SIGHUP); ``config``, when given, is what
+        receivers started from now on begin with."""
+        if config is not None:
+            self.config = config
+        for process in self._workers.values():
+            if process.is_alive() and process.pid is not None:
+                try:
+                    os.kill(process.pid, signal.SIGHUP)
+                except ProcessLookupError:
+                    continue  # exited meanwhile; check() starts it again with the new config
 
     def stop(self) -> None:
         """Stop accepting, let every receiver drain, and kill those still running after :data:`STOP_SECONDS`."""
-        if self._listener is not None:
-            self._listener.close()  # the receivers hold their own copies until they stop
-            self._listener = None
+        self._close_listeners()
         workers = list(self._workers.values())
         self._workers.clear()
         for process in workers:

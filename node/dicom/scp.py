@@ -5,51 +5,43 @@ is durable on disk (:class:`~node.state.instances.InstanceStore`) and its index 
 (:meth:`node.state.SeriesIndex.record_instance`); nothing else happens on the association thread: pixel data is never
 decoded, the only parsing is of the header up to the series and study UIDs.
 
-Failures become DICOM statuses in exactly one place, :func:`store_status`: a full disk (or a locked/full
-database) is ``0xA700`` Out of Resources, so the sender retries later; an instance that cannot be parsed or lacks
-usable UIDs is ``0xC000`` Cannot Understand, with a one-line reason logged and sent as Error Comment; anything
-unexpected is ``0x0110`` Processing Failure, logged with its traceback. The server keeps serving in every case.
+Failures become DICOM statuses in exactly one place, :func:`~node.dicom.status.store_status`: ``0xA700`` for a
+full disk (past the ``[disk]`` reserve, or ENOSPC) or a busy database, ``0xC000`` for what cannot be parsed,
+``0x0110`` for the unexpected. The server keeps serving in every case.
+
+Who may associate is decided before negotiation by :mod:`node.dicom.admission`; every outcome is counted in
+:class:`~node.dicom.counters.ReceiverCounters`. With ``[tls] port`` the SCP also serves a DICOM TLS socket, and
+with ``[tls] plain = false`` only that one. :meth:`StorageSCP.apply` takes a new configuration's access policy,
+limits and certificates for new associations without touching open ones.
 
 State access: the SCP opens the node's state (:func:`node.state.open_state`), which gives each association thread
 a connection of its own; only the short index write is serialised by the database, so concurrent associations
-write and fsync their files in parallel. The socket it serves comes from :mod:`node.dicom.listener`.
+write and fsync their files in parallel. The sockets it serves come from :mod:`node.dicom.listener`.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    JPEG2000,
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
-from pynetdicom import AE, _config, evt
-from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom import evt
 
 from node.config import Config
-from node.dicom.listener import ListenerServer, open_listener
+from node.dicom.access import AccessPolicy
+from node.dicom.admission import Admission, AssociationGate
+from node.dicom.counters import ReceiverCounters
+from node.dicom.endpoints import PLAIN, TLS, Endpoints
+from node.dicom.entity import MAX_PDU_BYTES, TRANSFER_SYNTAXES, NetworkSettings, application_entity
+from node.dicom.listener import open_listener
 from node.dicom.part10 import UnreadableInstanceError, file_meta, read_identity
+from node.dicom.sessions import AssociationEnd, Sessions
 from node.dicom.status import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_OUT_OF_RESOURCES,
@@ -58,6 +50,8 @@ from node.dicom.status import (
     StoreOutcome,
     store_status,
 )
+from node.dicom.tls import server_context
+from node.diskspace import DiskGuard
 from node.errors import SegnodeError, TransientError
 from node.state import State, open_state
 from node.state.instances import InstanceStore, check_uid
@@ -81,28 +75,6 @@ __all__ = [
     "store_status",
 ]
 
-#: Transfer syntaxes accepted for storage; instances are stored exactly as sent, in the syntax the peer chose.
-TRANSFER_SYNTAXES: tuple[UID, ...] = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    JPEGBaseline8Bit,  # 1.2.840.10008.1.2.4.50
-    JPEGExtended12Bit,  # .51
-    JPEGLossless,  # .57
-    JPEGLosslessSV1,  # .70
-    JPEGLSLossless,  # .80
-    JPEGLSNearLossless,  # .81
-    JPEG2000Lossless,  # .90
-    JPEG2000,  # .91
-    RLELossless,  # 1.2.840.10008.1.2.5
-)
-
-#: The largest PDU the node accepts. Senders split a data set into PDUs of at most this size, and pynetdicom's
-#: per-PDU decoding costs CPU: 1 MiB instead of its 16 KiB default cuts the receiver's CPU per instance by a
-#: fifth (bench/bench_ingest.py) for 1 MiB of buffer per association.
-MAX_PDU_BYTES = 1 << 20
-
 #: How long :meth:`StorageSCP.stop` waits for aborted associations' threads to end.
 ABORT_WAIT_SECONDS = 2.0
 
@@ -111,30 +83,6 @@ def _join_all(threads: list[threading.Thread], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     for thread in threads:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
-
-
-@dataclass(frozen=True)
-class AssociationEnd:
-    """What an association that stored instances did, reported when it is released or aborted.
-
-    ``finished_series`` are the series of ``series_uids`` that no other open association has stored instances
-    of: the ones a release can hint as complete.
-    """
-
-    calling_ae: str
-    peer: str
-    series_uids: frozenset[str]
-    finished_series: frozenset[str]
-    instances: int
-    aborted: bool
-
-
-@dataclass
-class _Session:
-    calling_ae: str
-    peer: str
-    series_uids: set[str] = field(default_factory=set)
-    instances: int = 0
 
 
 class StorageSCP:
@@ -148,6 +96,7 @@ class StorageSCP:
         The state database; the SCP opens the state (:func:`node.state.open_state`) for ``store.root`` on it.
     ae_title, bind, port, max_associations
         As ``[node]`` in the config; ``port=0`` lets the OS pick one (read it back from :attr:`port`).
+        ``max_associations`` counts in ``counters``, over every receiver sharing them.
     listener
         A socket from :func:`open_listener` to serve instead of binding ``bind:port``; several processes can
         serve the same one. :meth:`stop` closes this process's copy.
@@ -159,13 +108,20 @@ class StorageSCP:
         they complete after a short grace instead of the full quiet period.
     clock
         Time source for ``received_at`` (POSIX seconds).
-
-    Examples
-    --------
-    ::
-
-        with StorageSCP(InstanceStore(data), data / "segnode.sqlite3", port=0) as scp:
-            print(scp.port)
+    counters
+        Where instances, associations and refusals are counted, and open associations admitted; None: counters
+        of this SCP's own (:attr:`counters`).
+    access
+        Who may associate; None: anyone, whatever AE title they call.
+    disk
+        Refuse new associations and C-STOREs while it reports no room; None: no check but the writes' own.
+    network
+        PDU size and timeouts (``[node] max_pdu`` and the three timeouts).
+    tls_port, tls_context, tls_listener
+        With ``tls_context``: also serve DICOM TLS on ``bind:tls_port`` (or on ``tls_listener``); read the port
+        back from :attr:`tls_port`.
+    plain
+        False: serve only the TLS socket.
     """
 
     def __init__(
@@ -181,23 +137,39 @@ class StorageSCP:
         hint_completion: bool = True,
         clock: Callable[[], float] = time.time,
         listener: socket.socket | None = None,
+        counters: ReceiverCounters | None = None,
+        access: AccessPolicy | None = None,
+        disk: DiskGuard | None = None,
+        network: NetworkSettings | None = None,
+        tls_port: int = 0,
+        tls_context: ssl.SSLContext | None = None,
+        tls_listener: socket.socket | None = None,
+        plain: bool = True,
     ) -> None:
         self.store = store
         self.database = Path(database)
         self.ae_title = ae_title
         self.bind = bind
         self.requested_port = port
-        self._bound_port = port
-        self.max_associations = max_associations
         self.on_association_end = on_association_end
         self.hint_completion = hint_completion
         self.clock = clock
-        self._listener = listener
+        self.counters = counters if counters is not None else ReceiverCounters(rows=1)
+        self.network = network or NetworkSettings()
+        policy = access or AccessPolicy(ae_title, require_called_aet=False)
+        self._gate = AssociationGate(Admission(policy, max_associations, disk), self.counters)
+        self._endpoints = Endpoints(
+            bind,
+            port=port,
+            listener=listener,
+            plain=plain,
+            tls_port=tls_port,
+            tls_context=tls_context,
+            tls_listener=tls_listener,
+        )
         self._state: State | None = None
-        self._sessions: dict[int, _Session] = {}
-        self._sessions_lock = threading.Lock()
+        self._sessions = Sessions()
         self._ae: Any = None
-        self._server: Any = None
 
     @classmethod
     def from_config(
@@ -207,8 +179,16 @@ class StorageSCP:
         on_association_end: Callable[[AssociationEnd], None] | None = None,
         hint_completion: bool = True,
         listener: socket.socket | None = None,
+        tls_listener: socket.socket | None = None,
+        counters: ReceiverCounters | None = None,
+        disk: DiskGuard | None = None,
     ) -> StorageSCP:
-        """An SCP for ``config``'s ``[node]`` and ``[paths]`` (not started)."""
+        """An SCP for ``config``'s ``[node]``, ``[paths]``, ``[tls]`` and ``[disk]`` (not started).
+
+        ``disk`` defaults to a guard of ``[disk]``. Raises :class:`~node.dicom.tls.TlsFileError` when a TLS
+        listener is configured and its files do not load.
+        """
+        tls = config.tls
         return cls(
             InstanceStore(config.paths.data),
             config.paths.database,
@@ -219,57 +199,90 @@ class StorageSCP:
             on_association_end=on_association_end,
             hint_completion=hint_completion,
             listener=listener,
+            counters=counters,
+            access=AccessPolicy.from_config(config.node),
+            disk=disk if disk is not None else DiskGuard.from_config(config),
+            network=NetworkSettings.from_config(config.node),
+            tls_port=tls.port,
+            tls_context=server_context(tls) if tls.port else None,
+            tls_listener=tls_listener,
+            plain=tls.plain,
         )
 
+    @property
+    def admission(self) -> Admission:
+        """What new associations must pass (replaced by :meth:`apply`)."""
+        return self._gate.admission
+
+    @property
+    def max_associations(self) -> int:
+        return self._gate.admission.max_associations
+
+    def apply(self, config: Config, *, disk: DiskGuard | None = None) -> None:
+        """Take ``config``'s access policy, association limit, network limits, ``[disk]`` (or ``disk``) and TLS
+        certificates for new associations; open associations go on as they are.
+
+        What needs new sockets (AE title, bind, ports, ``[tls] plain``) or another data folder is left as it is,
+        with a warning: it takes a restart. Raises :class:`~node.dicom.tls.TlsFileError`, changing nothing, when
+        the TLS files do not load.
+        """
+        context = server_context(config.tls) if self._endpoints.serves_tls and config.tls.port else None
+        self._warn_fixed(config)
+        self._gate.admission = Admission(
+            AccessPolicy.from_config(config.node),
+            config.node.max_associations,
+            disk if disk is not None else DiskGuard.from_config(config),
+        )
+        self.network = NetworkSettings.from_config(config.node)
+        if self._ae is not None:
+            self.network.apply(self._ae)
+        if context is not None:
+            self._endpoints.use_tls_context(context)
+        log.info("applied the configuration of %s to new associations", config.source or "(defaults)")
+
+    def _warn_fixed(self, config: Config) -> None:
+        fixed = {
+            "[node] ae_title": (self.ae_title, config.node.ae_title),
+            "[node] bind": (self.bind, config.node.bind),
+            "[node] port": (self._endpoints.requested_port(PLAIN), config.node.port if config.tls.plain else None),
+            "[tls] port": (self._endpoints.requested_port(TLS) or 0, config.tls.port),
+            "[paths] data": (self.store.root, config.paths.data),
+        }
+        for key, (now, wanted) in fixed.items():
+            if now != wanted:
+                log.warning("%s changed from %s to %s: that takes a restart of the node", key, now, wanted)
+
     def _application_entity(self) -> Any:
-        if not logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
-            # pynetdicom's standard handlers build a log message for every PDU and DIMSE message, logged or not;
-            # with its logger at WARNING (node.logs) that is a tenth of the receiver's CPU for nothing.
-            _config.LOG_HANDLER_LEVEL = "none"
-        ae = AE(ae_title=self.ae_title)
-        ae.maximum_associations = self.max_associations
-        ae.maximum_pdu_size = MAX_PDU_BYTES
-        # supported_contexts has no 128-context limit (that applies to what a requestor proposes).
-        for context in AllStoragePresentationContexts:
-            if context.abstract_syntax is not None:
-                ae.add_supported_context(context.abstract_syntax, list(TRANSFER_SYNTAXES))
-        ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian])
-        return ae
+        return application_entity(self.ae_title, self.network)
 
     def start(self) -> None:
-        """Open the database and start listening; returns at once (the server runs in background threads).
+        """Open the database and start listening; returns at once (the servers run in background threads).
 
         Raises
         ------
         OSError
-            The address cannot be bound (port in use, no permission for ports below 1024).
+            An address cannot be bound (port in use, no permission for ports below 1024).
         """
-        if self._server is not None:
+        if self._ae is not None:
             return
         self._state = open_state(self.store.root, self.database)
-        self._ae = self._application_entity()
-        handlers = [
+        ae = self._application_entity()
+        handlers = [*self._gate.handlers(), *self._store_handlers()]
+        try:
+            self._endpoints.start(ae, handlers, on_exit=self._gate.exited, handshake_seconds=self.network.acse_timeout)
+        except BaseException:
+            self._state.close()
+            self._state = None
+            raise
+        self._ae = ae
+
+    def _store_handlers(self) -> list[tuple[Any, Any]]:
+        return [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
-        try:
-            listener = self._listener or open_listener(self.bind, self.requested_port)
-            self._listener = None  # the server owns it now
-            server = self._ae.make_server(
-                listener.getsockname(), evt_handlers=handlers, server_class=ListenerServer, listener=listener
-            )
-        except BaseException:
-            self._state.close()
-            self._state = None
-            raise
-        # As AE.start_server(block=False) does: AE.shutdown() and server.shutdown() expect it in the list.
-        self._ae._servers.append(server)
-        threading.Thread(target=server.serve_forever, name=f"segnode-accept-{self.ae_title}", daemon=True).start()
-        self._server = server
-        self._bound_port = int(server.server_address[1])
-        log.info("listening as %s on %s:%d", self.ae_title, self.bind, self.port)
 
     def stop(self, drain_seconds: float = 5.0) -> None:
         """Stop accepting associations, let open ones finish, then close the database connection.
@@ -278,10 +291,8 @@ class StorageSCP:
         acknowledged, so their senders will send them again. Takes at most ``drain_seconds`` plus
         :data:`ABORT_WAIT_SECONDS`.
         """
-        ae, server = self._ae, self._server
-        self._ae = self._server = None
-        if server is not None:
-            server.shutdown()  # closes the listening socket; open associations go on
+        ae, self._ae = self._ae, None
+        self._endpoints.shutdown()  # open associations go on
         if ae is not None:
             _join_all(ae.active_associations, drain_seconds)
             remaining = ae.active_associations
@@ -292,7 +303,7 @@ class StorageSCP:
         state, self._state = self._state, None
         if state is not None:
             state.close()
-        if server is not None:
+        if ae is not None:
             log.info("stopped listening as %s", self.ae_title)
 
     def __enter__(self) -> StorageSCP:
@@ -304,12 +315,18 @@ class StorageSCP:
 
     @property
     def port(self) -> int:
-        """The port listened on (the OS's pick when constructed with ``port=0``, once started)."""
-        return self._bound_port
+        """The plain port listened on (the OS's pick when constructed with ``port=0``, once started); 0 when only
+        TLS listens."""
+        return self._endpoints.port(PLAIN)
+
+    @property
+    def tls_port(self) -> int:
+        """The TLS port listened on, as :attr:`port`; 0 without a TLS listener."""
+        return self._endpoints.port(TLS)
 
     @property
     def running(self) -> bool:
-        return self._server is not None
+        return self._ae is not None
 
     @staticmethod
     def _peer(event: Any) -> tuple[str, str]:
@@ -322,9 +339,14 @@ class StorageSCP:
         sop_uid = str(request.AffectedSOPInstanceUID or "").strip()
         with store_status(f"C-STORE {sop_uid or '(no SOP Instance UID)'} from {calling_ae} at {peer}") as outcome:
             self._store(event, calling_ae, peer)
+        if outcome.status != STATUS_SUCCESS:
+            self.counters.refused(outcome.status)
         return outcome.response()
 
     def _store(self, event: Any, calling_ae: str, peer: str) -> None:
+        disk = self._gate.admission.disk
+        if disk is not None:
+            disk.require_room()
         request = event.request
         sop_uid = check_uid(str(request.AffectedSOPInstanceUID or ""), "Affected SOP Instance UID")
         sop_class_uid = check_uid(str(request.AffectedSOPClassUID or ""), "Affected SOP Class UID")
@@ -340,10 +362,8 @@ class StorageSCP:
         if state is None:
             raise TransientError("the node is stopping; retry later")
         state.series.record_instance(series_uid, study_uid, sop_uid, sop_class_uid, path, size, received_at)
-        with self._sessions_lock:
-            session = self._sessions.setdefault(id(event.assoc), _Session(calling_ae, peer))
-            session.series_uids.add(series_uid)
-            session.instances += 1
+        self._sessions.stored(id(event.assoc), calling_ae, peer, series_uid)
+        self.counters.stored(size)
         log.debug("stored %s of series %s from %s (%d bytes)", sop_uid, series_uid, calling_ae, size)
 
     def _on_released(self, event: Any) -> None:
@@ -357,28 +377,10 @@ class StorageSCP:
         self._end(event, aborted=True)
 
     def _end(self, event: Any, *, aborted: bool) -> None:
-        with self._sessions_lock:
-            session = self._sessions.pop(id(event.assoc), None)
-            if session is None:
-                return
-            still_sending = set().union(*(s.series_uids for s in self._sessions.values()))
-        finished = frozenset(session.series_uids - still_sending)
-        ending = AssociationEnd(
-            calling_ae=session.calling_ae,
-            peer=session.peer,
-            series_uids=frozenset(session.series_uids),
-            finished_series=finished,
-            instances=session.instances,
-            aborted=aborted,
-        )
-        log.info(
-            "association from %s at %s %s: %d instance(s) of %d series",
-            session.calling_ae,
-            session.peer,
-            "aborted" if aborted else "released",
-            session.instances,
-            len(session.series_uids),
-        )
+        ending = self._sessions.end(id(event.assoc), aborted=aborted)
+        if ending is None:
+            return
+        finished = ending.finished_series
         if self.hint_completion and not aborted and finished:
             try:
                 state = self._state
@@ -391,4 +393,4 @@ class StorageSCP:
             try:
                 self.on_association_end(ending)
             except Exception:
-                log.exception("association-end callback failed for %s at %s", session.calling_ae, session.peer)
+                log.exception("association-end callback failed for %s at %s", ending.calling_ae, ending.peer)

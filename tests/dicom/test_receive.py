@@ -26,6 +26,7 @@ from pydicom.uid import (
     JPEG2000Lossless,
 )
 from pynetdicom import AE
+from raw_pdu import associate_rq, recv_exactly
 
 from node.config import load_config
 from node.dicom.scp import (
@@ -267,38 +268,6 @@ def test_scp_from_config(tmp_path: Path) -> None:
 
 
 # -- peers that misbehave (raw sockets) ----------------------------------------------------------------------------
-
-
-def _item(kind: int, payload: bytes) -> bytes:
-    return struct.pack(">BBH", kind, 0, len(payload)) + payload
-
-
-def associate_rq(called: str, calling: str, abstract_syntax: str, transfer_syntax: str) -> bytes:
-    """A minimal A-ASSOCIATE-RQ PDU (PS3.8 9.3.2), written by hand so the test does not trust pynetdicom."""
-    context = (
-        struct.pack(">BBBB", 1, 0, 0, 0) + _item(0x30, abstract_syntax.encode()) + _item(0x40, transfer_syntax.encode())
-    )
-    user = _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.826.0.1.3680043.8.498.1")
-    body = (
-        struct.pack(">HH", 1, 0)
-        + called.ljust(16).encode()
-        + calling.ljust(16).encode()
-        + bytes(32)
-        + _item(0x10, b"1.2.840.10008.3.1.1.1")
-        + _item(0x20, context)
-        + _item(0x50, user)
-    )
-    return struct.pack(">BBI", 0x01, 0, len(body)) + body
-
-
-def recv_exactly(sock: socket.socket, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        chunk = sock.recv(count - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def test_half_a_pdu_header_then_hang_up(node: Node) -> None:
