@@ -8,6 +8,7 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import synthetic as syn
@@ -36,7 +37,10 @@ def sender_command(calling_ae: str, port: int, files: tuple[Path, ...]) -> list[
 
 @pytest.fixture
 def pool(tmp_path: Path) -> Iterator[ReceiverPool]:
-    sections = {"node": {"max_associations": LIMIT}, "disk": {"reserve_mb": 0, "max_usage_percent": 100.0}}
+    sections: dict[str, dict[str, Any]] = {
+        "node": {"max_associations": LIMIT},
+        "disk": {"reserve_mb": 0, "max_usage_percent": 100.0},
+    }
     config = load_config(write_config(tmp_path / "node", free_port(), folder_destination(), sections=sections))
     config.paths.data.mkdir(parents=True, exist_ok=True)
     receivers = ReceiverPool(config, 2, counters=ReceiverCounters())
