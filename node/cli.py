@@ -14,6 +14,7 @@ from pathlib import Path
 import node
 from node import logs
 from node.config import DEFAULT_CONFIG, Config, load_config
+from node.config.effective import effective_toml
 from node.convert import build_seg_from_input, error_line, write_dataset_atomically
 from node.convert.seg import AlgorithmInfo, SegOptions, SegType
 from node.convert.series import choose_stack, find_stacks
@@ -56,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--algorithm-version", default=defaults.algorithm.version, help="algorithm version")
     convert.add_argument("--series-description", default=defaults.series_description)
+    convert.add_argument(
+        "--qc",
+        type=Path,
+        metavar="FILE.png",
+        help="also write a QC picture of the SEG as written (and FILE.json beside it with per-segment figures)",
+    )
     convert.set_defaults(handler=_convert)
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -78,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     ping = with_config("echo", "check a configured destination (C-ECHO a DICOM one)")
     ping.add_argument("destination", nargs="?", help="destination name (default: every DICOM destination)")
     ping.set_defaults(handler=_echo)
+    service = commands.add_parser("install-service", help="install the systemd unit, its user and its folders")
+    service.add_argument(
+        "--config", type=Path, help="config to install if /etc/segnode/segnode.toml is absent (default: the checkout's)"
+    )
+    service.add_argument("--root", type=Path, default=Path("/"), help="install into this staging root (default /)")
+    service.add_argument("--dry-run", action="store_true", help="print what would be done, do nothing")
+    service.set_defaults(handler=_install_service)
     demo = commands.add_parser("demo", help="see segnode work without a PACS: a phantom CT in, a SEG out")
     demo.add_argument(
         "--output", type=Path, default=Path("segnode-demo"), help="folder the SEG ends in (default ./segnode-demo)"
@@ -111,6 +125,21 @@ def _convert(args: argparse.Namespace) -> int:
     for notice in result.notices:
         print(f"notice: {notice}", file=sys.stderr)
     print(f"{args.out}: {len(result.segments)} segment(s), {result.alignment.describe()}")
+    if args.qc is not None:
+        # Imported here: Pillow and the pixel reader are needed only when a picture is asked for.
+        import pydicom
+
+        from node.convert.qc import figures_json, qc_figure
+        from node.durable import atomic_write_bytes
+        from node.pipeline.export import read_volume
+
+        # The SEG file as written, read back from disk: the picture shows what a receiver gets.
+        seg = pydicom.dcmread(args.out)
+        picture = qc_figure(seg, series, read_volume(series))
+        atomic_write_bytes(args.qc, picture.png())
+        figures = args.qc.with_suffix(".json")
+        atomic_write_bytes(figures, figures_json(seg, picture.figures).encode("utf-8"))
+        print(f"{args.qc}: QC picture; {figures}: per-segment figures")
     return 0
 
 
@@ -126,10 +155,13 @@ def _run(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     destinations = ", ".join(d.describe() for d in config.destinations) or "none"
+    # The verdict is a TOML comment, so that stdout stays a file `segnode run --config` accepts as it is.
     print(
-        f"{args.config}: ok; {config.node.ae_title} on {config.node.bind}:{config.node.port},"
-        f" data {config.paths.data}, destinations: {destinations}"
+        f"# {args.config}: ok; {config.node.ae_title} on {config.node.bind}:{config.node.port},"
+        f" data {config.paths.data}, destinations: {destinations}\n"
+        "# The effective configuration: every key with the value the node uses, defaults included."
     )
+    print(effective_toml(config), end="")
     return 0
 
 
@@ -180,7 +212,7 @@ def _echo(args: argparse.Namespace) -> int:
     failures = 0
     for block in chosen:
         # C-ECHO for a DICOM destination, a writable folder for a folder one: each kind's own check().
-        problem = create(block, calling_ae=config.node.ae_title, timeout=config.send.timeout).check()
+        problem = create(block, calling_ae=config.node.ae_title, timeout=config.send.timeout, tls=config.tls).check()
         print(f"{block.describe()}: {problem or 'ok'}")
         failures += problem is not None
     return 1 if failures else 0
@@ -200,9 +232,24 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(options)
 
 
+def _install_service(args: argparse.Namespace) -> int:
+    from node.service.install import install
+
+    install(root=args.root, source_config=args.config, dry_run=args.dry_run)
+    return 0
+
+
 def configure_logging(args: argparse.Namespace) -> None:
     level = "DEBUG" if args.verbose else ("INFO" if args.command == "run" else "WARNING")
-    logs.configure(level)
+    settings = None
+    if args.command == "run":
+        # The node's lines take [logging]'s shape from the first; a config that cannot be read is reported by
+        # `run` itself, in one line, once logging is set up.
+        try:
+            settings = load_config(args.config).logging
+        except (SegnodeError, OSError):
+            settings = None
+    logs.configure(level, settings=settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ from dcmtk import free_port
 
 import node
 from node.cli import main
+from node.config import load_config
 
 GRID = syn.GridSpec.axial(rows=8, cols=10, slices=4, row_spacing=1.0, col_spacing=1.0, slice_step=2.0)
 
@@ -83,9 +86,34 @@ def test_check_config_prints_what_it_understood(tmp_path: Path, capsys: pytest.C
     config = write_config(tmp_path)
     result = run(capsys, "check-config", "--config", str(config))
     assert result.code == 0, result.stderr
-    line = one_line(result.stdout)
-    assert line.startswith(f"{config}: ok; TESTNODE on 127.0.0.1:11112")
+    line = result.stdout.splitlines()[0]
+    assert line.startswith(f"# {config}: ok; TESTNODE on 127.0.0.1:11112")
     assert str(tmp_path / "data") in line and "pacs" in line
+
+
+def test_check_config_prints_the_effective_configuration_as_toml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path)
+    result = run(capsys, "check-config", "--config", str(config))
+    assert result.code == 0, result.stderr
+    document = tomllib.loads(result.stdout)  # the ok line is a comment: stdout is a config file as it is
+    assert document["series"]["quiet_seconds"] == 5 and document["logging"] == {"format": "text", "include_phi": False}
+    effective = tmp_path / "elsewhere" / "effective.toml"
+    effective.parent.mkdir()
+    effective.write_text(result.stdout)
+    assert replace(load_config(effective), source=None) == replace(load_config(config), source=None)
+
+
+def test_check_config_of_a_bad_value_names_the_key_the_value_and_what_is_expected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[logging]\nformat = "xml"\n')
+    result = run(capsys, "check-config", "--config", str(config))
+    assert result.code == 2 and result.stdout == ""
+    line = one_line(result.stderr)
+    assert "logging" in line and "format" in line and "'xml'" in line and "json" in line, line
 
 
 def test_check_config_of_a_bad_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
