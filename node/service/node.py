@@ -23,7 +23,7 @@ from node.dicom.receivers import ReceiverPool
 from node.dicom.scp import StorageSCP
 from node.diskspace import DiskGuard
 from node.durable import remove_temp_files
-from node.errors import TransientError
+from node.errors import SegnodeError, TransientError, error_line
 from node.pipeline.build import Build
 from node.pipeline.completion import Completion
 from node.pipeline.deliver import Deliver
@@ -31,10 +31,12 @@ from node.pipeline.export import Export
 from node.pipeline.filing import find_moved_item, restore_item
 from node.pipeline.inbox import InboxWatcher
 from node.pipeline.intake import Intake
+from node.pipeline.retention import Retention
 from node.pipeline.stage import PipelineContext, Stage
 from node.service.health import Health, database_problem, health_route, oldest_pending_seconds, stage_health
 from node.service.http import HttpServer
 from node.service.metrics import Metrics
+from node.service.systemd import ServiceManager, stalled_stages
 from node.state import open_state
 from node.state.instances import InstanceStore
 from node.state.model import JobState
@@ -136,6 +138,7 @@ class Node:
             intake,
             Build(self.context, intake),
             Deliver(self.context),
+            Retention(self.context),
         ]
         if threads:
             for stage in self.stages:
@@ -179,24 +182,58 @@ class Node:
         log.info("segnode stopped")
 
     def run(self) -> None:
-        """Run in the foreground until SIGTERM/SIGINT."""
+        """Run in the foreground until SIGTERM/SIGINT; SIGHUP reloads the configuration.
+
+        Under systemd (``Type=notify``) it says READY=1 once listening with its state recovered, feeds the
+        watchdog only while no stage is stalled, and says RELOADING=1 and STOPPING=1 (:mod:`.systemd`).
+        """
+        manager = ServiceManager()
+        reload_requested = threading.Event()
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
+            if signum == signal.SIGHUP:
+                reload_requested.set()  # done by the main loop, not inside whatever the signal interrupted
+                return
             log.info("received %s: stopping intake and draining", signal.Signals(signum).name)
             self.stopping.set()
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, on_signal)
         self.start()
+        serving = f"listening on {self.config.node.bind}:{self.port} as {self.config.node.ae_title}"
+        manager.ready(serving)
+        stalled: list[str] = []
         try:
-            while not self.stopping.wait(1.0):
+            while not self.stopping.wait(manager.ping_interval(1.0)):
                 if self.receivers is not None:
                     self.receivers.check()
                 for thread in self._threads:
                     if not thread.is_alive():
                         log.error("stage %s died; stopping so the supervisor can restart the node", thread.name)
                         self.stopping.set()
+                if reload_requested.is_set():
+                    reload_requested.clear()
+                    manager.reloading()
+                    reload = getattr(self, "reload", None)
+                    if reload is None:
+                        log.warning("SIGHUP: this version cannot reload its configuration; restart it instead")
+                    else:
+                        try:
+                            reload()
+                        except SegnodeError as exc:  # a bad new file: keep serving with the one already checked
+                            log.error("reload failed, the running configuration stays: %s", error_line(exc))
+                    manager.ready(serving)
+                now_stalled = stalled_stages(self.heartbeats(), self.config.node.stall_seconds)
+                if now_stalled != stalled:
+                    if now_stalled:
+                        log.error("stage(s) %s stalled; the watchdog is no longer fed", ", ".join(now_stalled))
+                    manager.status(f"stalled: {', '.join(now_stalled)}" if now_stalled else serving)
+                    stalled = now_stalled
+                # A stalled stage starves the watchdog, so systemd restarts a node that no longer makes progress.
+                if not stalled and not self.stopping.is_set():
+                    manager.alive()
         finally:
+            manager.stopping("stopping: intake closed, draining")
             self.stop()
 
     def _step(self, stage: Stage) -> int:

@@ -70,7 +70,7 @@ def test_a_burst_takes_a_series_from_push_to_seg(node: Burst, series: syn.Series
     got = syn.seg_labels_on_source(seg, series.grid)
     assert np.array_equal(got > 0, syn.Phantom.fitting(series.grid).truth(series.grid) > 0)
     beats = node.node.heartbeats()
-    assert set(beats) == {"completion", "export", "intake", "build", "deliver"}
+    assert set(beats) == {"completion", "export", "intake", "build", "deliver", "retention"}
     assert max(beats.values()) < 60
 
 

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
     shutil.which("storescu") is None, reason="DCMTK not installed (scripts/test.sh installs it)"
 )
 
-STAGES = {"completion", "export", "intake", "build", "deliver"}
+STAGES = {"completion", "export", "intake", "build", "deliver", "retention"}
 
 
 def config(tmp_path: Path, **sections: dict[str, Any]) -> Path:

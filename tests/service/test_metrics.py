@@ -114,7 +114,7 @@ def test_a_series_made_into_a_seg_and_sent_moves_the_pipeline_metrics(
     assert sample(sent, "segnode_end_to_end_seconds_sum", destination="out") >= QUIET
     assert sample(sent, "segnode_sends_failed_total", destination="out") == 0
     assert sample(sent, "segnode_disk_free_bytes") > 0
-    assert {"completion", "export", "intake", "build", "deliver"} == {
+    assert {"completion", "export", "intake", "build", "deliver", "retention"} == {
         dict(labels)["stage"] for name, labels in sent if name == "segnode_stage_heartbeat_age_seconds"
     }
 
