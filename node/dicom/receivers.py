@@ -178,9 +178,7 @@ class ReceiverPool:
             raise
         for number in range(1, self.processes + 1):
             self._start(number)
-        ports = ", ".join(
-            f"{port} ({kind})" for port, kind in ((self.port, "plain"), (self.tls_port, "TLS")) if port
-        )
+        ports = ", ".join(f"{port} ({kind})" for port, kind in ((self.port, "plain"), (self.tls_port, "TLS")) if port)
         log.info(
             "listening as %s on %s: %s with %d receiver processes", node.ae_title, node.bind, ports, self.processes
         )
