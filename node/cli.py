@@ -129,9 +129,9 @@ def _convert(args: argparse.Namespace) -> int:
         # Imported here: Pillow and the pixel reader are needed only when a picture is asked for.
         import pydicom
 
+        from node.convert.pixels import read_volume
         from node.convert.qc import figures_json, qc_figure
         from node.durable import atomic_write_bytes
-        from node.pipeline.export import read_volume
 
         # The SEG file as written, read back from disk: the picture shows what a receiver gets.
         seg = pydicom.dcmread(args.out)

@@ -23,7 +23,7 @@ from node.convert.geometry import FloatArray
 from node.convert.series import functional_attribute
 
 # verify.py's frame reader decodes one frame at a time (BINARY frames straddle bytes); the QC reads the same bits.
-from node.convert.verify import _frames, _segment_number
+from node.convert.verify import frame_segment_number, stored_frames
 from node.errors import GeometryError
 
 RGB = tuple[int, int, int]
@@ -167,8 +167,8 @@ def _frame_masks(seg: Dataset, frame: int, pixels: npt.NDArray[Any]) -> list[tup
         return [(int(v), pixels == v) for v in np.unique(pixels) if v != 0]
     if seg.get("SegmentationType") == "FRACTIONAL":
         threshold = (int(getattr(seg, "MaximumFractionalValue", 1)) + 1) // 2
-        return [(_segment_number(seg, frame), pixels >= threshold)]
-    return [(_segment_number(seg, frame), pixels != 0)]
+        return [(frame_segment_number(seg, frame), pixels >= threshold)]
+    return [(frame_segment_number(seg, frame), pixels != 0)]
 
 
 def frame_points(seg: Dataset) -> Iterator[FramePoints]:
@@ -178,7 +178,7 @@ def frame_points(seg: Dataset) -> Iterator[FramePoints]:
     """
     if "PerFrameFunctionalGroupsSequence" not in seg:
         raise GeometryError("SEG has no per-frame functional groups: its frames cannot be placed in the patient")
-    for frame, pixels in enumerate(_frames(seg)):
+    for frame, pixels in enumerate(stored_frames(seg)):
         if not pixels.any():
             continue
         position = _floats(seg, frame, "PlanePositionSequence", "ImagePositionPatient")

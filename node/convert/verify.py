@@ -26,7 +26,7 @@ from node.errors import VerificationError
 log = logging.getLogger(__name__)
 
 
-def _frames(seg: Dataset) -> Iterator[npt.NDArray[Any]]:
+def stored_frames(seg: Dataset) -> Iterator[npt.NDArray[Any]]:
     """Each frame's pixels as stored, without decoding the whole object at once."""
     rows, cols, count = int(seg.Rows), int(seg.Columns), int(getattr(seg, "NumberOfFrames", 1))
     pixels = rows * cols
@@ -72,7 +72,7 @@ def _packed_frame_sums(seg: Dataset) -> npt.NDArray[np.float64] | None:
     return sums
 
 
-def _segment_number(seg: Dataset, frame: int) -> int:
+def frame_segment_number(seg: Dataset, frame: int) -> int:
     """The segment a frame belongs to; with one segment it sits in the shared functional groups, not per frame."""
     return int(functional_attribute(seg, frame, "SegmentIdentificationSequence", "ReferencedSegmentNumber"))
 
@@ -80,17 +80,17 @@ def _segment_number(seg: Dataset, frame: int) -> int:
 def _frame_sums(seg: Dataset) -> list[tuple[int, int, int, float, float]]:
     """(frame, segment number, count, row-index sum, column-index sum) for each frame and segment it holds."""
     if (packed := _packed_frame_sums(seg)) is not None:
-        return [(f, _segment_number(seg, f), int(n), r, c) for f, (n, r, c) in enumerate(packed)]
+        return [(f, frame_segment_number(seg, f), int(n), r, c) for f, (n, r, c) in enumerate(packed)]
     labelmap = seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"
     threshold = (int(getattr(seg, "MaximumFractionalValue", 1)) + 1) // 2 if seg.SegmentationType == "FRACTIONAL" else 1
     row_index = np.arange(int(seg.Rows), dtype=np.float64)
     col_index = np.arange(int(seg.Columns), dtype=np.float64)
     result = []
-    for f, frame in enumerate(_frames(seg)):
+    for f, frame in enumerate(stored_frames(seg)):
         if labelmap:
             parts = [(int(v), frame == v) for v in np.unique(frame) if v != 0]
         else:
-            parts = [(_segment_number(seg, f), frame >= threshold)]
+            parts = [(frame_segment_number(seg, f), frame >= threshold)]
         for number, mask in parts:
             result.append(
                 (

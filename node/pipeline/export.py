@@ -20,19 +20,21 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
-import pydicom
-from pydicom.pixels.processing import apply_rescale
 
 from node.convert.geometry import LPS_FROM_RAS, Grid, normal_of
+from node.convert.pixels import read_volume
 from node.convert.planes import integer_value
-from node.convert.series import SourceSeries, functional_attribute
+from node.convert.series import SourceSeries
 from node.durable import atomic_write, atomic_write_json
-from node.errors import GeometryError, InputError, SegnodeError, error_line
+from node.errors import InputError, SegnodeError, error_line
 from node.pipeline.stage import PipelineContext, Stage
 from node.pipeline.stored import stored_stacks
 from node.state.model import SeriesRow, SeriesState
 
 log = logging.getLogger(__name__)
+
+#: ``read_volume`` lives in :mod:`node.convert.pixels` (the QC pictures read the same values); importable here too.
+__all__ = ["Export", "ExportedSeries", "export_affine", "export_series", "exported_grid", "read_volume"]
 
 
 @dataclass(frozen=True)
@@ -42,44 +44,6 @@ class ExportedSeries:
     nifti: Path
     sidecar: Path
     grid: Grid
-
-
-def read_volume(series: SourceSeries) -> npt.NDArray[Any]:
-    """Pixel values of the series as (slice, row, col), sorted along the normal, rescaled (e.g. to HU)."""
-    slices: list[npt.NDArray[Any]] = []
-    try:
-        if series.frame_order is not None:
-            ds = pydicom.dcmread(series.paths[0])
-            frames = ds.pixel_array.reshape(-1, int(ds.Rows), int(ds.Columns))
-            if len(frames) <= max(series.frame_order):
-                raise ValueError(f"{len(frames)} frames of pixel data for {int(ds.NumberOfFrames)} frames")
-            return np.stack([_frame_rescale(ds, f, frames[f]) for f in series.frame_order])
-        for path in series.paths:
-            ds = pydicom.dcmread(path)
-            pixels = ds.pixel_array
-            slices.append(np.asarray(apply_rescale(pixels, ds)) if "RescaleSlope" in ds else pixels)
-        shapes = {s.shape for s in slices}
-        if len(shapes) > 1 or shapes != {series.grid.shape[1:]}:
-            raise ValueError(f"pixel arrays of shape {sorted(shapes)} where the headers say {series.grid.shape[1:]}")
-    # RuntimeError covers pydicom's "no installed plugin decodes this transfer syntax" (a subclass of it); the
-    # others are what pydicom raises on pixel attributes that do not describe the data (Bits Allocated, ...).
-    except (ValueError, RuntimeError, AttributeError, KeyError, TypeError, IndexError, OSError) as exc:
-        raise InputError(
-            f"series {series.series_uid}: pixel data cannot be decoded ({' '.join(str(exc).split())[:200]})"
-        ) from exc
-    return np.stack(slices)
-
-
-def _frame_rescale(ds: pydicom.Dataset, frame: int, pixels: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """One frame of an Enhanced object rescaled by its Pixel Value Transformation (per frame or shared)."""
-    try:
-        slope = float(functional_attribute(ds, frame, "PixelValueTransformationSequence", "RescaleSlope"))
-        intercept = float(functional_attribute(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept"))
-    except (GeometryError, TypeError, ValueError):
-        return pixels
-    if slope == 1 and intercept == 0:
-        return pixels
-    return np.asarray(pixels * slope + intercept, dtype=np.float64)
 
 
 def _compact(volume: npt.NDArray[Any]) -> npt.NDArray[Any]:
