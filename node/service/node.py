@@ -21,9 +21,10 @@ from node.convert.seg import AlgorithmInfo, SegOptions, SegType
 from node.dicom.counters import ReceiverCounters
 from node.dicom.receivers import ReceiverPool
 from node.dicom.scp import StorageSCP
+from node.dicom.tls import TlsFileError
 from node.diskspace import DiskGuard
 from node.durable import remove_temp_files
-from node.errors import SegnodeError, TransientError, error_line
+from node.errors import ConfigError, SegnodeError, TransientError, error_line
 from node.pipeline.build import Build
 from node.pipeline.completion import Completion
 from node.pipeline.deliver import Deliver
@@ -36,6 +37,7 @@ from node.pipeline.stage import PipelineContext, Stage
 from node.service.health import Health, database_problem, health_route, oldest_pending_seconds, stage_health
 from node.service.http import HttpServer
 from node.service.metrics import Metrics
+from node.service.reload import read_again, summary
 from node.service.systemd import ServiceManager, stalled_stages
 from node.state import open_state
 from node.state.instances import InstanceStore
@@ -51,6 +53,17 @@ STOP_SECONDS = 8.0
 ERROR_PAUSE_SECONDS = 2.0
 
 
+def seg_options(config: Config) -> SegOptions:
+    """How ``config``'s ``[seg]`` builds SEGs."""
+    return SegOptions(
+        seg_type=SegType(config.seg.type),
+        algorithm=AlgorithmInfo(
+            name=config.seg.algorithm_name, version=config.seg.algorithm_version or AlgorithmInfo().version
+        ),
+        series_description=config.seg.series_description,
+    )
+
+
 class Node:
     """One segnode instance. ``run()`` blocks until :meth:`stop` (or SIGTERM/SIGINT in the main thread)."""
 
@@ -63,6 +76,8 @@ class Node:
         self.scp: StorageSCP | None = None
         self.receivers: ReceiverPool | None = None
         self.port = config.node.port
+        #: The DICOM TLS port once started (0: none).
+        self.tls_port = 0
         self.watcher: InboxWatcher | None = None
         self.stages: list[Stage] = []
         self._threads: list[threading.Thread] = []
@@ -75,15 +90,8 @@ class Node:
             self.state, disk_free_bytes=lambda: self.disk.check().free_bytes, heartbeats=self.heartbeats
         )
         self.http: HttpServer | None = None
-        options = SegOptions(
-            seg_type=SegType(config.seg.type),
-            algorithm=AlgorithmInfo(
-                name=config.seg.algorithm_name, version=config.seg.algorithm_version or AlgorithmInfo().version
-            ),
-            series_description=config.seg.series_description,
-        )
         self.context = PipelineContext(
-            config=config, options=options, state=self.state, clock=clock, events=self.metrics
+            config=config, options=seg_options(config), state=self.state, clock=clock, events=self.metrics
         )
 
     @property
@@ -120,13 +128,15 @@ class Node:
             self.http = HttpServer(self.config.http.bind, self.config.http.port, routes)
             self.http.start()
         if self.config.node.receive_processes > 1:
-            self.receivers = ReceiverPool(self.config, self.config.node.receive_processes)
+            self.receivers = ReceiverPool(self.config, self.config.node.receive_processes, counters=self.counters)
             self.receivers.start()
             self.port = self.receivers.port
+            self.tls_port = self.receivers.tls_port
         else:
-            self.scp = StorageSCP.from_config(self.config)
+            self.scp = StorageSCP.from_config(self.config, counters=self.counters, disk=self.disk)
             self.scp.start()
             self.port = self.scp.port
+            self.tls_port = self.scp.tls_port
         self.watcher = InboxWatcher(
             self.paths.inbox, settle_seconds=self.config.inbox.settle_seconds, poll=self.config.inbox.poll
         )
@@ -146,14 +156,18 @@ class Node:
                 thread.start()
                 self._threads.append(thread)
         log.info(
-            "segnode running: %s:%d as %s, inbox %s, export %s, %d destination(s)",
-            self.config.node.bind,
-            self.port,
-            self.config.node.ae_title,
+            "segnode running: %s, inbox %s, export %s, %d destination(s)",
+            self.listening_on(),
             self.paths.inbox,
             self.paths.export,
             len(self.config.destinations),
         )
+
+    def listening_on(self) -> str:
+        """``0.0.0.0:11112 and TLS port 2762 as SEGNODE``: where peers reach the node."""
+        ports = [f"port {self.port}"] if self.port else []
+        ports += [f"TLS port {self.tls_port}"] if self.tls_port else []
+        return f"{self.config.node.bind} {' and '.join(ports)} as {self.config.node.ae_title}"
 
     def stop(self) -> None:
         """Stop intake first (listener, watcher), then let the stages finish their current step."""
@@ -200,7 +214,7 @@ class Node:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, on_signal)
         self.start()
-        serving = f"listening on {self.config.node.bind}:{self.port} as {self.config.node.ae_title}"
+        serving = f"listening on {self.listening_on()}"
         manager.ready(serving)
         stalled: list[str] = []
         try:
@@ -214,14 +228,10 @@ class Node:
                 if reload_requested.is_set():
                     reload_requested.clear()
                     manager.reloading()
-                    reload = getattr(self, "reload", None)
-                    if reload is None:
-                        log.warning("SIGHUP: this version cannot reload its configuration; restart it instead")
-                    else:
-                        try:
-                            reload()
-                        except SegnodeError as exc:  # a bad new file: keep serving with the one already checked
-                            log.error("reload failed, the running configuration stays: %s", error_line(exc))
+                    try:
+                        self.reload()
+                    except SegnodeError as exc:  # a bad new file: keep serving with the one already checked
+                        log.error("reload failed, the running configuration stays: %s", error_line(exc))
                     manager.ready(serving)
                 now_stalled = stalled_stages(self.heartbeats(), self.config.node.stall_seconds)
                 if now_stalled != stalled:
@@ -235,6 +245,30 @@ class Node:
         finally:
             manager.stopping("stopping: intake closed, draining")
             self.stop()
+
+    def reload(self) -> None:
+        """SIGHUP: read the configuration file again; destinations, access lists, limits, [disk], TLS files,
+        labels and [seg] apply from the next association or job on, and associations in progress go on.
+
+        Raises
+        ------
+        ConfigError
+            The file is missing or invalid, or its label table or TLS files do not load: nothing changes.
+        """
+        fresh = read_again(self.config)
+        disk = DiskGuard.from_config(fresh)
+        try:
+            if self.scp is not None:
+                self.scp.apply(fresh, disk=disk)
+        except TlsFileError as exc:
+            raise ConfigError(str(exc)) from exc
+        if self.receivers is not None:
+            self.receivers.reload(fresh)
+        self.disk = disk
+        self.config = fresh
+        self.context.config = fresh
+        self.context.options = seg_options(fresh)
+        log.info("reloaded %s: %s", fresh.source, summary(fresh))
 
     def _step(self, stage: Stage) -> int:
         """One step of ``stage``; an error it could not handle is logged and counts as no work done."""
