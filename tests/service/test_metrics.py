@@ -67,9 +67,6 @@ def drop(inbox: Path, name: str, data: bytes) -> None:
     partial.rename(inbox / name)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the SCP and the receiver pool do not count into Node.counters yet (issue 9, receivers)"
-)
 def test_receiving_a_series_counts_instances_bytes_and_associations(
     burst: Callable[..., Burst], series: syn.SeriesInfo
 ) -> None:
