@@ -3,6 +3,9 @@
 Errors say whether retrying can help (:attr:`node.errors.SegnodeError.retryable`). An input error moves the item
 to ``failed/`` with its reason; a transient one (disk full, database busy, an I/O error) leaves it in the inbox
 and the job is tried again later, so a good input never fails because the machine had a bad moment.
+
+Every SEG built gets its QC picture (:mod:`node.pipeline.qc`), which never fails nor holds up the SEG: drawn after
+its sends are queued, or just before when ``[qc] send`` makes the picture travel with it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from node.pipeline.filing import move_item
 from node.pipeline.inbox import InboxItem, ItemKind
 from node.pipeline.intake import Intake
 from node.pipeline.match import Candidate, match_item
+from node.pipeline.qc import write_qc
 from node.pipeline.stage import PipelineContext, Stage
 from node.pipeline.stored import stored_stacks
 from node.state.model import JobRow, SeriesState
@@ -121,10 +125,15 @@ class Build(Stage):
             log.exception("%s: unexpected error", item.path.name)
             self._fail(job, item, f"unexpected error: {error_line(exc)}")
             return
-        destinations = [d.name for d in self.context.config.destinations]
+        built_seconds = time.monotonic() - started
+        config = self.context.config
+        if config.qc.send:
+            # The QC image rides along with the SEG's sends, so it must be on disk before they are queued.
+            write_qc(config, seg_path, series)
+        destinations = [d.name for d in config.destinations]
         if not store.mark_built(job.id, seg_path, sop_uid, destinations):
             return  # another node took the job over meanwhile; it files the item
-        self.context.events.seg_built(time.monotonic() - started)
+        self.context.events.seg_built(built_seconds)
         stack = f" {series.stack.describe()}" if series.stack.count > 1 else ""
         summary = (
             f"SEG {sop_uid} built for series {match.series_uid}{stack} (matched by {match.how}):"
@@ -133,6 +142,8 @@ class Build(Stage):
         notes = "\n".join(result.notices)
         move_item(item, paths.processed, summary + (f"\n{notes}" if notes else ""))
         log.info("%s: %s; queued for %s", item.path.name, summary, ", ".join(destinations) or "no destination")
+        if not config.qc.send:
+            write_qc(config, seg_path, series)  # after the sends are queued: nothing waits for the picture
 
     def _retry_later(self, job: JobRow, item: InboxItem, reason: str) -> None:
         delay = min(RETRY_FIRST_SECONDS * 2**job.attempts, RETRY_MAX_SECONDS)

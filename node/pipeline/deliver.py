@@ -2,19 +2,34 @@
 
 A destination that refuses a SEG for good does not stop delivery to the others (the job's state follows from
 its sends, see :mod:`node.state.sqlite_jobs`).
+
+With ``[qc] send = true`` the SEG's QC picture, a Secondary Capture image (:mod:`node.pipeline.qc`), rides along
+to every DICOM destination: right after its SEG, on the same association, as part of the same send. The send
+succeeds when both arrived, and also when the SEG arrived and the image was refused for good (a PACS that does
+not take Secondary Capture must not hold a SEG it accepted hostage; a warning says so). When the SEG arrived but
+the image may still pass (the association was lost after the SEG), the send is retried as a whole, the SEG going
+again under its own SOP Instance UID (a duplicate the PACS recognises); once the attempts run out the send counts
+as done, since the SEG went. A SEG without an image file (QC off or failed when it was built) goes alone. Folder
+destinations get the SEG only: the picture is in ``data/qc`` already.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from pathlib import Path
 
-from node.destinations import Outcome, backoff_delay, create
+from node.destinations import Outcome, SendResult, backoff_delay, create
+from node.destinations.dimse import DicomDestination
 from node.errors import SegnodeError, error_line
+from node.pipeline.qc import qc_image_path
 from node.pipeline.stage import Stage
 from node.state.model import SendRow
 
 log = logging.getLogger(__name__)
+
+#: The kind of destination QC images go to: DICOM peers, the PACS a person looks at.
+DICOM_KIND = DicomDestination.kind
 
 
 class Deliver(Stage):
@@ -44,9 +59,17 @@ class Deliver(Stage):
                 if store.mark_send_failed(row.id, error_line(exc)):
                     self.context.events.send_failed(name)
             return
-        results = destination.send([row.seg_path for row in rows])
+        images = self._images(name, rows)
+        paths: list[Path] = []
+        for row, image in zip(rows, images, strict=True):
+            # The SEG first: an association lost at the image has delivered the SEG already.
+            paths += [row.seg_path] if image is None else [row.seg_path, image]
+        sent = iter(destination.send(paths))
         settings = config.send
-        for row, result in zip(rows, results, strict=True):
+        for row, image in zip(rows, images, strict=True):
+            result = next(sent)
+            if image is not None:
+                result = self._with_image(name, row, result, next(sent), last=row.attempts + 1 >= settings.max_attempts)
             if result.outcome is Outcome.SENT:
                 if store.mark_send_ok(row.id):
                     self.context.events.seg_sent(name, self._since_last_instance(row))
@@ -58,6 +81,28 @@ class Deliver(Stage):
                 gave_up = f" (gave up after {row.attempts + 1} attempts)" if result.outcome is Outcome.RETRY else ""
                 if store.mark_send_failed(row.id, result.reason + gave_up):
                     self.context.events.send_failed(name)
+
+    def _images(self, name: str, rows: list[SendRow]) -> list[Path | None]:
+        """Per send, the QC image that goes along with its SEG to destination ``name`` (None: the SEG alone)."""
+        config = self.context.config
+        if not config.qc.send or config.destination(name).kind != DICOM_KIND:
+            return [None] * len(rows)
+        images = [qc_image_path(config, row.seg_sop_uid) for row in rows]
+        return [image if image.is_file() else None for image in images]
+
+    def _with_image(self, name: str, row: SendRow, seg: SendResult, image: SendResult, *, last: bool) -> SendResult:
+        """The send's result from its SEG's and its QC image's (see the module's docstring)."""
+        if seg.outcome is not Outcome.SENT or image.outcome is Outcome.SENT:
+            return seg
+        if image.outcome is Outcome.RETRY and not last:
+            return SendResult(seg.path, Outcome.RETRY, image.status, f"SEG sent, QC image not yet: {image.reason}")
+        log.warning(
+            "SEG %s went to %s, its QC image did not (%s); the send counts as done",
+            row.seg_sop_uid,
+            name,
+            image.reason,
+        )
+        return seg
 
     def _since_last_instance(self, row: SendRow) -> float | None:
         """Seconds from the last instance of the SEG's series to now (end-to-end latency); None when unknown."""
