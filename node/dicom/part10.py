@@ -24,6 +24,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Imp
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from node.errors import InputError
+from node.logs import redact
 from node.state.instances import check_uid
 
 #: The 128-byte preamble and the ``DICM`` prefix of every Part 10 file.
@@ -214,7 +215,8 @@ def read_identity(dataset: bytes | memoryview, transfer_syntax: str, sop_uid: st
         zlib.error,
     ) as exc:
         # Reason first: the start of the message becomes the peer's 64-character Error Comment.
-        detail = " ".join(str(exc).split())
+        # pydicom's message may quote header values, which may be patient data.
+        detail = redact(" ".join(str(exc).split()))
         raise UnreadableInstanceError(
             f"header cannot be parsed ({type(exc).__name__}: {detail}) in instance "
             f"{sop_uid}; the sender must send valid DICOM"

@@ -108,7 +108,7 @@ def serve(
     # The pool blocks SIGHUP while it starts a receiver (a SIGHUP before this point would kill it); any that
     # came meanwhile is delivered now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-    logs.configure(log_level, process=f"receiver-{number}")
+    logs.configure(log_level, process=f"receiver-{number}", settings=config.logging)
     _die_with_parent(parent_pid)
     scp = StorageSCP.from_config(
         config,

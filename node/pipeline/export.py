@@ -118,7 +118,9 @@ def export_series(series: SourceSeries, folder: Path, *, version: int = 1) -> Ex
             "method": "nearest plane per slice; a label map on this grid maps back onto the real planes",
         }
     atomic_write_json(sidecar, description)
-    log.info("exported series %s: %s (%s)", uid, nifti.name, series.describe())
+    # Whose series it is helps an operator find it in the PACS; [logging] include_phi decides if it is printed.
+    patient = {key: str(first.get(key, "")) for key in ("PatientName", "PatientID", "PatientBirthDate")}
+    log.info("exported series %s: %s (%s)", uid, nifti.name, series.describe(), extra={"phi": patient})
     return ExportedSeries(nifti=nifti, sidecar=sidecar, grid=Grid(LPS_FROM_RAS @ affine, data.shape))
 
 
