@@ -38,6 +38,7 @@ from node.service.health import Health, database_problem, health_route, oldest_p
 from node.service.http import HttpServer
 from node.service.metrics import Metrics
 from node.service.reload import read_again, summary
+from node.service.status_page import StatusPage
 from node.service.systemd import ServiceManager, stalled_stages
 from node.state import open_state
 from node.state.instances import InstanceStore
@@ -90,6 +91,7 @@ class Node:
             self.state, disk_free_bytes=lambda: self.disk.check().free_bytes, heartbeats=self.heartbeats
         )
         self.http: HttpServer | None = None
+        self.status_page: StatusPage | None = None
         self.context = PipelineContext(
             config=config, options=seg_options(config), state=self.state, clock=clock, events=self.metrics
         )
@@ -125,6 +127,9 @@ class Node:
         if self.config.http.port:
             # First: an address already in use fails the start before anything else runs.
             routes = {"/healthz": health_route(self.health), "/metrics": self.metrics.route}
+            # GET / and /qc/: the status page; it keeps the last warnings from here on (see close in stop()).
+            self.status_page = StatusPage(self.config, self.state, self.health, self.context.clock)
+            routes.update(self.status_page.routes())
             self.http = HttpServer(self.config.http.bind, self.config.http.port, routes)
             self.http.start()
         if self.config.node.receive_processes > 1:
@@ -184,6 +189,8 @@ class Node:
             thread.join(max(0.0, deadline - time.monotonic()))
         if self.http is not None:
             self.http.stop()  # last: /healthz answers 503 while the node drains
+        if self.status_page is not None:
+            self.status_page.close()
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
             log.warning("stopping with %s still busy; their work resumes at next start", ", ".join(alive))
