@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up segnode on a Debian machine with Python 3.11, as root: system packages, then a virtualenv in .venv.
 #   scripts/setup.sh          runtime only
-#   scripts/setup.sh --test   plus the real peers the tests talk to (DCMTK, dcm2niix, dicom3tools, Orthanc, openssl, systemd-analyze)
+#   scripts/setup.sh --test   plus the real peers the tests talk to (DCMTK, dcm2niix, dicom3tools, Orthanc, openssl, systemd-analyze, Chromium)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,9 @@ if [ "$want_test" = 1 ]; then
   command -v Orthanc >/dev/null || apt_packages+=(orthanc)
   command -v openssl >/dev/null || apt_packages+=(openssl)
   command -v systemd-analyze >/dev/null || apt_packages+=(systemd)
+  # The status page's browser test: Debian's headless Chromium and the chromedriver of the same build.
+  command -v chromium >/dev/null || apt_packages+=(chromium)
+  command -v chromedriver >/dev/null || apt_packages+=(chromium-driver)
 fi
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${apt_packages[*]}"

@@ -169,6 +169,15 @@ def size_text(count: int) -> str:
     raise AssertionError("unreachable")
 
 
+def volume_text(millilitres: float) -> str:
+    """Millilitres to the 0.001 mL the figures are rounded to when small, to 0.01 mL otherwise.
+
+    >>> volume_text(0.0), volume_text(0.04), volume_text(1234.5678)
+    ('0.000', '0.040', '1234.57')
+    """
+    return f"{millilitres:.3f}" if millilitres < 1 else f"{millilitres:.2f}"
+
+
 def safe_reason(reason: str | None, include_phi: bool) -> str:
     """A stored reason for the page: a library's text after "unexpected error" has its quotes redacted."""
     if not reason:
@@ -229,7 +238,7 @@ def segment_view(document: Mapping[str, Any]) -> SegmentView:
         number=int(document.get("number", 0)),
         name=str(document.get("name", "")),
         color="#{:02x}{:02x}{:02x}".format(*(max(0, min(255, int(c))) for c in rgb[:3])),
-        volume_ml=f"{float(document.get('volume_ml', 0.0)):.2f}",
+        volume_ml=volume_text(float(document.get("volume_ml", 0.0))),
         centroid_mm="-" if not centroid else ", ".join(f"{float(v):.1f}" for v in centroid),
     )
 

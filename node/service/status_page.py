@@ -16,6 +16,7 @@ from pathlib import Path
 import jinja2
 
 from node.config import Config
+from node.pipeline.qc import qc_folder
 from node.service.health import Health
 from node.service.http import JSON, Request, Response, Route
 from node.service.status import Folders, StatusView, gather
@@ -103,9 +104,7 @@ class StatusPage:
         self.health = health
         self.clock = clock
         self.warnings = warnings or WarningsBuffer(include_phi=config.logging.include_phi).install()
-        self.folders = Folders(
-            export=config.paths.export, processed=config.paths.processed, qc=config.paths.data / "qc"
-        )
+        self.folders = Folders(export=config.paths.export, processed=config.paths.processed, qc=qc_folder(config))
 
     def view(self) -> StatusView:
         node = self.config.node

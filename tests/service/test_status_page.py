@@ -157,7 +157,7 @@ def test_the_model_shows_series_jobs_sends_matching_and_qc_figures(state: State,
     liver, other = sent.qc.segments
     assert (liver.name, liver.volume_ml, liver.color) == ("liver", "1234.57", "#c85028")
     assert liver.centroid_mm == "1.0, 2.0, 3.1"
-    assert (other.centroid_mm, other.volume_ml) == ("-", "0.00")
+    assert (other.centroid_mm, other.volume_ml) == ("-", "0.000")
     assert view.job_counts["retry_wait"] == 1 and view.job_counts["failed"] == 1 and view.series_counts["exported"] == 1
 
 
