@@ -416,24 +416,44 @@ def test_seg_types_are_what_convert_builds(tables: dict[str, list[Row]], built_s
         assert seg.SOPClassUID == row["SOP Class UID"], row
 
 
+@pytest.fixture(scope="module")
+def sent_objects(built_segs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One file per row of the ``scu-storage`` table, by its "Object sent" cell: the SEGs, and the QC image the
+    node's QC step (``[qc] send = true``) makes of the binary one."""
+    from node.config.sections import QcConfig
+    from node.convert.series import load_series
+    from node.pipeline.qc import write_qc
+
+    objects = {f"SEG, [seg] type = {seg_type}": path for seg_type, path in built_segs.items()}
+    data = tmp_path_factory.mktemp("conformance-qc")
+    config = Config(paths=PathsConfig(data=data), qc=QcConfig(enabled=True, send=True))
+    source = load_series(built_segs["binary"].parent / "dicom")
+    written = write_qc(config, built_segs["binary"], source)
+    assert written is not None and written.image is not None
+    objects["QC image, [qc] send = true"] = written.image
+    return objects
+
+
 def _scu(port: int) -> Any:
     peer = DicomDestination(name="recorder", ae_title="RECORDER", host=HOST, port=port)
     return create(peer, calling_ae="SEGNODE", timeout=TIMEOUT)
 
 
-def test_the_scu_proposes_the_documented_contexts_for_each_seg_type(
-    tables: dict[str, list[Row]], built_segs: dict[str, Path], recording_scp: RecordingSCP
+def test_the_scu_proposes_the_documented_contexts_for_each_object_it_sends(
+    tables: dict[str, list[Row]], sent_objects: dict[str, Path], recording_scp: RecordingSCP
 ) -> None:
     scu = _scu(recording_scp.port)
-    for row in tables["scu-storage"]:
+    rows = tables["scu-storage"]
+    assert {row["Object sent"] for row in rows} == set(sent_objects)
+    for row in rows:
         recording_scp.proposed.clear()
-        seg = built_segs[row["[seg] type"]]
-        results = scu.send([seg])
+        path = sent_objects[row["Object sent"]]
+        results = scu.send([path])
         assert [r.outcome.value for r in results] == ["sent"], results
         (proposed,) = recording_scp.proposed
         expected = [(row["SOP Class UID"], (ts,)) for ts in uids(row["Transfer Syntaxes proposed (one context each)"])]
         assert proposed == expected, row
-        assert pydicom.dcmread(seg).SOPClassUID == row["SOP Class UID"]
+        assert pydicom.dcmread(path).SOPClassUID == row["SOP Class UID"]
 
 
 def test_the_scu_proposes_the_documented_verification_context(
