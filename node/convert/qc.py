@@ -8,7 +8,7 @@ Orientation (:mod:`node.convert.qc_figures`) onto the source planes, so a mirror
 or shifted in its own picture.
 
 ``pixels`` are the source's values as (plane, row, col) over ``series``' planes, rescaled (HU for CT), as
-``node.pipeline.export.read_volume`` returns them.
+:func:`node.convert.pixels.read_volume` returns them.
 
 Modules: :mod:`~node.convert.qc_figures` (the SEG read back, per-segment figures),
 :mod:`~node.convert.qc_planes` (what each panel shows), :mod:`~node.convert.qc_window` (grey levels),

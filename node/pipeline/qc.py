@@ -44,6 +44,12 @@ def qc_image_path(config: Config, seg_sop_uid: str) -> Path:
     return qc_folder(config) / f"{seg_sop_uid}{SC_SUFFIX}"
 
 
+def qc_paths(config: Config, seg_sop_uid: str) -> list[Path]:
+    """Every file the QC step may write for a SEG: its picture, figures and Secondary Capture image."""
+    folder = qc_folder(config)
+    return [folder / f"{seg_sop_uid}.png", folder / f"{seg_sop_uid}.json", qc_image_path(config, seg_sop_uid)]
+
+
 @dataclass(frozen=True)
 class QcFiles:
     """What the QC step wrote for one SEG."""

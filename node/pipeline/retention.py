@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.pipeline.inbox import REASON_FILE
+from node.pipeline.qc import qc_paths
 from node.pipeline.stage import PipelineContext, Stage
 from node.state.model import FINISHED_SERIES, JobRow, SeriesState
 
@@ -135,6 +136,8 @@ class Retention(Stage):
                 seg = removed.job.seg_path
                 if seg is not None and not removed.seg_shared and _remove_file(seg, before):
                     sweep.segs += 1
+                    for path in qc_paths(self.context.config, seg.stem):  # the SEG's file is <SOPInstanceUID>.dcm
+                        _remove_file(path, before)
                 for root in (paths.processed, paths.failed):
                     for folder in _item_folders(root, removed.job):
                         shutil.rmtree(folder, ignore_errors=True)

@@ -32,6 +32,7 @@ from node.pipeline.export import Export
 from node.pipeline.filing import find_moved_item, restore_item
 from node.pipeline.inbox import InboxWatcher
 from node.pipeline.intake import Intake
+from node.pipeline.qc import qc_folder
 from node.pipeline.retention import Retention
 from node.pipeline.stage import PipelineContext, Stage
 from node.service.health import Health, database_problem, health_route, oldest_pending_seconds, stage_health
@@ -111,8 +112,10 @@ class Node:
             self.context.segs,
         ):
             folder.mkdir(parents=True, exist_ok=True)
-        removed = (
-            self.store.cleanup_temp() + remove_temp_files(self.paths.export) + remove_temp_files(self.context.segs)
+        qc = qc_folder(self.config)
+        qc.mkdir(exist_ok=True)
+        removed = self.store.cleanup_temp() + sum(
+            remove_temp_files(folder) for folder in (self.paths.export, self.context.segs, qc)
         )
         if removed:
             log.info("start-up: removed %d half-written temporary file(s)", removed)

@@ -98,6 +98,10 @@ def item_job(
     seg = site.data / "segs" / f"{seg_name or name}.dcm"
     seg.parent.mkdir(exist_ok=True)
     seg.write_bytes(b"SEG")
+    qc = site.data / "qc"
+    qc.mkdir(exist_ok=True)
+    for suffix in (".png", ".json", ".sc.dcm"):  # what the QC step writes beside a SEG
+        (qc / f"{seg.stem}{suffix}").write_bytes(b"QC")
     assert jobs.mark_built(job_id, seg, "1.2.3", ["out"], now=at)
     moved = move_item(item, site.data / "processed", "built")
     if sent is not None:
@@ -126,6 +130,7 @@ def test_old_finished_things_go_and_one_line_says_so(site: Site, caplog: pytest.
     assert not sent_seg.exists() and not failed_seg.exists()
     assert not sent_item.exists() and not failed_item.exists()
     assert list((site.data / "processed").iterdir()) == []
+    assert list((site.data / "qc").iterdir()) == []  # the SEGs' pictures, figures and SC images went with them
     assert site.state.series.list_series() == [] and site.state.jobs.list_jobs() == []
     assert site.sweep(later=1) == 0  # at most one sweep every few minutes
     assert site.sweep(later=SWEEP_SECONDS) == 0  # and nothing left to remove
@@ -164,6 +169,7 @@ def test_a_seg_another_job_still_sends_is_kept(site: Site) -> None:
     new_job, _, new_item = item_job(site, "b.nii.gz", uid, at=t0 + 20 * DAY, sent=None, seg_name="same")
     assert site.sweep(later=31 * DAY) == 1  # the old job; its series stays for the open one
     assert seg.exists() and not old_item.exists() and new_item.exists()
+    assert (site.data / "qc" / "same.png").exists()  # the kept SEG keeps its picture
     assert [j.id for j in site.state.jobs.list_jobs()] == [new_job] and old_job != new_job
     assert site.state.series.get(uid) is not None
 
@@ -196,6 +202,9 @@ def test_a_series_sent_again_after_removal_is_received_and_exported_afresh(tmp_p
         assert not export.exists() and node.node.state.series.get(series.series_uid) is None
         assert not (node.data / "instances" / series.series_uid).exists()
 
+        # The receiver stamps instances with the real time: the node's clock comes back to it, or the node's own
+        # retention stage would find the new instances 31 days old at once.
+        node.offset -= 31 * DAY
         assert storescu(node.port, series.paths, called_ae="SEGNODE").ok
         node.run(later=3600)
         again = node.node.state.series.get(series.series_uid)
