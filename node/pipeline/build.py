@@ -100,7 +100,7 @@ class Build(Stage):
             try:
                 known, candidates = self._candidates()
                 match = match_item(item.path, item.sidecar, known, candidates)
-                store.mark_matched(job.id, match.series_uid)
+                store.mark_matched(job.id, match.series_uid, how=match.how)
                 series = choose_stack(
                     stored_stacks(self.state.series, match.series_uid), match.stack, f"series {match.series_uid}"
                 )

@@ -1,8 +1,8 @@
 """What the status page shows, gathered from the state, the health check and the node's folders.
 
 The pure functions (:func:`health_view`, :func:`series_view`, :func:`job_view`, :func:`qc_view`) turn rows and
-documents into a plain view model; :func:`gather` does the reading (state, export sidecars, QC figures, the
-reason files of processed items) and calls them. Nothing here renders HTML (:mod:`.status_page` does), so the
+documents into a plain view model; :func:`gather` does the reading (state, export sidecars, QC figures) and
+calls them. Nothing here renders HTML (:mod:`.status_page` does), so the
 model is tested without a browser.
 
 No patient attributes are read, so none can be shown. Job and send reasons are segnode's own text, except after
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,18 +22,15 @@ from typing import Any
 
 from node.errors import SegnodeError, error_line
 from node.logs import redact
-from node.pipeline.inbox import REASON_FILE
 from node.service.health import Health
 from node.service.warnings_buffer import WarningLine
 from node.state import State
-from node.state.model import JobRow, JobState, SeriesRow, SeriesState
+from node.state.model import JobRow, SeriesRow, SeriesState
 
 log = logging.getLogger(__name__)
 
 #: Rows of each table: what fits on a screen and renders in milliseconds every refresh.
 RECENT_ROWS = 20
-#: "(matched by name)" in a processed item's reason file (written by the build stage).
-_MATCHED_BY = re.compile(r"\(matched by ([a-z]+)\)")
 
 
 @dataclass(frozen=True)
@@ -253,14 +248,12 @@ def qc_view(seg_sop_uid: str, *, has_picture: bool, figures: Mapping[str, Any] |
     )
 
 
-def job_view(
-    row: JobRow, *, matched_by: str | None, qc: QcView | None, now: float, include_phi: bool = False
-) -> JobView:
+def job_view(row: JobRow, *, qc: QcView | None, now: float, include_phi: bool = False) -> JobView:
     return JobView(
         id=row.id,
         item=row.inbox_path.name,
         state=row.state.value,
-        matched_by=matched_by or ("-" if row.series_uid is None else "not recorded"),
+        matched_by=row.matched_by or ("-" if row.series_uid is None else "not recorded"),
         series_uid=row.series_uid or "",
         seg_sop_uid=row.seg_sop_uid or "",
         reason=safe_reason(row.reason, include_phi),
@@ -290,30 +283,6 @@ def export_sidecars(export: Path, series_uid: str) -> list[dict[str, Any]]:
     found = [read_json(export / f"{series_uid}.json")]
     found += [read_json(p) for p in sorted(export.glob(f"{series_uid}_stack*.json"))]
     return [d for d in found if d is not None]
-
-
-def matched_by_item(processed: Path) -> dict[str, str]:
-    """How each processed item was matched, by item name (the newest filing wins), from its reason file.
-
-    The job row does not keep it; the build stage writes it into the reason file beside the item, so one listing
-    of ``processed/`` answers for every job on the page.
-    """
-    found: dict[str, str] = {}
-    try:
-        folders = sorted(entry.name for entry in os.scandir(processed) if entry.is_dir())
-    except OSError:
-        return found
-    for folder in folders:  # timestamped names: sorted oldest first, so a later filing overwrites
-        name = folder.split("_", 1)[1] if "_" in folder else folder
-        try:
-            with open(processed / folder / REASON_FILE, encoding="utf-8") as handle:
-                first = handle.readline()
-        except OSError:
-            continue
-        matched = _MATCHED_BY.search(first)
-        if matched:
-            found[name] = matched.group(1)
-    return found
 
 
 def read_qc(qc_folder: Path, seg_sop_uid: str) -> QcView:
@@ -360,11 +329,9 @@ def gather(
     try:
         job_counts = {k.value: v for k, v in state.jobs.counts().items()}
         job_rows = state.jobs.list_jobs(limit=rows)
-        matched = matched_by_item(folders.processed) if job_rows else {}
         jobs = [
             job_view(
                 row,
-                matched_by=matched.get(row.inbox_path.name) if row.state is not JobState.FAILED else None,
                 qc=read_qc(folders.qc, row.seg_sop_uid) if row.seg_sop_uid else None,
                 now=now,
                 include_phi=include_phi,

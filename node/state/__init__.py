@@ -175,8 +175,9 @@ class JobStore(Protocol):
         """Claim one job to build it now; None when it is not to be built or another node holds it."""
         ...
 
-    def mark_matched(self, job_id: int, series_uid: str, *, now: float | None = None) -> bool:
-        """A claimed job -> MATCHED with its series; the claim stays and its lease restarts."""
+    def mark_matched(self, job_id: int, series_uid: str, *, how: str | None = None, now: float | None = None) -> bool:
+        """A claimed job -> MATCHED with its series, found by ``how`` ("name", "sidecar", "geometry"); the claim
+        stays and its lease restarts."""
         ...
 
     def mark_built(

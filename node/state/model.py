@@ -133,6 +133,8 @@ class JobRow:
     next_at: float | None = None
     claimed_by: str | None = None
     lease_until: float | None = None
+    #: How the input was matched to its series: "name", "sidecar" or "geometry" (None before it was matched).
+    matched_by: str | None = None
 
 
 #: Series states in which a series is finished with: what retention may remove once it is old enough.

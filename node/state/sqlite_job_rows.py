@@ -66,6 +66,7 @@ class JobRows(ClaimingStore):
             next_at=row["next_at"],
             claimed_by=row["claimed_by"],
             lease_until=row["lease_until"],
+            matched_by=row["matched_by"],
         )
 
     def _jobs(

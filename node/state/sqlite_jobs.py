@@ -152,9 +152,9 @@ class SqliteJobStore(SendTransitions):
             sends = conn.execute(f"UPDATE sends SET {_RELEASE} WHERE claimed_by = ?", (self.node_id,)).rowcount
         return int(jobs + sends)
 
-    def mark_matched(self, job_id: int, series_uid: str, *, now: float | None = None) -> bool:
-        """A job to build -> MATCHED with the series the item belongs to; the claim stays (the build goes on)
-        and its lease starts again. False when this node no longer holds the claim."""
+    def mark_matched(self, job_id: int, series_uid: str, *, how: str | None = None, now: float | None = None) -> bool:
+        """A job to build -> MATCHED with the series the item belongs to (found by ``how``); the claim stays (the
+        build goes on) and its lease starts again. False when this node no longer holds the claim."""
         stamp = now_or_clock(now)
         with self.database.writing(f"mark job {job_id} matched") as conn:
             if not self._holds(conn, "jobs", job_id, "mark it matched"):
@@ -166,6 +166,7 @@ class SqliteJobStore(SendTransitions):
                 JobState.MATCHED,
                 stamp,
                 series_uid=series_uid,
+                matched_by=how,
                 reason=None,
                 lease_until=stamp + self.lease_seconds,
             )

@@ -88,6 +88,10 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE sends ADD COLUMN lease_until REAL;
     CREATE INDEX jobs_due ON jobs (state, next_at);
     """,
+    # 3: how a job's input was matched to its series (name, sidecar, geometry), for the status page.
+    """
+    ALTER TABLE jobs ADD COLUMN matched_by TEXT;
+    """,
 )
 
 #: The schema version this code writes; a newer database is refused rather than misread.

@@ -21,7 +21,7 @@ from node.config import Config, PathsConfig
 from node.config.sections import LoggingConfig
 from node.service.health import Health, StageHealth
 from node.service.http import HttpServer, Request, Routes
-from node.service.status import Folders, gather, matched_by_item, safe_reason
+from node.service.status import Folders, gather, safe_reason
 from node.service.status_page import StatusPage, qc_file_name, qc_route, render
 from node.service.warnings_buffer import WarningsBuffer
 from node.state import State, open_state
@@ -99,7 +99,7 @@ def exported_series(state: State, data: Path, description: str) -> None:
 def sent_job(state: State, data: Path, name: str) -> int:
     job_id = state.jobs.create(data / "inbox" / name, "nifti", signature=f"file:1:{name}", now=T0)
     assert state.jobs.claim_job(job_id, now=T0) is not None
-    assert state.jobs.mark_matched(job_id, SERIES, now=T0)
+    assert state.jobs.mark_matched(job_id, SERIES, how="geometry", now=T0)
     assert state.jobs.mark_built(job_id, data / "segs" / f"{SEG_UID}.dcm", SEG_UID, ["out", "pacs"], now=T0)
     sends = {s.destination: s for s in state.jobs.claim_sends(now=T0)}
     assert state.jobs.mark_send_ok(sends["out"].id, now=T0)
@@ -112,12 +112,6 @@ def failed_job(state: State, data: Path, name: str, reason: str) -> int:
     assert state.jobs.claim_job(job_id, now=T0) is not None
     assert state.jobs.mark_failed(job_id, reason, now=T0)
     return job_id
-
-
-def file_processed(data: Path, name: str, how: str) -> None:
-    folder = data / "processed" / f"20260101T120000Z_{name}"
-    folder.mkdir()
-    (folder / "reason.txt").write_text(f"SEG {SEG_UID} built for series {SERIES} (matched by {how}): 1 segment(s)\n")
 
 
 def write_qc(data: Path) -> None:
@@ -139,7 +133,6 @@ def test_the_model_shows_series_jobs_sends_matching_and_qc_figures(state: State,
     exported_series(state, data, "Thorax 1.0 B31f")
     sent_job(state, data, "liver.nii.gz")
     failed_job(state, data, "stranger.nii.gz", "stranger.nii.gz: no received series has this grid")
-    file_processed(data, "liver.nii.gz", "geometry")
     write_qc(data)
     view = gather(state, healthy(), folders(data), title="segnode T", now=T0 + 30)
     (series,) = view.series
@@ -202,16 +195,6 @@ def test_a_library_s_quoted_value_after_unexpected_error_is_redacted_unless_phi_
     assert safe_reason(reason, include_phi=False).startswith("unexpected error: ValueError")
     assert safe_reason(reason, include_phi=True) == reason
     assert safe_reason("liver.nii.gz: no received series has 'this' grid", include_phi=False).endswith("'this' grid")
-
-
-def test_matching_is_read_from_the_newest_reason_file_of_each_item(data: Path) -> None:
-    file_processed(data, "a.nii.gz", "name")
-    later = data / "processed" / "20260102T120000Z_a.nii.gz"
-    later.mkdir()
-    (later / "reason.txt").write_text("SEG 1.2 built for series 1.3 (matched by sidecar): ...\n")
-    file_processed(data, "b_c.nii.gz", "geometry")
-    assert matched_by_item(data / "processed") == {"a.nii.gz": "sidecar", "b_c.nii.gz": "geometry"}
-    assert matched_by_item(data / "missing") == {}
 
 
 def test_the_page_is_html_that_refreshes_itself_and_forbids_scripts(state: State, data: Path) -> None:

@@ -320,11 +320,13 @@ def test_job_happy_path_to_sent(backend: Backend, state: State) -> None:
     [claimed] = state.jobs.claim_jobs(now=T0)
     assert claimed.id == job_id and claimed.state is JobState.PENDING and claimed.claimed_by == "node-a"
     assert state.jobs.claim_jobs(now=T0) == []
-    assert state.jobs.mark_matched(job_id, series_uid(1), now=T0 + 1)
+    assert state.jobs.get(job_id).matched_by is None
+    assert state.jobs.mark_matched(job_id, series_uid(1), how="sidecar", now=T0 + 1)
     seg = backend.data / "segs" / "x.dcm"
     assert state.jobs.mark_built(job_id, seg, SEG_UID, ["pacs", "archive"], now=T0 + 2)
     job = state.jobs.get(job_id)
     assert job.state is JobState.BUILT and job.seg_path == seg and job.claimed_by is None
+    assert job.matched_by == "sidecar"  # kept for the status page
     sends = state.jobs.claim_sends(now=T0 + 2)
     assert sorted(s.destination for s in sends) == ["archive", "pacs"]
     assert all(s.seg_path == seg and s.seg_sop_uid == SEG_UID for s in sends)
@@ -739,6 +741,8 @@ PRAGMA user_version = 1;
 def test_a_database_of_the_previous_schema_is_migrated_and_its_absolute_paths_read(backend: Backend) -> None:
     if backend.name != "sqlite":
         pytest.skip("builds a database file in SQLite's previous schema")
+    from node.state.sqlite_schema import SCHEMA_VERSION
+
     data = backend.data
     instance = data / "instances" / series_uid(1) / "1.1.dcm"
     item, seg = data / "inbox" / "old.nii.gz", data / "segs" / "old.dcm"
@@ -762,11 +766,12 @@ def test_a_database_of_the_previous_schema_is_migrated_and_its_absolute_paths_re
     [send] = state.jobs.claim_sends(now=T0 + 1)
     assert send.seg_path == seg and state.jobs.mark_send_ok(send.id)
     assert state.jobs.get(1).state is JobState.SENT
+    assert state.jobs.get(1).matched_by is None  # a job matched before schema 3 kept no record of how
     [due] = state.series.claim_due(QUIET, now=T0 + QUIET)
     assert due.series_uid == series_uid(1)
     raw = sqlite3.connect(backend.database)
     try:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     finally:
         raw.close()
 
