@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +42,7 @@ from load_checks import StoredCheck, StorescuAccount, check_stored, fingerprints
 from peers import HOST, PeerError, dcmtk_env, free_port
 from receivers import BareScpProcess, NodeProcess, NodeSettings, storescp
 from report import median, print_versions
+from sending import run_at_once
 
 from node.state import open_state
 
@@ -122,39 +121,13 @@ class Sent:
 def send_at_once(port: int, called_ae: str, series: Sequence[CtSeries], log_dir: Path, timeout: float) -> Sent:
     """One ``storescu -v`` per series, all started together; time from the first start to the last exit."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = dcmtk_env()
     paths = [log_dir / f"storescu-{i}.log" for i in range(len(series))]
-    handles = [path.open("wb") for path in paths]
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        started = time.perf_counter()
-        for handle, one in zip(handles, series, strict=True):
-            command = [
-                "storescu",
-                "-v",
-                *association_args("BENCH", called_ae, STORESCU_TIMEOUT_S),
-                HOST,
-                str(port),
-                *(str(f) for f in one.files),
-            ]
-            processes.append(
-                subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-            )
-        codes = []
-        for process in processes:
-            try:
-                codes.append(process.wait(timeout=max(0.1, started + timeout - time.perf_counter())))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                codes.append(process.wait())
-        seconds = time.perf_counter() - started
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        for handle in handles:
-            handle.close()
+    commands = [
+        ["storescu", "-v", *association_args("BENCH", called_ae, STORESCU_TIMEOUT_S), HOST, str(port)]
+        + [str(f) for f in one.files]
+        for one in series
+    ]
+    seconds, codes = run_at_once(commands, paths, dcmtk_env(), timeout)
     return Sent(seconds, tuple(read_storescu_log(p, c) for p, c in zip(paths, codes, strict=True)))
 
 

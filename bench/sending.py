@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,36 @@ def storescu_command(port: int, called_ae: str, files: Sequence[Path], *, timeou
     return ["storescu", *association_args("BENCH", called_ae, timeout), HOST, str(port), *(str(f) for f in files)]
 
 
+def run_at_once(
+    commands: Sequence[Sequence[str]], logs: Sequence[Path], env: Mapping[str, str], timeout: float
+) -> tuple[float, tuple[int, ...]]:
+    """Start every command together, each writing to its log; the seconds from the first start to the last exit,
+    and the exit codes. A command still running after ``timeout`` is killed; none is left running."""
+    handles = [path.open("wb") for path in logs]
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        started = time.perf_counter()
+        for command, handle in zip(commands, handles, strict=True):
+            processes.append(
+                subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            )
+        codes: list[int] = []
+        for process in processes:
+            try:
+                codes.append(process.wait(timeout=max(0.1, started + timeout - time.perf_counter())))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes.append(process.wait())
+        return time.perf_counter() - started, tuple(codes)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        for handle in handles:
+            handle.close()
+
+
 def send(
     port: int,
     called_ae: str,
@@ -49,41 +79,7 @@ def send(
 ) -> SendResult:
     """Start one storescu per group at once (one association each); time from the first start to the last exit."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = dcmtk_env(nodelay=nodelay)
-    processes: list[subprocess.Popen[bytes]] = []
-    logs: list[Path] = []
-    handles = []
-    try:
-        for i in range(len(groups)):
-            path = log_dir / f"storescu-{i}.log"
-            handle = path.open("wb")
-            handles.append(handle)
-            logs.append(path)
-        started = time.perf_counter()
-        for i, group in enumerate(groups):
-            processes.append(
-                subprocess.Popen(
-                    storescu_command(port, called_ae, group, timeout=60),
-                    stdout=handles[i],
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=env,
-                )
-            )
-        deadline = started + timeout
-        codes: list[int] = []
-        for process in processes:
-            try:
-                codes.append(process.wait(timeout=max(0.1, deadline - time.perf_counter())))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                codes.append(process.wait())
-        elapsed = time.perf_counter() - started
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        for handle in handles:
-            handle.close()
-    return SendResult(elapsed, tuple(codes), tuple(logs))
+    logs = [log_dir / f"storescu-{i}.log" for i in range(len(groups))]
+    commands = [storescu_command(port, called_ae, group, timeout=60) for group in groups]
+    elapsed, codes = run_at_once(commands, logs, dcmtk_env(nodelay=nodelay), timeout)
+    return SendResult(elapsed, codes, tuple(logs))

@@ -25,6 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import node
 from node.convert.planes import integer_value
+from node.convert.source_header import TYPE2_FROM_SOURCE
 
 __all__ = ["QC_SERIES_DESCRIPTION", "SECONDARY_CAPTURE_STORAGE", "png_pixels", "qc_sc_uids", "qc_secondary_capture"]
 
@@ -92,20 +93,7 @@ def qc_secondary_capture(seg: Dataset, png: bytes, *, include_phi: bool = False)
     series_uid, sop_uid = qc_sc_uids(seg, pixels)
     seg_number = integer_value(seg.get("SeriesNumber"))
     series_number = min((seg_number or 0) + SERIES_NUMBER_OFFSET, 2**31 - 1)
-    patient: dict[str, Any] = {
-        keyword: seg.get(keyword)
-        for keyword in (
-            "PatientID",
-            "PatientName",
-            "PatientBirthDate",
-            "PatientSex",
-            "AccessionNumber",
-            "StudyID",
-            "StudyDate",
-            "StudyTime",
-            "ReferringPhysicianName",
-        )
-    }
+    patient: dict[str, Any] = {keyword: seg.get(keyword) for keyword in TYPE2_FROM_SOURCE}
     sc = hd.sc.SCImage(
         pixel_array=pixels,
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
