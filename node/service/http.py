@@ -69,6 +69,11 @@ class Routes:
         """Serve ``path`` (a prefix when it ends in ``/``, except ``/`` itself) with ``route``."""
         self._routes[path] = route
 
+    @property
+    def paths(self) -> list[str]:
+        """The paths served, in the order they were added (a prefix ends in ``/``)."""
+        return list(self._routes)
+
     def find(self, path: str) -> Route | None:
         """The route for ``path``: an exact one, else the longest prefix route that holds it."""
         if path in self._routes:
@@ -143,7 +148,7 @@ class HttpServer:
         )
         self._thread = threading.Thread(target=self._server.run, name="segnode-http", daemon=True)
         self._thread.start()
-        log.info("HTTP on %s:%d (/healthz, /metrics)", self.bind, self.port)
+        log.info("HTTP on %s:%d (%s)", self.bind, self.port, ", ".join(self.routes.paths))
 
     def stop(self) -> None:
         """Close the listening socket and every connection, and stop the worker threads."""
