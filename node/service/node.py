@@ -172,10 +172,11 @@ class Node:
         )
 
     def listening_on(self) -> str:
-        """``0.0.0.0:11112 and TLS port 2762 as SEGNODE``: where peers reach the node."""
-        ports = [f"port {self.port}"] if self.port else []
-        ports += [f"TLS port {self.tls_port}"] if self.tls_port else []
-        return f"{self.config.node.bind} {' and '.join(ports)} as {self.config.node.ae_title}"
+        """``0.0.0.0:11112 and TLS 0.0.0.0:2762 as SEGNODE``: where peers reach the node."""
+        bind = self.config.node.bind
+        ports = [f"{bind}:{self.port}"] if self.port else []
+        ports += [f"TLS {bind}:{self.tls_port}"] if self.tls_port else []
+        return f"{' and '.join(ports)} as {self.config.node.ae_title}"
 
     def stop(self) -> None:
         """Stop intake first (listener, watcher), then let the stages finish their current step."""

@@ -290,14 +290,18 @@ def test_qc_serves_pictures_and_figures_and_404s_every_traversal(tmp_path: Path,
 
 def test_the_buffer_keeps_the_last_warnings_phi_free_and_newest_first() -> None:
     buffer = WarningsBuffer(size=3).install()
+    library = logging.getLogger("pydicom.test")
+    # Its own level: node.logs.configure, if an earlier test ran it here, keeps pydicom's warnings at ERROR.
+    library.setLevel(logging.WARNING)
     try:
         log = logging.getLogger("node.test_status")
         log.info("not kept")
         for n in range(5):
             log.warning("warning %d", n, extra={"phi": {"PatientName": "Doe^Jane"}})
-        logging.getLogger("pydicom.test").warning("Invalid value for VR PN: 'Doe^Jane'")
+        library.warning("Invalid value for VR PN: 'Doe^Jane'")
     finally:
         buffer.uninstall()
+        library.setLevel(logging.NOTSET)
     logging.getLogger("node.test_status").warning("after uninstall")
     lines = buffer.lines()
     assert [line.level for line in lines] == ["WARNING"] * 3
