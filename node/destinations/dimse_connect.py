@@ -60,6 +60,10 @@ def _tls_reason(context: ssl.SSLContext, raw: socket.socket, host: str) -> str |
         return f"TLS handshake failed ({exc.reason or exc}); check that the port speaks DICOM TLS"
     except TimeoutError:
         return "TLS handshake timed out (is it a plain DICOM port, not a TLS one?)"
+    except OSError as exc:
+        # Anything else the network says mid-handshake (connection aborted, host unreachable, ...): still one
+        # line for the send result, never an exception out of the Deliver stage.
+        return f"TLS handshake failed ({exc.strerror or exc})"
 
 
 def connect_failure(dest: DicomPeer, timeout: float, tls: ssl.SSLContext | None = None) -> str:

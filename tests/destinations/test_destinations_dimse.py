@@ -4,11 +4,15 @@ Every send goes through the registry and the Destination Protocol, as the node's
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import highdicom as hd
 import numpy as np
@@ -22,7 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import split_dataset
 
-from node.destinations import Destination, Outcome, SendResult, create, dimse_scu
+from node.destinations import Destination, Outcome, SendResult, create, dimse_connect, dimse_scu
 from node.destinations.dimse import DicomDestination
 from node.destinations.dimse_status import LABEL_MAP_SEGMENTATION_STORAGE
 from node.errors import ConfigError
@@ -242,6 +246,23 @@ def test_nothing_listening_is_retry_unreachable(files: Files) -> None:
     assert _outcomes(results) == [Outcome.RETRY] * len(results)
     assert results[0].reason == f"PACS pacs (PACS@127.0.0.1:{port}) unreachable: connection refused"
     assert peer(dest).check() == results[0].reason
+
+
+class AbortingTls:
+    """An SSL context whose handshake meets an OSError none of the TLS-specific branches name."""
+
+    def wrap_socket(self, sock: socket.socket, server_hostname: str) -> ssl.SSLSocket:
+        raise ConnectionAbortedError(errno.ECONNABORTED, os.strerror(errno.ECONNABORTED))
+
+
+def test_any_os_error_during_the_tls_handshake_becomes_one_line() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:  # TCP connects (the backlog), the handshake fails
+        port = listener.getsockname()[1]
+        dest = DicomDestination("pacs", "PACS", "127.0.0.1", port, tls=True)
+        reason = dimse_connect.connect_failure(dest, 1.0, cast(ssl.SSLContext, AbortingTls()))
+    assert reason == (
+        f"PACS pacs (PACS@127.0.0.1:{port}, TLS): TLS handshake failed ({os.strerror(errno.ECONNABORTED)})"
+    )
 
 
 def test_unresolvable_host_is_retry(files: Files) -> None:
