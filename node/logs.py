@@ -70,6 +70,21 @@ def redact(text: str) -> str:
     return _QUOTED.sub(REDACTED, text)
 
 
+#: What segnode writes before a library's own message (``unexpected error: ValueError: ...``), whose text may
+#: quote a header value.
+UNEXPECTED = "unexpected error"
+
+
+def redact_unexpected(text: str) -> str:
+    """``text`` with the quoted values after "unexpected error" redacted: that part is a library's message.
+
+    >>> redact_unexpected("a.nii.gz: unexpected error: ValueError: Invalid value for VR PN: 'Doe^Jane'")
+    "a.nii.gz: unexpected error: ValueError: Invalid value for VR PN: '<redacted>'"
+    """
+    head, marker, tail = text.partition(UNEXPECTED)
+    return head + marker + redact(tail) if marker else text
+
+
 def _foreign(value: object) -> bool:
     """A library's warning or exception, whose text may quote header values (segnode's own errors do not)."""
     return isinstance(value, BaseException) and not type(value).__module__.startswith("node.")
@@ -92,7 +107,8 @@ class LineFormatter(logging.Formatter):
         args: Any = record.args
         if isinstance(args, tuple) and any(_foreign(arg) for arg in args):
             args = tuple(redact(str(arg)) if _foreign(arg) else arg for arg in args)
-        return str(record.msg) % args if args else str(record.msg)
+        # A library's message turned into text by error_line() is no longer an exception the line above sees.
+        return redact_unexpected(str(record.msg) % args if args else str(record.msg))
 
     def exception(self, record: logging.LogRecord) -> str:
         if not record.exc_info:

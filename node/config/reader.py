@@ -46,9 +46,9 @@ def _listing(words: list[str]) -> str:
 class _Reader:
     """Turns one parsed TOML document into a Config, naming the file and key in every error."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, base: Path | None = None) -> None:
         self.path = path
-        self.base = path.parent
+        self.base = base or path.parent
 
     def fail(self, key: str, expected: str, value: Any = dataclasses.MISSING) -> ConfigError:
         got = "" if value is dataclasses.MISSING else f", got {value!r}"
@@ -213,13 +213,16 @@ class _Reader:
                 raise self.fail(f"[tls] {exc.key}", exc.expected, str(exc.path)) from None
 
 
-def load_config(path: Path) -> Config:
+def load_config(path: Path, *, located_at: Path | None = None) -> Config:
     """Read and validate the configuration file at ``path``.
 
     Parameters
     ----------
     path
         A TOML file; see ``config/segnode.toml`` for every key.
+    located_at
+        Read it as if it were there: relative paths resolve against that file's folder (``segnode
+        install-service`` reads the file it will copy as the copy).
 
     Returns
     -------
@@ -242,6 +245,7 @@ def load_config(path: Path) -> Config:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-    config = _Reader(path.absolute()).config(document)
+    base = located_at.absolute().parent if located_at is not None else None
+    config = _Reader(path.absolute(), base).config(document)
     log.debug("loaded %s: %d destination(s)", path, len(config.destinations))
     return config

@@ -210,8 +210,13 @@ def _create_user(plan: Plan, home: Path) -> None:
     plan.step(f"create system user {USER} ({SYSUSERS_FILE}, systemd-sysusers)", create)
 
 
-def _folder(plan: Plan, absolute: Path, mode: int, group_only: bool) -> None:
+def _folder(plan: Plan, absolute: Path, mode: int, group_only: bool, *, adopt: bool = True) -> None:
+    """Create a folder for the service; an existing one is given to it only when ``adopt`` (the node's own
+    ``[paths]``), so a shared folder (a folder destination another service reads) keeps its owner and mode."""
     target = plan.path(absolute)
+    if target.is_dir() and not adopt:
+        plan.say(f"{target}: exists, owner and mode kept; user {USER} must be able to write into it")
+        return
 
     def make() -> None:
         target.mkdir(parents=True, exist_ok=True)
@@ -245,9 +250,10 @@ def install(
     source = installed if installed.is_file() else (source_config or CHECKOUT_CONFIG)
     if not source.is_file():
         raise ConfigError(f"{source}: no configuration to install; pass --config FILE")
-    config = load_config(source)
+    # Read as the copy the node will run with: its relative paths resolve against /etc/segnode, not the source's.
+    config = load_config(source, located_at=DEFAULT_CONFIG)
     _create_user(plan, config.paths.data)
-    _folder(plan, DEFAULT_CONFIG.parent, 0o750, group_only=True)
+    _folder(plan, DEFAULT_CONFIG.parent, 0o750, group_only=True, adopt=False)
     if source != installed:
 
         def copy() -> None:
@@ -260,8 +266,9 @@ def install(
         plan.step(f"copy {source} to {installed} (root:{USER}, 640)", copy)
     else:
         say(f"{installed}: exists, kept")
+    own = {config.paths.data, config.paths.inbox, config.paths.export}
     for folder in writable_folders(config):
-        _folder(plan, folder, 0o750, group_only=False)
+        _folder(plan, folder, 0o750, group_only=False, adopt=folder in own)
     unit = plan.path(UNIT_FOLDER / UNIT_NAME)
     text = render_unit(config, segnode_executable())
 

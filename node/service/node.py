@@ -18,7 +18,7 @@ from types import FrameType
 
 from node.config import Config
 from node.convert.seg import AlgorithmInfo, SegOptions, SegType
-from node.dicom.counters import ReceiverCounters
+from node.dicom.counters import ROWS, ReceiverCounters
 from node.dicom.receivers import ReceiverPool
 from node.dicom.scp import StorageSCP
 from node.dicom.tls import TlsFileError
@@ -84,7 +84,8 @@ class Node:
         self.stages: list[Stage] = []
         self._threads: list[threading.Thread] = []
         #: The receivers count into shared memory held here, so counts survive a receiver process's restart.
-        self.counters = ReceiverCounters()
+        # One row per receiver process; in-process receiving needs no shared memory (nor its tracker process).
+        self.counters = ReceiverCounters(rows=1 if config.node.receive_processes == 1 else ROWS)
         self.disk = DiskGuard.from_config(config)
         self.metrics = Metrics([d.name for d in config.destinations])
         self.metrics.watch_receivers(self.counters.snapshot)
@@ -288,6 +289,11 @@ class Node:
         except TransientError as exc:
             # A busy or momentarily unavailable database or disk: log, back off, go on.
             log.error("%s stage: %s; retrying", stage.name, exc)
+            self.stopping.wait(ERROR_PAUSE_SECONDS)
+            done = 0
+        except SegnodeError as exc:
+            # e.g. a destination a reload removed while its sends were claimed: one line, and the stage goes on.
+            log.error("%s stage: %s", stage.name, error_line(exc))
             self.stopping.wait(ERROR_PAUSE_SECONDS)
             done = 0
         stage.beat()

@@ -6,10 +6,11 @@ the node runs; what needs new sockets, folders or processes is reported as takin
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 
-from node.config import Config, load_config
+from node.config import Config, NodeConfig, load_config
 from node.convert.label_tables import read_label_table
 from node.errors import ConfigError, SegnodeError, error_line
 
@@ -19,13 +20,34 @@ log = logging.getLogger(__name__)
 RESTART_KEYS: tuple[tuple[str, Callable[[Config], object]], ...] = (
     ("[paths]", lambda c: c.paths),
     ("[http]", lambda c: c.http),
-    ("[node] receive_processes", lambda c: c.node.receive_processes),
+    ("[inbox]", lambda c: c.inbox),
+    # The log formatters and the status page's warnings take it at start; QC would switch at once: one policy.
+    ("[logging]", lambda c: c.logging),
+    ("[node] ae_title, bind, port and receive_processes", lambda c: _fixed_node(c.node)),
 )
 
 
+def _fixed_node(node: NodeConfig) -> tuple[object, ...]:
+    return node.ae_title, node.bind, node.port, node.receive_processes
+
+
+def _keep_running(fresh: Config, current: Config) -> Config:
+    """``fresh`` with what takes a restart as it runs now, so the whole node goes on with one configuration."""
+    node = dataclasses.replace(
+        fresh.node,
+        ae_title=current.node.ae_title,
+        bind=current.node.bind,
+        port=current.node.port,
+        receive_processes=current.node.receive_processes,
+    )
+    return dataclasses.replace(
+        fresh, node=node, paths=current.paths, http=current.http, inbox=current.inbox, logging=current.logging
+    )
+
+
 def read_again(current: Config) -> Config:
-    """``current``'s file read again, its TLS files and label table loaded once, and what takes a restart
-    logged.
+    """``current``'s file read again, its TLS files and label table loaded once; what takes a restart is
+    logged and keeps its running value.
 
     Raises
     ------
@@ -44,7 +66,7 @@ def read_again(current: Config) -> Config:
     for key, part in RESTART_KEYS:
         if part(fresh) != part(current):
             log.warning("reload: %s changed; that takes effect at the next restart", key)
-    return fresh
+    return _keep_running(fresh, current)
 
 
 def summary(config: Config) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from node.errors import SegnodeError, error_line
-from node.logs import redact
+from node.logs import redact_unexpected
 from node.service.health import Health
 from node.service.warnings_buffer import WarningLine
 from node.state import State
@@ -177,10 +177,7 @@ def safe_reason(reason: str | None, include_phi: bool) -> str:
     """A stored reason for the page: a library's text after "unexpected error" has its quotes redacted."""
     if not reason:
         return ""
-    if include_phi or "unexpected error" not in reason:
-        return reason
-    head, marker, tail = reason.partition("unexpected error")
-    return head + marker + redact(tail)
+    return reason if include_phi else redact_unexpected(reason)
 
 
 def health_view(health: Health) -> HealthView:
@@ -202,11 +199,17 @@ def health_view(health: Health) -> HealthView:
     )
 
 
-def series_view(row: SeriesRow, sidecars: Sequence[Mapping[str, Any]], now: float) -> SeriesView:
-    """One series row with its export sidecars (main stack first; empty before export)."""
+def series_view(
+    row: SeriesRow, sidecars: Sequence[Mapping[str, Any]], now: float, *, include_phi: bool = False
+) -> SeriesView:
+    """One series row with its export sidecars (main stack first; empty before export).
+
+    The series description is free text a scanner may fill with anything (PS3.15's basic confidentiality
+    profile removes it), so, as in the QC pictures, it is shown only with ``include_phi``.
+    """
     main = sidecars[0] if sidecars else {}
     if row.state is SeriesState.FAILED:
-        export = row.reason or "failed"
+        export = safe_reason(row.reason, include_phi) or "failed"
     elif row.export_version is not None:
         export = f"version {row.export_version}, {main.get('exported_at', '?')}"
     else:
@@ -218,7 +221,7 @@ def series_view(row: SeriesRow, sidecars: Sequence[Mapping[str, Any]], now: floa
         state=row.state.value,
         instances=row.instance_count,
         stacks=stacks,
-        description=str(main.get("SeriesDescription", "")),
+        description=str(main.get("SeriesDescription", "")) if include_phi else "",
         modality=str(main.get("Modality", "")),
         export=export,
         last_received=age(now - row.last_received_at),
@@ -321,7 +324,7 @@ def gather(
     try:
         series_counts = {k.value: v for k, v in state.series.counts().items()}
         series = [
-            series_view(row, export_sidecars(folders.export, row.series_uid), now)
+            series_view(row, export_sidecars(folders.export, row.series_uid), now, include_phi=include_phi)
             for row in state.series.list_series(limit=rows)
         ]
     except SegnodeError as exc:

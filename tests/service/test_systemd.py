@@ -199,6 +199,25 @@ def test_install_into_a_staging_root_makes_user_folders_config_and_unit(staging:
         assert verified.returncode == 0, verified.stderr
 
 
+def test_install_reads_a_given_config_as_its_installed_copy_and_keeps_a_shared_folder_s_owner(
+    staging: Path, tmp_path: Path
+) -> None:
+    shared = staging / "srv/share"  # a folder destination another service reads
+    shared.mkdir(parents=True)
+    shared.chmod(0o755)
+    source = tmp_path / "mine.toml"
+    source.write_text(
+        '[paths]\ndata = "state"\ninbox = "state/inbox"\nexport = "state/export"\n'
+        '[[destinations]]\nname = "share"\nfolder = "/srv/share"\n'
+    )
+    installer.install(root=staging, source_config=source, say=lambda _line: None)
+    unit = (staging / "etc/systemd/system/segnode.service").read_text()
+    # Relative paths are the installed copy's: under /etc/segnode, not under the folder the source came from.
+    assert "/etc/segnode/state" in unit and str(tmp_path) not in unit
+    assert (staging / "etc/segnode/state").is_dir()
+    assert (shared.stat().st_uid, shared.stat().st_mode & 0o777) == (0, 0o755)  # not taken over
+
+
 MDWE_PROBE = """
 import ctypes, mmap, sys
 libc = ctypes.CDLL(None, use_errno=True)
