@@ -11,6 +11,9 @@ place that decides.
 A slot is given back when the association's thread ends (:meth:`AssociationGate.exited`, called by
 :class:`~node.dicom.listener.ListenerServer`), which every path reaches: release, abort, the peer disconnecting,
 a network or ACSE timeout, a rejection after the slot was taken, an exception in a handler.
+
+Admission fails closed: an exception while deciding is logged and rejects the association (transient,
+service-provider, temporary congestion), since pynetdicom would swallow it and negotiate regardless.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from pynetdicom import evt
 
-from node.dicom.access import AccessPolicy, Rejection
+from node.dicom.access import AccessPolicy, Rejection, RejectReason, RejectResult, RejectSource
 from node.dicom.counters import ReceiverCounters
+from node.errors import error_line
 
 if TYPE_CHECKING:
     from node.diskspace import DiskGuard
@@ -71,6 +75,26 @@ def peer_text(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
+#: A-ASSOCIATE-RJ reason when admission itself failed: with a service-provider (presentation) source and a
+#: transient result, temporary congestion (PS3.8 9.3.4), so the peer tries again later.
+FAILED_REASON = RejectReason.TEMPORARY_CONGESTION
+
+
+def _who(assoc: Any) -> str:
+    """The requestor's ``host:port`` for a log line, or a placeholder when even that cannot be read."""
+    try:
+        return peer_text(str(assoc.requestor.address), int(assoc.requestor.port))
+    except Exception:
+        return "an unknown peer"
+
+
+def _reject(assoc: Any, result: int, source: int, reason: int) -> None:
+    assoc.acse.send_reject(int(result), int(source), reason)
+    # As pynetdicom does after its own rejections: wait until the A-ASSOCIATE-RJ has gone out and the peer has
+    # closed (or the ARTIM timer expired) before the connection is shut down.
+    assoc.kill()
+
+
 class AssociationGate:
     """Admits or rejects each requested association and holds its slot in ``counters`` while it is open."""
 
@@ -85,8 +109,26 @@ class AssociationGate:
         return [(evt.EVT_REQUESTED, self.requested), (evt.EVT_ACCEPTED, self.accepted)]
 
     def requested(self, event: Any) -> None:
-        """``EVT_REQUESTED``: admit, or send the A-ASSOCIATE-RJ and end the association."""
+        """``EVT_REQUESTED``: admit, or send the A-ASSOCIATE-RJ and end the association.
+
+        Fails closed: pynetdicom swallows an exception raised here and, its own checks being switched off, would
+        go on to negotiate. So any exception gives back the slot if one was taken, is logged and rejects
+        transiently (the node's trouble, not the peer's).
+        """
         assoc = event.assoc
+        try:
+            self._admit(assoc)
+        except Exception as exc:
+            self.exited(assoc)  # a slot taken before the failure is given back now
+            log.error("admission failed for an association from %s, rejecting it: %s", _who(assoc), error_line(exc))
+            log.debug("admission failure", exc_info=True)
+            try:
+                _reject(assoc, RejectResult.TRANSIENT, RejectSource.SERVICE_PROVIDER_PRESENTATION, FAILED_REASON)
+            except Exception:
+                log.debug("could not send the A-ASSOCIATE-RJ either; aborting", exc_info=True)
+                assoc.abort()  # negotiation must not go on whatever happens
+
+    def _admit(self, assoc: Any) -> None:
         request = assoc.requestor.primitive
         calling, called = str(request.calling_ae_title).strip(), str(request.called_ae_title).strip()
         address = str(assoc.requestor.address)
@@ -106,10 +148,7 @@ class AssociationGate:
             called,
             rejection.why,
         )
-        assoc.acse.send_reject(int(rejection.result), int(rejection.source), rejection.reason)
-        # As pynetdicom does after its own rejections: wait until the A-ASSOCIATE-RJ has gone out and the peer
-        # has closed (or the ARTIM timer expired) before the connection is shut down.
-        assoc.kill()
+        _reject(assoc, rejection.result, rejection.source, rejection.reason)
 
     def accepted(self, _event: Any) -> None:
         """``EVT_ACCEPTED``: count it."""

@@ -22,6 +22,7 @@ from pynetdicom import AE
 from raw_pdu import ASSOCIATE_AC, associate_rq, read_answer, request
 
 from node.config import Config, load_config
+from node.dicom.access import AccessPolicy, Rejection
 from node.dicom.counters import ReceiverCounters
 from node.dicom.entity import NetworkSettings
 from node.dicom.scp import STATUS_OUT_OF_RESOURCES, StorageSCP
@@ -160,6 +161,33 @@ def test_allowed_sources_admit_loopback_in_either_notation(running: Callable[...
         node = running({"node": {"allowed_sources": sources}})
         assert request(HOST, node.port, AE_TITLE, "PACS").pdu_type == ASSOCIATE_AC
     assert node.counters.snapshot().associations_accepted == 1
+
+
+class FailingPolicy(AccessPolicy):
+    """A policy that cannot decide: admission must fail closed, not leave it to pynetdicom (whose checks are off)."""
+
+    def check(self, address: str, calling_aet: str, called_aet: str) -> Rejection | None:
+        raise RuntimeError("policy exploded")
+
+
+def test_an_admission_that_fails_rejects_transiently_and_takes_no_slot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    counters = ReceiverCounters(rows=1)
+    policy = FailingPolicy(AE_TITLE)
+    scp = StorageSCP(InstanceStore(data), data / "db.sqlite3", bind=HOST, port=0, counters=counters, access=policy)
+    caplog.set_level(logging.DEBUG, logger="node.dicom.admission")
+    with scp:
+        assert request(HOST, scp.port, AE_TITLE, "ANYONE").rejection == (2, 3, 1)
+    snapshot = counters.snapshot()
+    assert snapshot.associations_accepted == 0 and snapshot.open_associations == 0
+    errors = [r for r in caplog.records if r.name == "node.dicom.admission" and r.levelno == logging.ERROR]
+    (line,) = [r.getMessage() for r in errors]
+    assert line.startswith("admission failed for an association from 127.0.0.1:") and "rejecting it" in line
+    assert line.endswith("RuntimeError: policy exploded") and errors[0].exc_info is None
+    debug = [r for r in caplog.records if r.name == "node.dicom.admission" and r.levelno == logging.DEBUG]
+    assert any(r.exc_info is not None for r in debug)  # the traceback, at debug only
 
 
 # -- the association limit and its slots --------------------------------------------------------------------------
