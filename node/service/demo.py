@@ -10,7 +10,6 @@ stuck in, and the temporary folder is removed whatever happened.
 from __future__ import annotations
 
 import errno
-import importlib.util
 import logging
 import shlex
 import shutil
@@ -45,6 +44,7 @@ from node.destinations import Outcome, create
 from node.destinations.dimse import DicomDestination
 from node.destinations.folder import FolderDestination
 from node.errors import SegnodeError, error_line
+from node.pipeline.qc import qc_paths
 from node.service.demo_phantom import PATIENT_NAME, PhantomSeries, write_phantom
 from node.service.node import Node
 from node.state import State
@@ -95,7 +95,6 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
     stop = threading.Event()
     with _stop_on_signals(stop):
         work = Path(tempfile.mkdtemp(prefix="segnode-demo-"))
-        node: Node | None = None
         try:
             say(f"working folder {work} (removed when the demo ends)")
             try:
@@ -111,26 +110,27 @@ def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> int:
                     f" {grid.rows}x{grid.columns}, {grid.pixel_mm:g} mm pixels, {grid.slice_mm:g} mm slices"
                 )
                 node = _start_node(work, output, options)
-                say(f"node {AE_TITLE} listening on {LOOPBACK}:{node.port}, writing SEGs to {output}")
-                _check(stop, "sending the phantom")
-                _send(phantom, node.port)
-                say(f"sent {len(phantom.paths)} instances by C-STORE to {AE_TITLE}@{LOOPBACK}:{node.port}")
-                seg, sop_uid = _wait_for_seg(node, phantom, output, options.timeout, stop, errors, say)
-                say(f"SEG ready: {seg}")
-                say(_qc_line(node, sop_uid, output, stop))
-                http = node.http_port
-                say(f"status page: http://{LOOPBACK}:{http}/" if http else "status page: not served by this node")
-                if options.exit_when_done:
+                try:
+                    say(f"node {AE_TITLE} listening on {LOOPBACK}:{node.port}, writing SEGs to {output}")
+                    _check(stop, "sending the phantom")
+                    _send(phantom, node.port)
+                    say(f"sent {len(phantom.paths)} instances by C-STORE to {AE_TITLE}@{LOOPBACK}:{node.port}")
+                    seg, sop_uid = _wait_for_seg(node, phantom, output, options.timeout, stop, errors, say)
+                    say(f"SEG ready: {seg}")
+                    say(_qc_line(node, sop_uid, output, stop))
+                    http = node.http_port
+                    say(f"status page: http://{LOOPBACK}:{http}/" if http else "status page: not served by this node")
+                    if options.exit_when_done:
+                        return 0
+                    say("running; press Ctrl-C to stop the node and remove the working folder")
+                    stop.wait()
                     return 0
-                say("running; press Ctrl-C to stop the node and remove the working folder")
-                stop.wait()
-                return 0
+                finally:
+                    node.stop()  # inside the log's block: its shutdown lines go to node.log, not the terminal
         except _Interrupted as interrupted:
             say(f"interrupted while {interrupted.step}")
             return INTERRUPTED
         finally:
-            if node is not None:
-                node.stop()
             _remove(work, say)
 
 
@@ -329,9 +329,9 @@ def _hook_failure(errors: _ErrorRecords) -> str | None:
 
 def _qc_line(node: Node, sop_uid: str, output: Path, stop: threading.Event) -> str:
     """Copy the QC picture into ``output`` when the node makes one; the line to print either way."""
-    if not node.config.qc.enabled or importlib.util.find_spec("node.convert.qc") is None:
+    if not node.config.qc.enabled:
         return "QC picture: none, QC pictures are off in this node"
-    picture = node.config.paths.data / "qc" / f"{sop_uid}.png"
+    picture = qc_paths(node.config, sop_uid)[0]
     deadline = time.monotonic() + QC_WAIT_SECONDS
     while not picture.is_file():
         if time.monotonic() > deadline or stop.is_set():
