@@ -13,7 +13,7 @@ from pathlib import Path
 
 import node
 from node import logs
-from node.config import DEFAULT_CONFIG, Config, load_config
+from node.config import DEFAULT_CONFIG, Config, check_tls_files, load_config
 from node.config.effective import effective_toml
 from node.convert import build_seg_from_input, error_line, write_dataset_atomically
 from node.convert.seg import AlgorithmInfo, SegOptions, SegType
@@ -147,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
     from node.service.node import Node  # the service pulls in the network stack; convert does not need it
 
     config = load_config(args.config)
+    check_tls_files(config)  # a certificate that does not load is one line here, not a failed start later
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else config.node.log_level)
     Node(config).run()
     return 0
@@ -154,6 +155,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    check_tls_files(config)
     destinations = ", ".join(d.describe() for d in config.destinations) or "none"
     # The verdict is a TOML comment, so that stdout stays a file `segnode run --config` accepts as it is.
     print(

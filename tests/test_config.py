@@ -288,3 +288,39 @@ def test_config_error_is_a_value_error_and_not_retryable(tmp_path: Path) -> None
 )
 def test_ae_title_rules(title: str, ok: bool) -> None:
     assert (ae_title_problem(title) is None) is ok
+
+
+def test_tls_files_are_checked_to_be_there_at_load_and_loaded_only_when_asked(tmp_path: Path) -> None:
+    from tls_certs import make_pki
+
+    from node.config import check_tls_files
+
+    pki = make_pki(tmp_path / "pki")
+    broken = tmp_path / "broken.pem"
+    broken.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    tls = f'[tls]\nport = 2762\ncertificate = "{broken}"\nprivate_key = "{pki.server_key}"\n'
+    config = load_config(write(tmp_path, tls))  # `segnode status` needs no key it cannot read
+    with pytest.raises(ConfigError, match=r"\[tls\] certificate: expected a PEM certificate matching private_key"):
+        check_tls_files(config)
+    good = f'[tls]\nport = 2762\ncertificate = "{pki.server_certificate}"\nprivate_key = "{pki.server_key}"\n'
+    check_tls_files(load_config(write(tmp_path, good)))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[tls]\ncertificate = "{cert}"\n', "[tls] private_key: expected a private key with the certificate"),
+        (
+            '[node]\nport = 2762\n[tls]\nport = 2762\ncertificate = "{cert}"\nprivate_key = "{key}"\n',
+            "[tls] port: expected a port other than [node] port (2762), got 2762",
+        ),
+    ],
+)
+def test_tls_keys_that_cannot_work_together_fail_at_load(tmp_path: Path, text: str, expected: str) -> None:
+    from tls_certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    path = write(tmp_path, text.format(cert=pki.server_certificate, key=pki.server_key))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert expected in str(caught.value)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from node.checks import ae_title_problem
-from node.config.reader import load_config
+from node.config.reader import check_tls_files, load_config
 from node.config.sections import (
     Config,
     DiskConfig,
@@ -53,6 +53,7 @@ __all__ = [
     "SeriesConfig",
     "TlsConfig",
     "ae_title_problem",
+    "check_tls_files",
     "load_config",
 ]
 

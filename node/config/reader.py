@@ -184,13 +184,21 @@ class _Reader:
                 f"a number of at least backoff_initial ({send.backoff_initial:g})",
                 send.backoff_max,
             )
-        self.check_tls(sections["tls"], destinations)
+        self.check_tls(sections["tls"], sections["node"].port, destinations)
         return Config(destinations=destinations, source=self.path, **sections)
 
-    def check_tls(self, tls: TlsConfig, destinations: tuple[DestinationConfig, ...]) -> None:
-        """What [tls] needs besides its own keys: files for a listener, a CA bundle to verify against."""
+    def check_tls(self, tls: TlsConfig, node_port: int, destinations: tuple[DestinationConfig, ...]) -> None:
+        """What [tls] needs besides its own keys: files for a listener, a CA bundle to verify against.
+
+        The files are only checked to be there: loading them (:func:`check_tls_files`) needs the private key,
+        which `segnode status` and the other read-only commands have no reason to read.
+        """
         if tls.port and (tls.certificate is None or tls.private_key is None):
             raise self.fail("[tls] certificate", "a PEM certificate and private_key when [tls] port is set")
+        if (tls.certificate is None) != (tls.private_key is None):
+            raise self.fail("[tls] private_key", "a private key with the certificate, or neither of them")
+        if tls.port and tls.port == node_port and tls.plain:
+            raise self.fail("[tls] port", f"a port other than [node] port ({node_port})", tls.port)
         if not tls.plain and not tls.port:
             raise self.fail("[tls] plain", "true unless [tls] port opens a TLS listener", tls.plain)
         if tls.require_client_certificate and tls.ca_certificates is None:
@@ -204,13 +212,25 @@ class _Reader:
             path: Path | None = getattr(tls, key)
             if path is not None and not path.is_file():
                 raise self.fail(f"[tls] {key}", "a readable PEM file", str(path))
-        if tls.port or tls.ca_certificates is not None:
-            from node.dicom.tls import TlsFileError, check_files  # ssl loads only where TLS is configured
 
-            try:
-                check_files(tls)
-            except TlsFileError as exc:
-                raise self.fail(f"[tls] {exc.key}", exc.expected, str(exc.path)) from None
+
+def check_tls_files(config: Config) -> None:
+    """Load ``config``'s [tls] files once, as the node will: `run`, `check-config` and a reload call it.
+
+    Raises
+    ------
+    ConfigError
+        A certificate, key or CA bundle does not load: names the key, the file and what is expected.
+    """
+    tls = config.tls
+    if not tls.port and tls.ca_certificates is None:
+        return
+    from node.dicom.tls import TlsFileError, check_files  # ssl loads only where TLS is configured
+
+    try:
+        check_files(tls)
+    except TlsFileError as exc:
+        raise _Reader(config.source or Path("config")).fail(f"[tls] {exc.key}", exc.expected, str(exc.path)) from None
 
 
 def load_config(path: Path, *, located_at: Path | None = None) -> Config:

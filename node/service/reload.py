@@ -10,7 +10,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-from node.config import Config, NodeConfig, load_config
+from node.config import Config, NodeConfig, check_tls_files, load_config
 from node.convert.label_tables import read_label_table
 from node.errors import ConfigError, SegnodeError, error_line
 
@@ -57,7 +57,8 @@ def read_again(current: Config) -> Config:
     source = current.source
     if source is None:
         raise ConfigError("the configuration was not read from a file, so there is nothing to reload")
-    fresh = load_config(source)  # loads the TLS files too: a bad certificate fails here
+    fresh = load_config(source)
+    check_tls_files(fresh)  # a certificate that does not load fails here, before anything changes
     if fresh.seg.labels is not None:
         try:
             read_label_table(fresh.seg.labels)
