@@ -15,21 +15,19 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
-import numpy.typing as npt
 from pydicom.dataset import Dataset
 
 from node.convert.anatomy import palette_color
 from node.convert.geometry import FloatArray
 from node.convert.series import functional_attribute
 
-# verify.py's frame reader decodes one frame at a time (BINARY frames straddle bytes); the QC reads the same bits.
-from node.convert.verify import frame_segment_number, stored_frames
+# verify.py's frame reader decodes one frame at a time (BINARY frames straddle bytes); the QC reads the same bits,
+# by the same rules per SEG type.
+from node.convert.verify import frame_masks, stored_frames
 from node.errors import GeometryError
 
 RGB = tuple[int, int, int]
 Vec3 = tuple[float, float, float]
-
-LABELMAP_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
 
 
 @dataclass(frozen=True)
@@ -59,9 +57,6 @@ class FramePoints:
     segment: int
     points: FloatArray
     voxel_mm3: float
-    #: The frame's geometry, so a reader can tell whether it lies in a plane of the source grid.
-    position: FloatArray
-    orientation: FloatArray
 
 
 @dataclass(frozen=True)
@@ -161,16 +156,6 @@ def _slice_spacing(seg: Dataset, frame: int) -> float:
     raise GeometryError(f"SEG frame {frame + 1} states neither SpacingBetweenSlices nor SliceThickness")
 
 
-def _frame_masks(seg: Dataset, frame: int, pixels: npt.NDArray[Any]) -> list[tuple[int, npt.NDArray[np.bool_]]]:
-    """(segment number, mask) of each segment one frame holds, by the SEG's type."""
-    if seg.SOPClassUID == LABELMAP_STORAGE:
-        return [(int(v), pixels == v) for v in np.unique(pixels) if v != 0]
-    if seg.get("SegmentationType") == "FRACTIONAL":
-        threshold = (int(getattr(seg, "MaximumFractionalValue", 1)) + 1) // 2
-        return [(frame_segment_number(seg, frame), pixels >= threshold)]
-    return [(frame_segment_number(seg, frame), pixels != 0)]
-
-
 def frame_points(seg: Dataset) -> Iterator[FramePoints]:
     """Per frame and segment, the LPS centres of the pixels it marks, placed by the frame's own geometry.
 
@@ -186,12 +171,12 @@ def frame_points(seg: Dataset) -> Iterator[FramePoints]:
         delta_row, delta_col = _floats(seg, frame, "PixelMeasuresSequence", "PixelSpacing")
         voxel_mm3 = float(delta_row * delta_col * _slice_spacing(seg, frame))
         col_step, row_step = orientation[:3] * delta_col, orientation[3:] * delta_row
-        for number, mask in _frame_masks(seg, frame, pixels):
+        for number, mask in frame_masks(seg, frame, pixels):
             rows, cols = np.nonzero(mask)
             if rows.size == 0:
                 continue
             points = position + cols[:, None] * col_step + rows[:, None] * row_step
-            yield FramePoints(number, np.asarray(points, dtype=np.float64), voxel_mm3, position, orientation)
+            yield FramePoints(number, np.asarray(points, dtype=np.float64), voxel_mm3)
 
 
 def _vec(values: FloatArray) -> Vec3:

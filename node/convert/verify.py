@@ -77,31 +77,38 @@ def frame_segment_number(seg: Dataset, frame: int) -> int:
     return int(functional_attribute(seg, frame, "SegmentIdentificationSequence", "ReferencedSegmentNumber"))
 
 
+#: The SOP class whose frames hold segment numbers as pixel values rather than one segment per frame.
+LABELMAP_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
+
+
+def frame_masks(seg: Dataset, frame: int, pixels: npt.NDArray[Any]) -> list[tuple[int, npt.NDArray[np.bool_]]]:
+    """(segment number, mask) of each segment one frame's stored ``pixels`` hold, by the SEG's type: a LABELMAP's
+    non-zero values, a FRACTIONAL frame's pixels at half the maximum or more, a BINARY frame's set bits."""
+    if seg.SOPClassUID == LABELMAP_STORAGE:
+        return [(int(v), pixels == v) for v in np.unique(pixels) if v != 0]
+    if seg.get("SegmentationType") == "FRACTIONAL":
+        threshold = (int(getattr(seg, "MaximumFractionalValue", 1)) + 1) // 2
+        return [(frame_segment_number(seg, frame), pixels >= threshold)]
+    return [(frame_segment_number(seg, frame), pixels != 0)]
+
+
 def _frame_sums(seg: Dataset) -> list[tuple[int, int, int, float, float]]:
     """(frame, segment number, count, row-index sum, column-index sum) for each frame and segment it holds."""
     if (packed := _packed_frame_sums(seg)) is not None:
         return [(f, frame_segment_number(seg, f), int(n), r, c) for f, (n, r, c) in enumerate(packed)]
-    labelmap = seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"
-    threshold = (int(getattr(seg, "MaximumFractionalValue", 1)) + 1) // 2 if seg.SegmentationType == "FRACTIONAL" else 1
     row_index = np.arange(int(seg.Rows), dtype=np.float64)
     col_index = np.arange(int(seg.Columns), dtype=np.float64)
-    result = []
-    for f, frame in enumerate(stored_frames(seg)):
-        if labelmap:
-            parts = [(int(v), frame == v) for v in np.unique(frame) if v != 0]
-        else:
-            parts = [(frame_segment_number(seg, f), frame >= threshold)]
-        for number, mask in parts:
-            result.append(
-                (
-                    f,
-                    number,
-                    int(np.count_nonzero(mask)),
-                    float(mask.sum(axis=1) @ row_index),
-                    float(mask.sum(axis=0) @ col_index),
-                )
-            )
-    return result
+    return [
+        (
+            f,
+            number,
+            int(np.count_nonzero(mask)),
+            float(mask.sum(axis=1) @ row_index),
+            float(mask.sum(axis=0) @ col_index),
+        )
+        for f, frame in enumerate(stored_frames(seg))
+        for number, mask in frame_masks(seg, f, frame)
+    ]
 
 
 @dataclass(frozen=True)
