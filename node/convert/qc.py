@@ -167,13 +167,15 @@ def qc_figure(
 ) -> QcPicture:
     """Draw the QC picture of ``seg`` over its source ``series`` (``pixels``: (plane, row, col), rescaled).
 
-    ``figures`` may be passed when already computed (:func:`segment_figures` of the same SEG).
+    ``figures`` may be passed when already computed (:func:`segment_figures` of the same SEG over the same
+    series). Volumes weigh each voxel by the slab of the source plane it lies on (``series.slab_at``), not by the
+    SEG's nominal Slice Thickness.
     """
     expected = (series.plane_count, *series.grid.shape[1:])
     if pixels.shape != expected:
         raise ValueError(f"source pixels have shape {pixels.shape}, the series' planes {expected}")
     stack = PlaneStack.of(series)
-    figures = list(segment_figures(seg) if figures is None else figures)
+    figures = list(segment_figures(seg, series.slab_at) if figures is None else figures)
     centre = _segments_centre(figures, series.grid)
     views = orthogonal_views(series.grid, centre, ORTHOGONAL_BOX) + _native_views(figures, stack)
     sampled = [sample_indices(view, stack) for view in views]

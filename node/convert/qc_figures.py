@@ -4,12 +4,17 @@ Everything here comes from the SEG dataset alone (Segment Sequence, each frame's
 bits), never from the array that built it: a SEG that was mirrored or shifted on its way out shows up here
 mirrored or shifted. :func:`segment_figures` sums the points up per segment (voxels, mL, centroid, bounding box);
 the QC picture (:mod:`node.convert.qc`) places the same points on the source grid.
+
+A voxel's volume is its pixel area times the slab of the source plane it lies on (``slab_of``, as
+:func:`node.convert.verify.seg_stats` weighs it). The SEG's own Slice Thickness is the nominal thickness, which
+differs from the step between planes in an overlapping or gapped reconstruction, and it states Spacing Between
+Slices only for evenly spaced planes; so what the SEG states is used only when no source series is at hand.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +27,8 @@ from node.convert.geometry import FloatArray
 from node.convert.series import functional_attribute
 
 # verify.py's frame reader decodes one frame at a time (BINARY frames straddle bytes); the QC reads the same bits,
-# by the same rules per SEG type.
-from node.convert.verify import frame_masks, stored_frames
+# by the same rules per SEG type, and sums them up the same way.
+from node.convert.verify import SegmentSums, frame_masks, stored_frames
 from node.errors import GeometryError
 
 RGB = tuple[int, int, int]
@@ -145,7 +150,12 @@ def _floats(seg: Dataset, frame: int, group: str, attribute: str) -> FloatArray:
 
 
 def _slice_spacing(seg: Dataset, frame: int) -> float:
-    """The frame's extent along its normal: SpacingBetweenSlices, else SliceThickness (a single-plane SEG)."""
+    """The frame's extent along its normal as the SEG states it: SpacingBetweenSlices, else SliceThickness.
+
+    Only a fallback without the source series: the node's SEGs state the nominal Slice Thickness, and Spacing
+    Between Slices only for evenly spaced planes, so this is wrong for an unevenly spaced stack (or a single
+    plane) whose thickness and step differ, as in an overlapping reconstruction.
+    """
     for attribute in ("SpacingBetweenSlices", "SliceThickness"):
         try:
             value = float(functional_attribute(seg, frame, "PixelMeasuresSequence", attribute))
@@ -156,10 +166,12 @@ def _slice_spacing(seg: Dataset, frame: int) -> float:
     raise GeometryError(f"SEG frame {frame + 1} states neither SpacingBetweenSlices nor SliceThickness")
 
 
-def frame_points(seg: Dataset) -> Iterator[FramePoints]:
+def frame_points(seg: Dataset, slab_of: Callable[[FloatArray], float] | None = None) -> Iterator[FramePoints]:
     """Per frame and segment, the LPS centres of the pixels it marks, placed by the frame's own geometry.
 
-    A pixel (row r, column c) of a frame sits at ``IPP + c·Δcol·iop[0:3] + r·Δrow·iop[3:6]`` (GEOMETRY.md).
+    A pixel (row r, column c) of a frame sits at ``IPP + c·Δcol·iop[0:3] + r·Δrow·iop[3:6]`` (GEOMETRY.md). Its
+    volume is Δrow·Δcol times ``slab_of(IPP)``, the slab of the source plane there (``SourceSeries.slab_at``);
+    without ``slab_of``, the spacing the SEG itself states (:func:`_slice_spacing`).
     """
     if "PerFrameFunctionalGroupsSequence" not in seg:
         raise GeometryError("SEG has no per-frame functional groups: its frames cannot be placed in the patient")
@@ -169,7 +181,8 @@ def frame_points(seg: Dataset) -> Iterator[FramePoints]:
         position = _floats(seg, frame, "PlanePositionSequence", "ImagePositionPatient")
         orientation = _floats(seg, frame, "PlaneOrientationSequence", "ImageOrientationPatient")
         delta_row, delta_col = _floats(seg, frame, "PixelMeasuresSequence", "PixelSpacing")
-        voxel_mm3 = float(delta_row * delta_col * _slice_spacing(seg, frame))
+        slab = slab_of(position) if slab_of is not None else _slice_spacing(seg, frame)
+        voxel_mm3 = float(delta_row * delta_col * slab)
         col_step, row_step = orientation[:3] * delta_col, orientation[3:] * delta_row
         for number, mask in frame_masks(seg, frame, pixels):
             rows, cols = np.nonzero(mask)
@@ -183,29 +196,34 @@ def _vec(values: FloatArray) -> Vec3:
     return float(values[0]), float(values[1]), float(values[2])
 
 
-def segment_figures(seg: Dataset) -> list[SegmentFigure]:
+def segment_figures(
+    seg: Dataset,
+    slab_of: Callable[[FloatArray], float] | None = None,
+    *,
+    points: Iterable[FramePoints] | None = None,
+) -> list[SegmentFigure]:
     """Name, code, voxel count, volume (mL), centroid and bounding box (LPS mm) of every segment of ``seg``.
 
-    Volume is voxel count × voxel volume, the voxel volume being the frame's pixel spacing × slice spacing.
-    The bounding box spans the voxel centres. Described segments without voxels have count 0 and no place.
+    Volume is voxel count × voxel volume, the voxel volume being the frame's pixel spacing × the source plane's
+    slab (``slab_of``, see :func:`frame_points`). The centroid weighs each voxel by its volume, as
+    :func:`node.convert.verify.seg_stats` does; the bounding box spans the voxel centres. Described segments
+    without voxels have count 0 and no place. ``points`` may be passed when already read (:func:`frame_points`
+    of the same SEG), so its frames are decoded once.
     """
-    counts: dict[int, int] = {}
-    volumes: dict[int, float] = {}
-    sums: dict[int, FloatArray] = {}
+    totals = SegmentSums()
     lows: dict[int, FloatArray] = {}
     highs: dict[int, FloatArray] = {}
-    for part in frame_points(seg):
-        n, number = len(part.points), part.segment
-        counts[number] = counts.get(number, 0) + n
-        volumes[number] = volumes.get(number, 0.0) + n * part.voxel_mm3
-        sums[number] = sums.get(number, np.zeros(3)) + part.voxel_mm3 * part.points.sum(axis=0)
+    for part in frame_points(seg, slab_of) if points is None else points:
+        number = part.segment
+        totals.add(number, len(part.points), part.voxel_mm3, part.points.sum(axis=0))
         low, high = part.points.min(axis=0), part.points.max(axis=0)
         lows[number] = np.minimum(lows[number], low) if number in lows else low
         highs[number] = np.maximum(highs[number], high) if number in highs else high
+    found = totals.segments()
     figures = []
     for info in segment_infos(seg):
         number = info.number
-        found = counts.get(number, 0) > 0
+        segment = found.get(number)
         figures.append(
             SegmentFigure(
                 number=number,
@@ -213,11 +231,11 @@ def segment_figures(seg: Dataset) -> list[SegmentFigure]:
                 code=info.code,
                 category=info.category,
                 color=info.color,
-                voxels=counts.get(number, 0),
-                volume_ml=volumes.get(number, 0.0) / 1000.0,
-                centroid_mm=_vec(sums[number] / volumes[number]) if found else None,
-                bbox_min_mm=_vec(lows[number]) if found else None,
-                bbox_max_mm=_vec(highs[number]) if found else None,
+                voxels=segment.stats.count if segment else 0,
+                volume_ml=segment.volume_mm3 / 1000.0 if segment else 0.0,
+                centroid_mm=_vec(segment.stats.centroid) if segment else None,
+                bbox_min_mm=_vec(lows[number]) if segment else None,
+                bbox_max_mm=_vec(highs[number]) if segment else None,
             )
         )
     return figures

@@ -119,6 +119,31 @@ class SegSegment:
     volume_mm3: float
 
 
+class SegmentSums:
+    """Per-segment running totals over a SEG's frames: voxel count, volume (mm³) and volume-weighted sum of the
+    voxel centres (LPS mm), from which :meth:`segments` gives each segment's centroid."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.volumes: dict[int, float] = {}
+        self.sums: dict[int, FloatArray] = {}
+
+    def add(self, number: int, count: int, voxel_mm3: float, centres_sum: FloatArray) -> None:
+        """``count`` voxels of segment ``number``, each ``voxel_mm3`` in volume, their centres summing to
+        ``centres_sum``."""
+        if count == 0:
+            return
+        self.counts[number] = self.counts.get(number, 0) + count
+        self.volumes[number] = self.volumes.get(number, 0.0) + count * voxel_mm3
+        self.sums[number] = self.sums.get(number, np.zeros(3)) + voxel_mm3 * centres_sum
+
+    def segments(self) -> dict[int, SegSegment]:
+        return {
+            number: SegSegment(SegmentStats(count, self.sums[number] / self.volumes[number]), self.volumes[number])
+            for number, count in self.counts.items()
+        }
+
+
 def seg_stats(seg: Dataset, slab_of: Callable[[FloatArray], float]) -> dict[int, SegSegment]:
     """Voxel count, centroid (LPS mm) and volume per segment number, from the SEG's own frames and positions.
 
@@ -130,23 +155,16 @@ def seg_stats(seg: Dataset, slab_of: Callable[[FloatArray], float]) -> dict[int,
     )
     delta_row, delta_col = (float(v) for v in functional_attribute(seg, 0, "PixelMeasuresSequence", "PixelSpacing"))
     col_step, row_step = orientation[:3] * delta_col, orientation[3:] * delta_row
-    counts: dict[int, int] = {}
-    volumes: dict[int, float] = {}
-    sums: dict[int, FloatArray] = {}
+    totals = SegmentSums()
     for frame, number, n, row_sum, col_sum in _frame_sums(seg):
         if n == 0:
             continue
         position = np.array(
             [float(v) for v in functional_attribute(seg, frame, "PlanePositionSequence", "ImagePositionPatient")]
         )
-        weight = delta_row * delta_col * slab_of(position)
-        counts[number] = counts.get(number, 0) + n
-        volumes[number] = volumes.get(number, 0.0) + n * weight
-        sums[number] = sums.get(number, np.zeros(3)) + weight * (n * position + row_sum * row_step + col_sum * col_step)
-    return {
-        number: SegSegment(SegmentStats(counts[number], sums[number] / volumes[number]), volumes[number])
-        for number in counts
-    }
+        centres = n * position + row_sum * row_step + col_sum * col_step
+        totals.add(number, n, delta_row * delta_col * slab_of(position), centres)
+    return totals.segments()
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,42 @@ def test_figures_match_the_ground_truth_in_mm(built: Built) -> None:
     assert figure.code is not None and figure.code.scheme == "SCT"
 
 
+def test_volumes_weigh_by_the_step_between_planes_not_the_stated_thickness(tmp_path: Path) -> None:
+    """An overlapping reconstruction: 2 mm thick planes every 1 mm, so each voxel stands for 1 mm along the normal.
+    One plane away from the lesion is missing: the stack is uneven, and the SEG then states its nominal Slice
+    Thickness (2 mm) and no Spacing Between Slices; that must not double the volume."""
+    grid = syn.GridSpec.axial(**{**NONSQUARE, "slice_step": 1.0})
+    centre = syn.vec3(grid.centre_lps() + np.asarray(LESION_OFFSET))
+    phantom = syn.Phantom((syn.Shape(1, "lesion", "box", centre, (6.0, 5.0, 5.0)),))
+    truth = phantom.truth(grid) == 1
+    assert not truth[:2].any()
+    info = syn.write_series(grid, tmp_path / "dicom", phantom=phantom)
+    for path in info.paths:
+        ds = pydicom.dcmread(path)
+        ds.SliceThickness = "2"
+        ds.save_as(path)
+    (second,) = [p for p in info.paths if np.allclose(pydicom.dcmread(p).ImagePositionPatient, grid.position(1))]
+    second.unlink()
+    nifti = syn.label_nifti_on_grid(
+        (syn.export_grid_affine(grid), syn.export_grid_shape(grid)), phantom, tmp_path / "l.nii.gz", snap=grid
+    )
+    series = load_series(info.folder)
+    assert series.thickness == 2.0 and not series.regular
+    seg = written(build_seg_from_input(series, nifti).dataset)
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == 2.0 and "SpacingBetweenSlices" not in measures
+    count = int(truth.sum())
+    pixel_area = grid.row_spacing * grid.col_spacing
+    (figure,) = qc_figure(seg, series, read_volume(series)).figures
+    assert figure.voxels == count > 0
+    assert figure.volume_ml == pytest.approx(count * pixel_area * 1.0 / 1000.0)
+    (with_series,) = segment_figures(seg, series.slab_at)
+    assert with_series.volume_ml == pytest.approx(figure.volume_ml)
+    # Without the series only the SEG's own statement is at hand: its nominal thickness.
+    (alone,) = segment_figures(seg)
+    assert alone.volume_ml == pytest.approx(count * pixel_area * 2.0 / 1000.0)
+
+
 @pytest.mark.parametrize(
     ("seg_type", "enhanced"),
     [(SegType.LABELMAP, False), (SegType.FRACTIONAL, False), (SegType.BINARY, True)],
