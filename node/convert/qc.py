@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset
 
 from node.convert.geometry import FloatArray, Grid
 from node.convert.qc_draw import LegendEntry, Panel, PlacedPanel, compose, overlay, png_bytes
-from node.convert.qc_figures import SegmentFigure, figures_json, frame_points, segment_figures
+from node.convert.qc_figures import FramePoints, SegmentFigure, figures_json, frame_points, segment_figures
 from node.convert.qc_planes import (
     IntArray,
     PlaneStack,
@@ -103,12 +103,14 @@ def _native_views(figures: Sequence[SegmentFigure], stack: PlaneStack) -> list[V
     return views
 
 
-def _segment_voxels(seg: Dataset, stack: PlaneStack, needed: IntArray) -> tuple[dict[int, IntArray], dict[int, int]]:
+def _segment_voxels(
+    points: Sequence[FramePoints], stack: PlaneStack, needed: IntArray
+) -> tuple[dict[int, IntArray], dict[int, int]]:
     """Per segment, the source pixels (sorted linear indices, only those some panel shows) the SEG's frames
     cover, each frame placed by its own geometry; and per segment how many voxels fall outside the source."""
     parts: dict[int, list[IntArray]] = {}
     outside: dict[int, int] = {}
-    for part in frame_points(seg):
+    for part in points:
         index = stack.indices(part.points)
         outside[part.segment] = outside.get(part.segment, 0) + int(np.count_nonzero(index < 0))
         parts.setdefault(part.segment, []).append(index[_is_in(index, needed)])
@@ -169,18 +171,19 @@ def qc_figure(
 
     ``figures`` may be passed when already computed (:func:`segment_figures` of the same SEG over the same
     series). Volumes weigh each voxel by the slab of the source plane it lies on (``series.slab_at``), not by the
-    SEG's nominal Slice Thickness.
+    SEG's nominal Slice Thickness. The SEG's frames are decoded once, for the figures and the panels both.
     """
     expected = (series.plane_count, *series.grid.shape[1:])
     if pixels.shape != expected:
         raise ValueError(f"source pixels have shape {pixels.shape}, the series' planes {expected}")
     stack = PlaneStack.of(series)
-    figures = list(segment_figures(seg, series.slab_at) if figures is None else figures)
+    points = list(frame_points(seg, series.slab_at))
+    figures = list(segment_figures(seg, points=points) if figures is None else figures)
     centre = _segments_centre(figures, series.grid)
     views = orthogonal_views(series.grid, centre, ORTHOGONAL_BOX) + _native_views(figures, stack)
     sampled = [sample_indices(view, stack) for view in views]
     needed = np.unique(np.concatenate([s[s >= 0] for s in sampled]))
-    voxels, outside = _segment_voxels(seg, stack, needed)
+    voxels, outside = _segment_voxels(points, stack, needed)
     window = display_window(series, pixels)
     flat = pixels.reshape(-1)
     # Larger segments first, so a small one inside a large one stays visible on top of it.
