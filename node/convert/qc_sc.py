@@ -1,6 +1,6 @@
 """A SEG's QC picture as a Secondary Capture image, so that a PACS that cannot show SEG still shows the result.
 
-Pure: the SEG as written and its QC picture (PNG bytes) in, a highdicom :class:`~highdicom.sc.SCImage` out. The
+Pure: the SEG as written and its QC picture (RGB pixels) in, a highdicom :class:`~highdicom.sc.SCImage` out. The
 image joins the SEG's study (patient and study attributes copied from the SEG, which copied them from its source)
 in a series of its own, and references the SEG it shows and the source images the SEG was built on.
 
@@ -39,6 +39,13 @@ def png_pixels(png: bytes) -> npt.NDArray[np.uint8]:
     """The picture's pixels as (row, col, RGB) bytes; an alpha channel or palette is flattened to RGB."""
     with Image.open(io.BytesIO(png)) as image:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _rgb(pixels: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+    array = np.asarray(pixels)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"QC picture pixels must be (row, col, 3) uint8, not {array.shape} {array.dtype}")
+    return np.ascontiguousarray(array)
 
 
 def qc_sc_uids(seg: Dataset, pixels: npt.NDArray[np.uint8]) -> tuple[str, str]:
@@ -83,13 +90,14 @@ def _references(sc: Dataset, seg: Dataset) -> None:
     sc.DerivationDescription = f"QC picture of DICOM SEG {seg.SOPInstanceUID}, drawn from its own frames"[:1024]
 
 
-def qc_secondary_capture(seg: Dataset, png: bytes, *, include_phi: bool = False) -> hd.sc.SCImage:
-    """The Secondary Capture image (RGB, Explicit VR Little Endian) of ``seg``'s QC picture ``png``.
+def qc_secondary_capture(seg: Dataset, picture: npt.NDArray[np.uint8], *, include_phi: bool = False) -> hd.sc.SCImage:
+    """The Secondary Capture image (RGB, Explicit VR Little Endian) of ``seg``'s QC picture.
 
-    ``include_phi``: whether the picture was drawn with the patient's name and ID (then Burned In Annotation
-    says so).
+    ``picture``: its pixels as (row, col, RGB) bytes, ``np.asarray`` of the drawn image (the PNG holds the same
+    pixels; :func:`png_pixels` reads them back). ``include_phi``: whether the picture was drawn with the patient's
+    name and ID (then Burned In Annotation says so).
     """
-    pixels = png_pixels(png)
+    pixels = _rgb(picture)
     series_uid, sop_uid = qc_sc_uids(seg, pixels)
     seg_number = integer_value(seg.get("SeriesNumber"))
     series_number = min((seg_number or 0) + SERIES_NUMBER_OFFSET, 2**31 - 1)

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pydicom
 
 from node.config import Config
@@ -89,7 +90,8 @@ def _write(config: Config, seg_path: Path, series: SourceSeries, started: float)
     if config.qc.send:
         # Written before the picture: a picture in data/qc then means its image is there too (when asked for).
         image = qc_image_path(config, uid)
-        write_dataset_atomically(qc_secondary_capture(seg, png, include_phi=include_phi), image)
+        pixels = np.asarray(picture.image, dtype=np.uint8)  # what the PNG holds, without decoding it again
+        write_dataset_atomically(qc_secondary_capture(seg, pixels, include_phi=include_phi), image)
     figures = folder / f"{uid}.json"
     atomic_write_bytes(figures, figures_json(seg, picture.figures).encode("utf-8"))
     png_path = folder / f"{uid}.png"

@@ -27,6 +27,7 @@ from pydicom.pixels.utils import pack_bits
 from node.convert import build_seg_from_input
 from node.convert.qc import QcPicture, figures_json, orientation_letters, qc_figure, qc_picture, segment_figures
 from node.convert.qc_draw import FILL_ALPHA, NO_SOURCE, PlacedPanel
+from node.convert.qc_sc import png_pixels, qc_sc_uids, qc_secondary_capture
 from node.convert.seg import SegOptions, SegType
 from node.convert.series import SourceSeries, load_series
 from node.pipeline.export import export_series, read_volume
@@ -290,6 +291,13 @@ def test_no_patient_identity_unless_asked(built: Built) -> None:
     assert with_phi != plain
     assert qc_picture(built.seg, other, built.pixels, include_phi=True) != with_phi
     assert Image.open(io.BytesIO(plain)).format == "PNG"
+
+
+def test_the_secondary_capture_holds_the_pixels_of_the_png(built: Built) -> None:
+    picture = built.picture()
+    sc = qc_secondary_capture(built.seg, np.asarray(picture.image))
+    assert np.array_equal(sc.pixel_array, png_pixels(picture.png()))
+    assert (sc.SeriesInstanceUID, sc.SOPInstanceUID) == qc_sc_uids(built.seg, png_pixels(picture.png()))
 
 
 # -- orientation letters --------------------------------------------------------------------------------------------
