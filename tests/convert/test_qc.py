@@ -25,12 +25,13 @@ from pydicom.dataset import Dataset
 from pydicom.pixels.utils import pack_bits
 
 from node.convert import build_seg_from_input
+from node.convert.pixels import read_volume
 from node.convert.qc import QcPicture, figures_json, orientation_letters, qc_figure, qc_picture, segment_figures
 from node.convert.qc_draw import FILL_ALPHA, NO_SOURCE, PlacedPanel
 from node.convert.qc_sc import png_pixels, qc_sc_uids, qc_secondary_capture
 from node.convert.seg import SegOptions, SegType
 from node.convert.series import SourceSeries, load_series
-from node.pipeline.export import export_series, read_volume
+from node.pipeline.export import export_series
 
 RED = (220, 30, 30)
 NONSQUARE: dict[str, Any] = {"rows": 40, "cols": 56, "row_spacing": 0.9, "col_spacing": 1.3, "slice_step": 2.5}
