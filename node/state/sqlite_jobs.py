@@ -282,6 +282,7 @@ class SqliteJobStore(SendTransitions):
                     stamp,
                     reason=None,
                     series_uid=None,
+                    matched_by=None,
                     attempts=0,
                     next_at=None,
                     claimed_by=None,

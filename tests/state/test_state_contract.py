@@ -382,12 +382,13 @@ def test_send_retry_failure_and_segnode_retry(backend: Backend, state: State) ->
 def test_failed_before_the_seg_is_retried_from_pending(backend: Backend, state: State) -> None:
     job_id = new_job(state, backend.data)
     state.jobs.claim_job(job_id, now=T0)
-    assert state.jobs.mark_matched(job_id, series_uid(1), now=T0 + 1)
+    assert state.jobs.mark_matched(job_id, series_uid(1), how="geometry", now=T0 + 1)
     assert state.jobs.mark_failed(job_id, "grid does not overlap", now=T0 + 1)
     assert state.jobs.claim_jobs(now=T0 + 2) == []
     assert state.jobs.retry(job_id, now=T0 + 3) is JobState.PENDING
     job = state.jobs.get(job_id)
     assert (job.state, job.reason, job.series_uid, job.claimed_by) == (JobState.PENDING, None, None, None)
+    assert job.matched_by is None  # matched afresh: the old match says nothing about the next one
     assert [j.id for j in state.jobs.claim_jobs(now=T0 + 3)] == [job_id]
     assert state.jobs.mark_matched(job_id, series_uid(1), now=T0 + 4)  # and it goes on from there
 
