@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pynetdicom import evt
 
-from node.dicom.access import AccessPolicy, Rejection, RejectReason, RejectResult, RejectSource
+from node.dicom.access import AccessPolicy, Rejection, RejectionKind, RejectReason, RejectResult, RejectSource
 from node.dicom.counters import ReceiverCounters
 from node.errors import error_line
 
@@ -149,6 +149,16 @@ class AssociationGate:
             rejection.why,
         )
         _reject(assoc, rejection.result, rejection.source, rejection.reason)
+
+    def source_allowed(self, address: str, port: int) -> bool:
+        """Whether a TLS connection from ``address`` may go on to its handshake; a refusal is logged and counted
+        here, as its association would have been rejected."""
+        if self.admission.policy.source_allowed(address):
+            return True
+        self.counters.rejected(RejectionKind.SOURCE)
+        why = Rejection.source_address(address).why
+        log.warning("refused TLS connection from %s before the handshake: %s", peer_text(address, port), why)
+        return False
 
     def accepted(self, _event: Any) -> None:
         """``EVT_ACCEPTED``: count it."""

@@ -100,8 +100,10 @@ class Endpoints:
         *,
         on_exit: Callable[[Any], None],
         handshake_seconds: float,
+        source_allowed: Callable[[str, int], bool] | None = None,
     ) -> None:
-        """Bind what is not bound yet and serve every socket from ``ae`` in background threads.
+        """Bind what is not bound yet and serve every socket from ``ae`` in background threads;
+        ``source_allowed`` screens TLS connections before their handshake (:class:`ListenerServer`).
 
         Raises
         ------
@@ -121,6 +123,7 @@ class Endpoints:
                     listener=listener,
                     on_exit=on_exit,
                     handshake_seconds=handshake_seconds,
+                    source_allowed=source_allowed,
                 )
                 made.append(server)
                 endpoint.server, endpoint.port = server, int(server.server_address[1])

@@ -3,8 +3,9 @@
 :func:`open_listener` binds once, in the main process; the in-process :class:`~node.dicom.scp.StorageSCP` or
 several receiver processes (:mod:`node.dicom.receivers`) then serve that one socket through
 :class:`ListenerServer`. For DICOM TLS the server wraps each accepted connection and runs the handshake on the
-connection's own thread; and it reports the end of every association's thread, where admission gives back its
-slot (:mod:`node.dicom.admission`).
+connection's own thread (after refusing sources the access policy does not allow, so a stranger gets no
+handshake), and shutting the server down does not wait for handshakes in progress; it reports the end of every
+association's thread, where admission gives back its slot (:mod:`node.dicom.admission`).
 """
 
 from __future__ import annotations
@@ -99,7 +100,17 @@ class ListenerServer(ThreadedAssociationServer):
     handshake_seconds
         With an ``ssl_context``: how long a client has for its TLS handshake. The handshake runs on the
         connection's own thread, not in ``accept``, so a client that never completes it delays nobody else.
+    source_allowed
+        With an ``ssl_context``: called with the peer's address and port as a connection is accepted; False
+        closes it before the handshake (the callable logs why). Plain connections are not asked: admission
+        answers them with an A-ASSOCIATE-RJ.
     """
+
+    # A connection's thread only does the TLS handshake, then starts the association's own (daemon) thread and
+    # ends. Shutting the server down must not wait for handshakes in progress (up to ``handshake_seconds``):
+    # StorageSCP.stop drains and aborts the associations themselves.
+    daemon_threads = True
+    block_on_close = False
 
     def __init__(
         self,
@@ -107,11 +118,14 @@ class ListenerServer(ThreadedAssociationServer):
         listener: socket.socket,
         on_exit: Callable[[Any], None] | None = None,
         handshake_seconds: float = HANDSHAKE_SECONDS,
+        source_allowed: Callable[[str, int], bool] | None = None,
         **kwargs: Any,
     ) -> None:
         self._listener = listener
         self.on_exit = on_exit
         self.handshake_seconds = handshake_seconds
+        self.source_allowed = source_allowed
+        self._closed = False
         kwargs.setdefault("request_handler", _ExitReportingHandler)
         super().__init__(*args, **kwargs)
 
@@ -131,6 +145,17 @@ class ListenerServer(ThreadedAssociationServer):
             client = context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
 
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """A TLS connection from a source the access policy refuses is closed before its handshake."""
+        if not isinstance(request, ssl.SSLSocket) or self.source_allowed is None:
+            return True
+        try:
+            return self.source_allowed(str(client_address[0]), int(client_address[1]))
+        except Exception:
+            # Raising here would end the accept loop; refuse this one connection instead (fail closed).
+            log.exception("could not check the source of a TLS connection from %s; closing it", client_address[0])
+            return False
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         if isinstance(request, ssl.SSLSocket):
             try:
@@ -142,7 +167,14 @@ class ListenerServer(ThreadedAssociationServer):
                 log.warning("TLS handshake with %s:%s failed: %s", host, port, getattr(exc, "reason", None) or exc)
                 self.shutdown_request(request)
                 return
+            if self._closed:  # the server was shut down during the handshake: no association after that
+                self.shutdown_request(request)
+                return
         super().process_request_thread(request, client_address)
+
+    def server_close(self) -> None:
+        self._closed = True
+        super().server_close()
 
     def server_bind(self) -> None:
         if self.socket is not None:

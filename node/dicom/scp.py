@@ -269,7 +269,13 @@ class StorageSCP:
         ae = self._application_entity()
         handlers = [*self._gate.handlers(), *self._store_handlers()]
         try:
-            self._endpoints.start(ae, handlers, on_exit=self._gate.exited, handshake_seconds=self.network.acse_timeout)
+            self._endpoints.start(
+                ae,
+                handlers,
+                on_exit=self._gate.exited,
+                handshake_seconds=self.network.acse_timeout,
+                source_allowed=self._gate.source_allowed,
+            )
         except BaseException:
             self._state.close()
             self._state = None

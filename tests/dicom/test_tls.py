@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import ssl
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from dcmtk import HOST, ToolResult, association_args, echoscu, free_port, run_to
 from nodes import folder_destination, wait_for, write_config
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
+from raw_pdu import request
 from tls_certs import Pki, make_pki
 
 from node.config import Config, load_config
@@ -33,7 +36,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-def tls_config(folder: Path, pki: Pki, *, receive_processes: int = 1, **tls: Any) -> Config:
+def tls_config(
+    folder: Path, pki: Pki, *, receive_processes: int = 1, node: Mapping[str, Any] | None = None, **tls: Any
+) -> Config:
     keys: dict[str, Any] = {
         "port": free_port(),
         "certificate": str(pki.server_certificate),
@@ -44,6 +49,7 @@ def tls_config(folder: Path, pki: Pki, *, receive_processes: int = 1, **tls: Any
     sections: Mapping[str, Mapping[str, Any]] = {
         "tls": keys,
         "disk": {"reserve_mb": 0, "max_usage_percent": 100.0},
+        **({"node": node} if node else {}),
     }
     path = write_config(
         folder, free_port(), folder_destination(), receive_processes=receive_processes, sections=sections
@@ -113,6 +119,45 @@ def test_without_plain_only_the_tls_port_listens(tmp_path: Path, pki: Pki, serie
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection((HOST, config.node.port), timeout=5).close()
         assert send(scp.tls_port, [series.paths[0]], client(pki)).statuses() == [0]
+
+
+def test_a_source_not_allowed_is_refused_before_the_tls_handshake(
+    tmp_path: Path, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tls_config(tmp_path / "node", pki, node={"allowed_sources": ["10.0.0.0/8"]})
+    caplog.set_level(logging.WARNING)
+    with StorageSCP.from_config(config) as scp:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca))
+        with socket.create_connection((HOST, scp.tls_port), timeout=10) as raw:
+            port = raw.getsockname()[1]
+            # The server closes the connection without a ServerHello: the client's handshake fails.
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                context.wrap_socket(raw, server_hostname="localhost")
+        assert request(HOST, scp.port, AE_TITLE, "PLAIN").rejection == (1, 1, 1)  # plain: the A-ASSOCIATE-RJ
+        snapshot = scp.counters.snapshot()
+    assert snapshot.associations_rejected["source"] == 2 and snapshot.associations_accepted == 0
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("node.dicom")]
+    refused = [m for m in messages if m.startswith("refused TLS connection")]
+    assert refused == [
+        f"refused TLS connection from 127.0.0.1:{port} before the handshake: "
+        "source address 127.0.0.1 is not in [node] allowed_sources"
+    ]
+    assert not any("TLS handshake with" in m for m in messages)
+
+
+def test_stopping_does_not_wait_for_a_tls_handshake_in_progress(tmp_path: Path, pki: Pki) -> None:
+    config = tls_config(tmp_path / "node", pki)
+    scp = StorageSCP.from_config(config)
+    assert scp.network.acse_timeout >= 10  # the handshake's time limit, far longer than the stop below
+    scp.start()
+    try:
+        with socket.create_connection((HOST, scp.tls_port), timeout=10):  # connects, never says ClientHello
+            time.sleep(0.5)  # accepted: its thread now waits in the handshake
+            started = time.monotonic()
+            scp.stop(drain_seconds=0.5)
+            assert time.monotonic() - started < 5
+    finally:
+        scp.stop()
 
 
 def tls_scu(pki: Pki) -> tuple[AE, ssl.SSLContext]:
