@@ -314,7 +314,7 @@ class SqliteJobStore(SendTransitions):
                 ).fetchone()
                 is not None
             )
-            conn.execute("DELETE FROM sends WHERE job_id = ?", (job_id,))
+            # Its sends go with it: ON DELETE CASCADE (foreign keys are on in every connection, see connect()).
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         log.debug("job %d removed (%s, last updated %.0f)", job_id, job.state.value, job.updated_at)
         return RemovedJob(job, seg_shared=shared)

@@ -338,7 +338,7 @@ class SqliteSeriesIndex(ClaimingStore):
             if found is None:
                 return None
             rows = conn.execute("SELECT path FROM instances WHERE series_uid = ?", (series_uid,)).fetchall()
-            conn.execute("DELETE FROM instances WHERE series_uid = ?", (series_uid,))
+            # Its instances go with it: ON DELETE CASCADE (foreign keys are on in every connection, see connect()).
             conn.execute("DELETE FROM series WHERE series_uid = ?", (series_uid,))
         log.debug("series %s removed from the index (%d instances)", series_uid, len(rows))
         return sorted(self.paths.load(row["path"]) for row in rows)

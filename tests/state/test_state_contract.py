@@ -989,6 +989,12 @@ def test_a_removed_job_is_forgotten_with_its_sends_and_a_shared_seg_is_said_so(b
     last = state.jobs.remove_job(second, before=before, now=before)
     assert last is not None and not last.seg_shared
     assert state.jobs.list_jobs() == [] and state.jobs.claim_sends(now=before + DAY) == []
+    if backend.name == "sqlite":
+        from node.state.sqlite_schema import SqliteDatabase
+
+        assert isinstance(state.backend, SqliteDatabase)
+        with state.backend.reading("count sends") as conn:  # gone with their job (ON DELETE CASCADE)
+            assert conn.execute("SELECT COUNT(*) FROM sends").fetchone()[0] == 0
     # The item dropped again after its job was removed is a new job, not the old one's state.
     again = state.jobs.get(new_job(state, data, "liver.nii.gz", at=before))
     assert (again.state, again.created_at, again.seg_path, again.sends) == (JobState.PENDING, before, None, ())
