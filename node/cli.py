@@ -135,7 +135,7 @@ def _convert(args: argparse.Namespace) -> int:
 
         # The SEG file as written, read back from disk: the picture shows what a receiver gets.
         seg = pydicom.dcmread(args.out)
-        picture = qc_figure(seg, series, read_volume(series))
+        picture = qc_figure(seg, result.series, read_volume(result.series))
         atomic_write_bytes(args.qc, picture.png())
         figures = args.qc.with_suffix(".json")
         atomic_write_bytes(figures, figures_json(seg, picture.figures).encode("utf-8"))

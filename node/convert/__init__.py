@@ -70,6 +70,10 @@ class ConvertResult:
     segments: list[SegmentSpec]
     #: One-line notices for the user (empty labels skipped, voxels outside the series, resampling).
     notices: list[str]
+    #: The series the SEG was built on: the one given, or for a single plane the same plane as deep as the label
+    #: grid's slice (:meth:`SourceSeries.with_depth_of`). What shows the SEG over its source (the QC picture) uses
+    #: this one, whose slabs the SEG was verified with.
+    series: SourceSeries
 
 
 def sidecar_of(path: Path) -> Path | None:
@@ -188,7 +192,7 @@ def build_seg_from_input(
         raise VerificationError(f"{name} on {series.describe()}: {exc}{why}") from exc
     for notice in notices:
         log.info("%s", notice)
-    return ConvertResult(dataset=dataset, alignment=alignment, segments=segments, notices=notices)
+    return ConvertResult(dataset=dataset, alignment=alignment, segments=segments, notices=notices, series=series)
 
 
 def write_dataset_atomically(dataset: Dataset, out: Path) -> None:

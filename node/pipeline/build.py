@@ -129,7 +129,7 @@ class Build(Stage):
         config = self.context.config
         if config.qc.send:
             # The QC image rides along with the SEG's sends, so it must be on disk before they are queued.
-            write_qc(config, seg_path, series)
+            write_qc(config, seg_path, result.series)
         destinations = [d.name for d in config.destinations]
         if not store.mark_built(job.id, seg_path, sop_uid, destinations):
             return  # another node took the job over meanwhile; it files the item
@@ -143,7 +143,7 @@ class Build(Stage):
         move_item(item, paths.processed, summary + (f"\n{notes}" if notes else ""))
         log.info("%s: %s; queued for %s", item.path.name, summary, ", ".join(destinations) or "no destination")
         if not config.qc.send:
-            write_qc(config, seg_path, series)  # after the sends are queued: nothing waits for the picture
+            write_qc(config, seg_path, result.series)  # after the sends are queued: nothing waits for the picture
 
     def _retry_later(self, job: JobRow, item: InboxItem, reason: str) -> None:
         delay = min(RETRY_FIRST_SECONDS * 2**job.attempts, RETRY_MAX_SECONDS)
