@@ -4,8 +4,10 @@ Errors say whether retrying can help (:attr:`node.errors.SegnodeError.retryable`
 to ``failed/`` with its reason; a transient one (disk full, database busy, an I/O error) leaves it in the inbox
 and the job is tried again later, so a good input never fails because the machine had a bad moment.
 
-Every SEG built gets its QC picture (:mod:`node.pipeline.qc`), which never fails nor holds up the SEG: drawn after
-its sends are queued, or just before when ``[qc] send`` makes the picture travel with it.
+Every SEG built gets its QC picture (:mod:`node.pipeline.qc`), which never fails the SEG (a picture that cannot be
+drawn is a warning). It is drawn here, in the build thread, so it does take time: after the SEG's sends are queued
+it delays only the next build; with ``[qc] send`` it is drawn before ``mark_built``, so the SEG's sends wait for it
+too (the image travels with them).
 """
 
 from __future__ import annotations
@@ -128,7 +130,8 @@ class Build(Stage):
         built_seconds = time.monotonic() - started
         config = self.context.config
         if config.qc.send:
-            # The QC image rides along with the SEG's sends, so it must be on disk before they are queued.
+            # The QC image rides along with the SEG's sends, so it must be on disk before they are queued: the
+            # sends (and the next build) wait for the drawing.
             write_qc(config, seg_path, result.series)
         destinations = [d.name for d in config.destinations]
         if not store.mark_built(job.id, seg_path, sop_uid, destinations):
@@ -143,7 +146,7 @@ class Build(Stage):
         move_item(item, paths.processed, summary + (f"\n{notes}" if notes else ""))
         log.info("%s: %s; queued for %s", item.path.name, summary, ", ".join(destinations) or "no destination")
         if not config.qc.send:
-            write_qc(config, seg_path, result.series)  # after the sends are queued: nothing waits for the picture
+            write_qc(config, seg_path, result.series)  # after the sends are queued: only the next build waits
 
     def _retry_later(self, job: JobRow, item: InboxItem, reason: str) -> None:
         delay = min(RETRY_FIRST_SECONDS * 2**job.attempts, RETRY_MAX_SECONDS)
