@@ -32,7 +32,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import threading
 import time
 from types import FrameType
 from typing import Any
@@ -52,6 +51,8 @@ DRAIN_SECONDS = 5.0
 #: Seconds :meth:`ReceiverPool.stop` waits for receivers before it kills them.
 STOP_SECONDS = DRAIN_SECONDS + ABORT_WAIT_SECONDS + 0.5
 _PR_SET_PDEATHSIG = 1
+#: Seconds a receiver's main loop sleeps between two looks at its signal flags and its parent.
+TICK_SECONDS = 0.2
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -91,16 +92,13 @@ def serve(
 ) -> None:
     """A receiver process's body: serve ``listener`` (and ``tls_listener``) until SIGTERM/SIGINT or the parent's
     death; SIGHUP reloads the configuration."""
-    stop = threading.Event()
-    wake = threading.Event()
+    # The handler only appends to lists: it runs on the main thread between two bytecodes, possibly while that
+    # thread holds a lock (a threading.Event's, say), so taking any lock in it could deadlock the receiver.
+    stops: list[int] = []
     reloads: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if signum == signal.SIGHUP:
-            reloads.append(signum)
-        else:
-            stop.set()
-        wake.set()
+        (reloads if signum == signal.SIGHUP else stops).append(signum)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -119,15 +117,14 @@ def serve(
     scp.start()
     drain = DRAIN_SECONDS
     try:
-        while not stop.is_set():
-            wake.wait(1.0)
-            wake.clear()
+        while not stops:
+            time.sleep(TICK_SECONDS)  # a signal's handler runs during it; the flags are seen at the next step
             if os.getppid() != parent_pid:
                 log.error("the node's main process is gone; stopping at once")
                 drain = 0.0
                 break
-            if reloads and not stop.is_set():
-                reloads.clear()
+            if reloads and not stops:
+                reloads.clear()  # before reading the file: a SIGHUP from now on asks for another reload
                 config = _reload(scp, config)
     finally:
         scp.stop(drain_seconds=drain)
