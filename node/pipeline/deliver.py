@@ -4,13 +4,12 @@ A destination that refuses a SEG for good does not stop delivery to the others (
 its sends, see :mod:`node.state.sqlite_jobs`).
 
 With ``[qc] send = true`` the SEG's QC picture, a Secondary Capture image (:mod:`node.pipeline.qc`), rides along
-to every DICOM destination: right after its SEG, on the same association, as part of the same send. The send
-succeeds when both arrived, and also when the SEG arrived and the image was refused for good (a PACS that does
-not take Secondary Capture must not hold a SEG it accepted hostage; a warning says so). When the SEG arrived but
-the image may still pass (the association was lost after the SEG), the send is retried as a whole, the SEG going
-again under its own SOP Instance UID (a duplicate the PACS recognises); once the attempts run out the send counts
-as done, since the SEG went. A SEG without an image file (QC off or failed when it was built) goes alone. Folder
-destinations get the SEG only: the picture is in ``data/qc`` already.
+to every DICOM destination: right after its SEG, on the same association, as part of the same send. The send's
+outcome is the SEG's: once the SEG is acknowledged the send is done, whatever became of the image. An image that
+did not go (refused, or a transient failure such as the association lost after the SEG) is one warning naming the
+destination and the reason, and is not retried: retrying it would mean sending the SEG again, and a send whose
+SEG arrived must never end up FAILED because its picture did not. A SEG without an image file (QC off or failed
+when it was built) goes alone. Folder destinations get the SEG only: the picture is in ``data/qc`` already.
 """
 
 from __future__ import annotations
@@ -69,7 +68,7 @@ class Deliver(Stage):
         for row, image in zip(rows, images, strict=True):
             result = next(sent)
             if image is not None:
-                result = self._with_image(name, row, result, next(sent), last=row.attempts + 1 >= settings.max_attempts)
+                result = self._with_image(name, row, result, next(sent))
             if result.outcome is Outcome.SENT:
                 if store.mark_send_ok(row.id):
                     self.context.events.seg_sent(name, self._since_last_instance(row))
@@ -90,18 +89,15 @@ class Deliver(Stage):
         images = [qc_image_path(config, row.seg_sop_uid) for row in rows]
         return [image if image.is_file() else None for image in images]
 
-    def _with_image(self, name: str, row: SendRow, seg: SendResult, image: SendResult, *, last: bool) -> SendResult:
-        """The send's result from its SEG's and its QC image's (see the module's docstring)."""
-        if seg.outcome is not Outcome.SENT or image.outcome is Outcome.SENT:
-            return seg
-        if image.outcome is Outcome.RETRY and not last:
-            return SendResult(seg.path, Outcome.RETRY, image.status, f"SEG sent, QC image not yet: {image.reason}")
-        log.warning(
-            "SEG %s went to %s, its QC image did not (%s); the send counts as done",
-            row.seg_sop_uid,
-            name,
-            image.reason,
-        )
+    def _with_image(self, name: str, row: SendRow, seg: SendResult, image: SendResult) -> SendResult:
+        """The send's result: its SEG's; a QC image that did not go with an acknowledged SEG is a warning."""
+        if seg.outcome is Outcome.SENT and image.outcome is not Outcome.SENT:
+            log.warning(
+                "SEG %s went to %s, its QC image did not (%s); the send counts as done, the image is not retried",
+                row.seg_sop_uid,
+                name,
+                image.reason,
+            )
         return seg
 
     def _since_last_instance(self, row: SendRow) -> float | None:
