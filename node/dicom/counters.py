@@ -23,7 +23,7 @@ import logging
 import multiprocessing
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,11 +185,32 @@ class ReceiverCounters:
         return int(self._values[number * _COLUMNS + _OPEN])
 
     def forget_open(self, number: int) -> int:
-        """Clear receiver ``number``'s open associations (it died with them); returns how many there were."""
-        with self._admitting():
-            index = number * _COLUMNS + _OPEN
-            count = int(self._values[index])
-            self._values[index] = 0
+        """Clear receiver ``number``'s open associations (it died with them); returns how many there were.
+
+        Run by the parent once the receiver is gone: if the admission lock cannot be had within
+        :data:`LOCK_SECONDS`, the dead receiver took it with it, and it is released here (a multiprocessing lock
+        has no owner, so any process may), or every later :meth:`try_open` would wait that long.
+        """
+        if not self._admission.acquire(timeout=LOCK_SECONDS):
+            log.error(
+                "the association count stayed locked for %g s after receiver %d exited; releasing the lock it held",
+                LOCK_SECONDS,
+                number,
+            )
+            with suppress(ValueError):  # released meanwhile after all: someone was only slow
+                self._admission.release()
+            if not self._admission.acquire(timeout=LOCK_SECONDS):
+                log.error("the association count is still locked; clearing receiver %d's row without it", number)
+                return self._clear_open(number)
+        try:
+            return self._clear_open(number)
+        finally:
+            self._admission.release()
+
+    def _clear_open(self, number: int) -> int:
+        index = number * _COLUMNS + _OPEN
+        count = int(self._values[index])
+        self._values[index] = 0
         return count
 
     def snapshot(self) -> ReceiverSnapshot:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import os
 import pickle
+import time
 from typing import Any
 
 import pytest
 
+from node.dicom import counters as counters_module
 from node.dicom.counters import ROWS, ReceiverCounters
 
 
@@ -57,6 +61,32 @@ def test_a_restarted_receiver_counts_on_in_the_same_row() -> None:
         child.join(30)
         counters.forget_open(2)
     assert counters.snapshot().instances_received == 14
+
+
+def _die_holding_the_admission_lock(counters: ReceiverCounters) -> None:
+    # As a receiver killed inside try_open would: the lock is taken and never given back.
+    counters.for_receiver(1)._admission.acquire()
+    os._exit(1)
+
+
+def test_forgetting_a_receiver_that_died_holding_the_admission_lock_releases_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(counters_module, "LOCK_SECONDS", 0.2)
+    counters = ReceiverCounters(rows=3)
+    child = multiprocessing.get_context("spawn").Process(target=_die_holding_the_admission_lock, args=(counters,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 1
+    caplog.set_level(logging.ERROR, logger="node.dicom.counters")
+    assert counters.forget_open(1) == 0
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "node.dicom.counters"]
+    assert line == "the association count stayed locked for 0.2 s after receiver 1 exited; releasing the lock it held"
+    caplog.clear()
+    # The lock is free again: admission takes it at once, and no longer counts without it.
+    started = time.monotonic()
+    assert counters.for_receiver(2).try_open(1)
+    assert time.monotonic() - started < 0.1 and not caplog.records
 
 
 def test_close_gives_back_a_slot_and_never_goes_below_zero() -> None:
