@@ -134,8 +134,9 @@ class Retention(Stage):
                     continue
                 sweep.jobs += 1
                 seg = removed.job.seg_path
-                if seg is not None and not removed.seg_shared and _remove_file(seg, before):
-                    sweep.segs += 1
+                if seg is not None and not removed.seg_shared:
+                    sweep.segs += _remove_file(seg, before)
+                    # Also when the SEG file is gone already: its pictures are no one else's.
                     for path in qc_paths(self.context.config, seg.stem):  # the SEG's file is <SOPInstanceUID>.dcm
                         _remove_file(path, before)
                 for root in (paths.processed, paths.failed):

@@ -174,6 +174,15 @@ def test_a_seg_another_job_still_sends_is_kept(site: Site) -> None:
     assert site.state.series.get(uid) is not None
 
 
+def test_the_pictures_of_a_seg_already_gone_go_too(site: Site) -> None:
+    t0 = site.now
+    uid = received(site, 1, at=t0)
+    _job, seg, _item = item_job(site, "a.nii.gz", uid, at=t0)
+    seg.unlink()  # e.g. an operator cleaned segs/ by hand
+    assert site.sweep(later=31 * DAY) == 2
+    assert list((site.data / "qc").iterdir()) == []
+
+
 def test_days_zero_removes_nothing(tmp_path: Path) -> None:
     for site in site_of(tmp_path, 0):
         t0 = site.now
