@@ -2,8 +2,9 @@
 
 pynetdicom only logs why a connection failed; :func:`unreachable_reason` finds out with one diagnostic attempt of
 its own (TCP, then the TLS handshake for a TLS peer), so a send result says "connection refused" or "server
-certificate not trusted (...)" instead of a traceback in the log. The TLS context is built once per destination
-(:func:`node.dicom.tls.client_context`) and only for a block with ``tls = true``.
+certificate not trusted (...)" instead of a traceback in the log. The TLS context is built only for a block with
+``tls = true``, once per ``[tls]`` section and state of its files
+(:func:`node.destinations.dimse_scu.client_context_for`).
 """
 
 from __future__ import annotations

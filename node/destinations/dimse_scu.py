@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,36 @@ MAX_CONTEXTS = 128
 _UNCOMPRESSED_LE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
+def _file_stamps(tls: TlsConfig) -> tuple[tuple[int, int] | None, ...]:
+    """Modification time and size of each ``[tls]`` file a client context loads (None: not set or unreadable)."""
+    stamps: list[tuple[int, int] | None] = []
+    for path in (tls.ca_certificates, tls.certificate, tls.private_key):
+        try:
+            stat = os.stat(path) if path is not None else None
+        except OSError:
+            stat = None  # client_context names the file when it fails to load it
+        stamps.append(None if stat is None else (stat.st_mtime_ns, stat.st_size))
+    return tuple(stamps)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_client_context(tls: TlsConfig, _stamps: tuple[tuple[int, int] | None, ...]) -> ssl.SSLContext:
+    from node.dicom.tls import client_context
+
+    return client_context(tls)
+
+
+def client_context_for(tls: TlsConfig) -> ssl.SSLContext:
+    """The client context of ``tls`` (:func:`node.dicom.tls.client_context`), built once and shared.
+
+    Deliver makes a :class:`StoreSCU` per batch, so the context is kept here rather than on one. The key is the
+    frozen ``[tls]`` section together with its files' modification times and sizes: a reload brings an equal
+    section, and a certificate renewed in place is loaded again rather than served from the cache. Raises
+    :class:`~node.dicom.tls.TlsFileError` (not cached) when a file does not load.
+    """
+    return _cached_client_context(tls, _file_stamps(tls))
+
+
 class StoreSCU:
     """A DICOM peer as a destination: ``send`` is C-STORE (one association per batch), ``check`` is C-ECHO.
 
@@ -61,7 +93,8 @@ class StoreSCU:
         Seconds allowed for the TCP connection, the association and each response.
     tls
         The node's ``[tls]`` section, for a peer with ``tls``: the CA bundle the server is verified against and
-        the certificate presented as client certificate. The SSL context is built on the first send or check.
+        the certificate presented as client certificate. The SSL context is built on the first send or check,
+        and shared with every StoreSCU of an equal ``[tls]`` whose files have not changed (:func:`client_context_for`).
     """
 
     def __init__(self, peer: DicomPeer, *, calling_ae: str, timeout: float, tls: TlsConfig | None = None) -> None:
@@ -71,7 +104,6 @@ class StoreSCU:
         self.calling_ae = calling_ae
         self.timeout = timeout
         self.tls = tls
-        self._context: ssl.SSLContext | None = None
 
     @property
     def name(self) -> str:
@@ -81,28 +113,16 @@ class StoreSCU:
         tls = ", TLS" if self.peer.tls else ""
         return f"{self.peer.name} ({self.peer.ae_title}@{self.peer.host}:{self.peer.port}{tls})"
 
-    def _secure(self) -> ssl.SSLContext | None:
-        """The TLS context of a TLS peer (built once, then kept), None for a plain one.
-
-        Raises :class:`~node.dicom.tls.TlsFileError` when a ``[tls]`` file no longer loads.
-        """
-        if not self.peer.tls:
-            return None
-        if self._context is None:
-            from node.dicom.tls import client_context  # ssl contexts only for TLS destinations
-
-            assert self.tls is not None  # checked in __init__
-            self._context = client_context(self.tls)
-        return self._context
-
-    def _tls_problem(self) -> tuple[ssl.SSLContext | None, str | None]:
-        """The TLS context (None for a plain peer), or the one line saying why it cannot be built."""
+    def _tls_context(self) -> tuple[ssl.SSLContext | None, str | None]:
+        """The TLS context of a TLS peer (:func:`client_context_for`) and None, or None and the one line saying
+        why it cannot be built; (None, None) for a plain peer."""
         if not self.peer.tls:
             return None, None
-        from node.dicom.tls import TlsFileError
+        from node.dicom.tls import TlsFileError  # ssl contexts only for TLS destinations
 
+        assert self.tls is not None  # checked in __init__
         try:
-            return self._secure(), None
+            return client_context_for(self.tls), None
         except TlsFileError as exc:
             return None, f"{describe_peer(self.peer)}: {error_line(exc)}; fix the file, sends are retried"
 
@@ -121,7 +141,7 @@ class StoreSCU:
             else:
                 items.append((index, read))
         position = {id(item): index for index, item in items}
-        context, problem = self._tls_problem() if items else (None, None)
+        context, problem = self._tls_context() if items else (None, None)
         for batch in _batches([item for _, item in items]):
             if problem is not None:
                 results = [SendResult(item.path, Outcome.RETRY, None, problem) for item in batch]
@@ -137,7 +157,7 @@ class StoreSCU:
         """C-ECHO the peer: None if it answered with success, else one line saying what went wrong."""
         dest, timeout = self.peer, self.timeout
         who = describe_peer(dest)
-        context, problem = self._tls_problem()
+        context, problem = self._tls_context()
         if problem is not None:
             return problem
         ae = new_ae(self.calling_ae, timeout)

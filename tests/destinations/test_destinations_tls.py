@@ -18,7 +18,7 @@ from dcmtk import HOST, StoreSCP, association_args, requires_dcmtk, run_tool
 from tls_certs import Pki, make_pki
 
 from node.config.sections import TlsConfig
-from node.destinations import Destination, Outcome, create
+from node.destinations import Destination, Outcome, create, dimse_scu
 from node.destinations.dimse import DicomDestination
 from node.errors import ConfigError
 
@@ -198,6 +198,17 @@ def test_a_tls_file_that_no_longer_loads_is_a_retry_naming_the_file(tmp_path: Pa
     assert "[tls] ca_certificates" in results[0].reason and str(broken) in results[0].reason
     check = pacs.check()
     assert check is not None and str(broken) in check
+
+
+def test_the_client_context_is_shared_until_a_tls_file_changes(tmp_path: Path, pki: Pki) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(pki.ca.read_bytes())
+    first = dimse_scu.client_context_for(node_tls(pki, ca=ca))
+    # An equal section (as a reload or the next batch's StoreSCU brings) gets the same context...
+    assert dimse_scu.client_context_for(node_tls(pki, ca=ca)) is first
+    ca.write_bytes(pki.ca.read_bytes() + b"\n")  # ...until a file is replaced in place
+    renewed = dimse_scu.client_context_for(node_tls(pki, ca=ca))
+    assert renewed is not first and dimse_scu.client_context_for(node_tls(pki, ca=ca)) is renewed
 
 
 def test_a_tls_block_without_the_tls_section_is_a_config_error() -> None:
