@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,9 @@ from node.pipeline.inbox import REASON_FILE, InboxItem
 
 log = logging.getLogger(__name__)
 
+#: The name of a folder :func:`move_item` makes: ``<UTC stamp>[-n]_<item label>``.
+_MOVED_FOLDER = re.compile(r"[0-9]{8}T[0-9]{6}Z(?:-[0-9]+)?_(?P<label>.+)", re.DOTALL)
+
 
 def _utc_stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -29,7 +33,7 @@ def _utc_stamp() -> str:
 def _unique_folder(dest_root: Path, name: str) -> Path:
     """Create and return a new folder ``<UTC stamp>[-n]_<name>`` below ``dest_root``; never reuses one."""
     stamp = _utc_stamp()
-    label = name[:200]  # the stamp must still fit in NAME_MAX
+    label = item_label(name)
     attempt = 1
     while True:
         folder = dest_root / (f"{stamp}_{label}" if attempt == 1 else f"{stamp}-{attempt}_{label}")
@@ -125,6 +129,27 @@ def find_moved_item(root: Path, name: str) -> Path | None:
     """The most recently moved copy of an item called ``name`` below ``root`` (as :func:`move_item` lays it out)."""
     folders = sorted((p for p in root.glob(f"*_{name}") if (p / name).exists()), key=lambda p: p.name)
     return folders[-1] / name if folders else None
+
+
+def item_label(name: str) -> str:
+    """What follows the stamp in the name of the folder an item called ``name`` is moved into: the name, cut so
+    that stamp and name still fit in NAME_MAX."""
+    return name[:200]
+
+
+def moved_item_folders(root: Path) -> dict[str, list[Path]]:
+    """Every folder :func:`move_item` made directly below ``root``, by item label (:func:`item_label`), from one
+    scan of ``root``; empty when ``root`` does not exist."""
+    found: dict[str, list[Path]] = {}
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return found
+    for entry in entries:
+        match = _MOVED_FOLDER.fullmatch(entry.name)
+        if match is not None and entry.is_dir(follow_symlinks=False):
+            found.setdefault(match["label"], []).append(Path(entry.path))
+    return found
 
 
 def restore_item(moved: Path, inbox: Path) -> Path:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.pipeline.filing import item_label, moved_item_folders
 from node.pipeline.inbox import REASON_FILE
 from node.pipeline.qc import qc_paths
 from node.pipeline.stage import PipelineContext, Stage
@@ -69,24 +69,28 @@ def _remove_file(path: Path, before: float) -> bool:
     return True
 
 
-def _item_folders(root: Path, job: JobRow) -> list[Path]:
-    """The folders :func:`node.pipeline.filing.move_item` made for this job's item below ``root``."""
-    label = f"_{job.inbox_path.name[:200]}"
+def _remove_item_folders(folders: dict[str, list[Path]], job: JobRow, before: float) -> int:
+    """Remove the folders :func:`node.pipeline.filing.move_item` made for this job's item (``folders``: one root's,
+    by :func:`~node.pipeline.filing.moved_item_folders`); a folder changed at or after ``before`` is kept.
+    Returns how many went."""
+    candidates = folders.get(item_label(job.inbox_path.name), [])
     signature = f"signature: {job.signature}\n"
-    found = []
-    try:
-        entries = list(os.scandir(root))
-    except FileNotFoundError:
-        return []
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False) and entry.name.endswith(label):
-            try:
-                text = (Path(entry.path) / REASON_FILE).read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                continue
-            if signature in text:
-                found.append(Path(entry.path))
-    return found
+    removed = 0
+    for folder in list(candidates):
+        try:
+            text = (folder / REASON_FILE).read_text(encoding="utf-8", errors="replace")
+            changed = folder.stat().st_mtime
+        except OSError:
+            continue
+        if signature not in text:
+            continue
+        if changed >= before:
+            log.info("retention: %s was written after the cut-off; kept", folder)
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        candidates.remove(folder)
+        removed += 1
+    return removed
 
 
 class Retention(Stage):
@@ -121,6 +125,8 @@ class Retention(Stage):
     def _jobs(self, before: float, now: float, sweep: Sweep) -> None:
         paths, store = self.context.config.paths, self.state.jobs
         seen: set[int] = set()
+        # Each root scanned once per sweep (when a first job goes), not once per job removed.
+        folders: list[dict[str, list[Path]]] | None = None
         while not self._stopping():
             batch = [job for job in store.expired_jobs(before, now=now, limit=BATCH) if job.id not in seen]
             if not batch:
@@ -139,10 +145,9 @@ class Retention(Stage):
                     # Also when the SEG file is gone already: its pictures are no one else's.
                     for path in qc_paths(self.context.config, seg.stem):  # the SEG's file is <SOPInstanceUID>.dcm
                         _remove_file(path, before)
-                for root in (paths.processed, paths.failed):
-                    for folder in _item_folders(root, removed.job):
-                        shutil.rmtree(folder, ignore_errors=True)
-                        sweep.items += 1
+                if folders is None:
+                    folders = [moved_item_folders(paths.processed), moved_item_folders(paths.failed)]
+                sweep.items += sum(_remove_item_folders(root, removed.job, before) for root in folders)
 
     def _series(self, before: float, now: float, sweep: Sweep) -> None:
         config, index = self.context.config, self.state.series

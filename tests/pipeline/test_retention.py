@@ -4,6 +4,7 @@ anything still on its way, or younger, stays. The stage's clock is moved on, nev
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -181,6 +182,18 @@ def test_the_pictures_of_a_seg_already_gone_go_too(site: Site) -> None:
     seg.unlink()  # e.g. an operator cleaned segs/ by hand
     assert site.sweep(later=31 * DAY) == 2
     assert list((site.data / "qc").iterdir()) == []
+
+
+def test_an_inbox_item_folder_changed_after_the_cut_off_is_kept(site: Site) -> None:
+    t0 = site.now
+    uid = received(site, 1, at=t0)
+    _old, _, old_item = item_job(site, "liver_ct.nii.gz", uid, at=t0)
+    _touched, _, touched_item = item_job(site, "kidney_ct.nii.gz", uid, at=t0)
+    later = t0 + 31 * DAY
+    os.utime(touched_item, (later, later))  # e.g. an operator copied something into it
+    assert site.sweep(later=31 * DAY) == 3  # both jobs (their state is old), the series
+    assert not old_item.exists()
+    assert touched_item.is_dir() and (touched_item / "kidney_ct.nii.gz").exists()
 
 
 def test_days_zero_removes_nothing(tmp_path: Path) -> None:
