@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import queue
 import socket
@@ -40,6 +41,7 @@ from node.dicom.scp import (
     read_identity,
     store_status,
 )
+from node.diskspace import DiskFullError
 from node.errors import InputError, StateUnavailableError
 from node.state import open_state
 from node.state.instances import InstanceStore, InvalidUIDError, StorageFullError
@@ -393,6 +395,20 @@ def test_store_status_maps_each_failure(error: Exception, status: int) -> None:
     assert outcome.status == status
     response = outcome.response()
     assert not isinstance(response, int) and response.Status == status and len(response.ErrorComment) <= 64
+
+
+def test_a_store_the_disk_guard_refuses_is_a700_logged_at_debug_only(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="node.dicom.status")
+    with store_status("C-STORE 1.2.3 from TEST") as outcome:
+        raise DiskFullError("disk full: /data: 10.0 MiB free")
+    response = outcome.response()
+    assert not isinstance(response, int) and response.Status == STATUS_OUT_OF_RESOURCES
+    assert response.ErrorComment == "out of resources, retry later"
+    # The guard logs the disk filling, once; a line per refused instance would flood the log.
+    (record,) = [r for r in caplog.records if r.name == "node.dicom.status"]
+    assert record.levelno == logging.DEBUG and record.getMessage().endswith(
+        "refused, out of resources: disk full: /data: 10.0 MiB free"
+    )
 
 
 def test_store_status_success_is_plain_zero() -> None:
