@@ -40,8 +40,14 @@ class Site:
     now: float
 
     def sweep(self, *, later: float) -> int:
+        """Move the clock on by ``later`` and step as the node's loop does: again at once while a step did
+        something (one batch each); how much the steps did in all."""
         self.now += later
-        return self.stage.step()
+        steps = [self.stage.step()]
+        while steps[-1]:
+            assert len(steps) < 100, steps
+            steps.append(self.stage.step())
+        return sum(steps)
 
 
 def site_of(tmp_path: Path, days: float) -> Iterator[Site]:
@@ -135,6 +141,31 @@ def test_old_finished_things_go_and_one_line_says_so(site: Site, caplog: pytest.
     assert site.state.series.list_series() == [] and site.state.jobs.list_jobs() == []
     assert site.sweep(later=1) == 0  # at most one sweep every few minutes
     assert site.sweep(later=SWEEP_SECONDS) == 0  # and nothing left to remove
+
+
+def test_a_backlog_goes_one_batch_per_step_and_the_sweep_ends_at_an_empty_batch(
+    site: Site, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("node.pipeline.retention.BATCH", 2)
+    t0 = site.now
+    uids = [received(site, n, at=t0) for n in range(1, 4)]
+    for n in range(3):
+        item_job(site, f"{n}.nii.gz", uids[0], at=t0)
+    site.now += 31 * DAY
+    with caplog.at_level(logging.INFO, logger="node.pipeline.retention"):
+        # Jobs first, then series, at most two per step, with no wait between steps: the clock stands still.
+        assert [site.stage.step() for _ in range(4)] == [2, 1, 2, 1]
+        assert site.state.jobs.list_jobs() == [] and site.state.series.list_series() == []
+        assert not [r for r in caplog.records if r.name == "node.pipeline.retention"]  # the sweep is not done yet
+        assert site.stage.step() == 0  # the empty batch ends the sweep, with its one line
+    [line] = [r.getMessage() for r in caplog.records if r.name == "node.pipeline.retention"]
+    assert line.startswith("retention: removed 3 series") and " and 3 jobs " in line
+    # Only now is the sweep's time taken: the next sweep is due SWEEP_SECONDS after the empty batch.
+    later = received(site, 9, at=t0)
+    site.now += SWEEP_SECONDS - 1
+    assert site.stage.step() == 0 and site.state.series.get(later) is not None
+    site.now += 1
+    assert site.stage.step() == 1 and site.state.series.get(later) is None
 
 
 def test_what_is_still_on_its_way_or_young_stays(site: Site) -> None:
