@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import IO
 
@@ -141,10 +140,3 @@ class InstanceStore:
         if removed:
             log.info("removed %d half-written temporary file(s) below %s", removed, self.instances)
         return removed
-
-    def free_bytes(self) -> int:
-        """Bytes free for the node on the file system holding the store (for ``segnode status``)."""
-        probe = self.root
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        return shutil.disk_usage(probe).free

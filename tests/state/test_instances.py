@@ -122,4 +122,3 @@ def test_cleanup_and_listing_of_a_fresh_store(tmp_path: Path) -> None:
     store = InstanceStore(tmp_path / "not-yet")
     assert store.cleanup_temp() == 0
     assert store.series_paths(SERIES) == []
-    assert store.free_bytes() > 0
