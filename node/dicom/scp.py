@@ -35,7 +35,7 @@ from pynetdicom import evt
 
 from node.config import Config
 from node.dicom.access import AccessPolicy
-from node.dicom.admission import Admission, AssociationGate
+from node.dicom.admission import Admission, AssociationGate, peer_text
 from node.dicom.counters import ReceiverCounters
 from node.dicom.endpoints import PLAIN, TLS, Endpoints
 from node.dicom.entity import MAX_PDU_BYTES, TRANSFER_SYNTAXES, NetworkSettings, application_entity
@@ -337,7 +337,7 @@ class StorageSCP:
     @staticmethod
     def _peer(event: Any) -> tuple[str, str]:
         requestor = event.assoc.requestor
-        return str(requestor.ae_title).strip(), f"{requestor.address}:{requestor.port}"
+        return str(requestor.ae_title).strip(), peer_text(str(requestor.address), int(requestor.port))
 
     def _on_store(self, event: Any) -> int | Dataset:
         calling_ae, peer = self._peer(event)
