@@ -39,6 +39,7 @@ class DicomDestination:
     tls: bool = False
 
     def describe(self) -> str:
+        """``pacs (PACS@10.0.0.5:104, TLS)``: the block as the CLI, the StoreSCU and its send reasons name it."""
         return f"{self.name} ({self.ae_title}@{self.host}:{self.port}{', TLS' if self.tls else ''})"
 
 

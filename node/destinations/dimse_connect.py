@@ -37,10 +37,14 @@ class DicomPeer(Protocol):
     @property
     def tls(self) -> bool: ...
 
+    def describe(self) -> str:
+        """``pacs (PACS@10.0.0.5:104)``, with ``, TLS`` when so: the one place the string is built."""
+        ...
+
 
 def describe_peer(dest: DicomPeer) -> str:
     """``PACS pacs (PACS@10.0.0.5:104)``: how reasons and logs name a DICOM destination (``, TLS`` when so)."""
-    return f"PACS {dest.name} ({dest.ae_title}@{dest.host}:{dest.port}{', TLS' if dest.tls else ''})"
+    return f"PACS {dest.describe()}"
 
 
 def _tls_reason(context: ssl.SSLContext, raw: socket.socket, host: str) -> str | None:

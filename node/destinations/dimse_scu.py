@@ -110,8 +110,7 @@ class StoreSCU:
         return self.peer.name
 
     def describe(self) -> str:
-        tls = ", TLS" if self.peer.tls else ""
-        return f"{self.peer.name} ({self.peer.ae_title}@{self.peer.host}:{self.peer.port}{tls})"
+        return self.peer.describe()
 
     def _tls_context(self) -> tuple[ssl.SSLContext | None, str | None]:
         """The TLS context of a TLS peer (:func:`client_context_for`) and None, or None and the one line saying

@@ -26,6 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from pynetdicom import AE, evt
 from pynetdicom.dsutils import split_dataset
 
+from node.config.sections import TlsConfig
 from node.destinations import Destination, Outcome, SendResult, create, dimse_connect, dimse_scu
 from node.destinations.dimse import DicomDestination
 from node.destinations.dimse_status import LABEL_MAP_SEGMENTATION_STORAGE
@@ -363,7 +364,11 @@ def test_a_dicom_block_makes_a_store_scu_named_like_the_block() -> None:
     config = DicomDestination("pacs", "PACS", "127.0.0.1", 104)
     destination = peer(config)
     assert isinstance(destination, dimse_scu.StoreSCU)
-    assert (destination.name, destination.describe()) == ("pacs", config.describe())
+    assert (destination.name, destination.describe()) == ("pacs", "pacs (PACS@127.0.0.1:104)")
+    assert destination.describe() == config.describe()
+    secure = DicomDestination("pacs", "PACS", "127.0.0.1", 104, tls=True)
+    described = create(secure, calling_ae="SEGNODE", timeout=TIMEOUT, tls=TlsConfig()).describe()
+    assert described == secure.describe() == "pacs (PACS@127.0.0.1:104, TLS)"
 
 
 def test_empty_batch_sends_nothing() -> None:
