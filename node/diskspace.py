@@ -148,11 +148,6 @@ class DiskGuard:
             log.warning("disk space is back (%.1f MiB free): accepting instances again", space.free_bytes / MIB)
         return space
 
-    @property
-    def room(self) -> bool:
-        """Whether there is room (from the cached reading)."""
-        return self.check().room
-
     def require_room(self) -> None:
         """Raise :class:`DiskFullError` with the reason when there is no room."""
         space = self.check()

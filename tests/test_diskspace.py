@@ -65,13 +65,13 @@ def test_statvfs_is_called_at_most_once_per_interval() -> None:
     disk, clock = FakeDisk(10_000, 5_000), Clock()
     watched = guard(disk, clock)
     for _ in range(100):
-        assert watched.room
+        assert watched.check().room
         clock.now += 0.001
     assert len(disk.calls) == 1
     disk.free_mib = 10  # the disk fills: seen at the next reading, not before
-    assert watched.room
+    assert watched.check().room
     clock.now += 1.0
-    assert not watched.room
+    assert not watched.check().room
     assert len(disk.calls) == 2
 
 

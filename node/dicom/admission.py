@@ -171,9 +171,3 @@ class AssociationGate:
             self._slots.discard(id(assoc))
         if held:
             self.counters.close()
-
-    @property
-    def open_here(self) -> int:
-        """Slots this process holds."""
-        with self._lock:
-            return len(self._slots)

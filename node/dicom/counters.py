@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.dicom.access import RejectionKind
-from node.dicom.status import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS
+from node.dicom.status import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,9 @@ class ReceiverCounters:
             self._values[index + _BYTES] += size
 
     def refused(self, status: int) -> None:
-        """A C-STORE was answered with the failure ``status`` (anything but A700 or C000 is a processing failure)."""
-        if status != STATUS_SUCCESS:
-            self._add(_refusal_column(status))
+        """A C-STORE was answered with the failure ``status`` (anything but A700 or C000 is a processing failure;
+        the caller counts successes with :meth:`stored`, never here)."""
+        self._add(_refusal_column(status))
 
     def accepted(self) -> None:
         """An association was accepted."""

@@ -210,11 +210,6 @@ class StorageSCP:
         )
 
     @property
-    def admission(self) -> Admission:
-        """What new associations must pass (replaced by :meth:`apply`)."""
-        return self._gate.admission
-
-    @property
     def max_associations(self) -> int:
         return self._gate.admission.max_associations
 
