@@ -15,10 +15,9 @@ its first destination is created.
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from node.destinations.results import Outcome, SendResult, backoff_delay
 
@@ -30,7 +29,6 @@ __all__ = [
     "DestinationConfig",
     "Factory",
     "Outcome",
-    "SecureFactory",
     "SendResult",
     "backoff_delay",
     "config_type",
@@ -79,38 +77,22 @@ class Destination(Protocol):
 
 
 class Factory(Protocol):
-    """Makes a kind's :class:`Destination` from its config block (an instance of the kind's config type)."""
+    """Makes a kind's :class:`Destination` from its config block (an instance of the kind's config type).
 
-    def __call__(self, config: Any, *, calling_ae: str, timeout: float) -> Destination: ...
-
-
-class SecureFactory(Protocol):
-    """A factory that also takes the node's ``[tls]`` section (None when the caller has none), for kinds whose
-    blocks may ask for TLS. A kind that never uses TLS registers a plain :class:`Factory` and is never given it."""
+    ``tls`` is the node's ``[tls]`` section (None when the caller has none), given to every kind: one whose blocks
+    may ask for TLS uses it, any other takes it as ``tls: object = None`` and ignores it.
+    """
 
     def __call__(self, config: Any, *, calling_ae: str, timeout: float, tls: TlsConfig | None) -> Destination: ...
 
 
-_factories: dict[str, Factory | SecureFactory] = {}
-#: The kinds whose factory takes ``tls`` (found from its signature when it is registered).
-_takes_tls: set[str] = set()
+_factories: dict[str, Factory] = {}
 _config_types: dict[str, type[DestinationConfig]] = {}
 _builtins_loaded = False
 
 
-def _accepts_tls(factory: Factory | SecureFactory) -> bool:
-    try:
-        parameters = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):  # a callable without a signature (a builtin): the plain protocol
-        return False
-    return any(p.name == "tls" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-
-
-def register(kind: str, factory: Factory | SecureFactory, config_type: type[DestinationConfig]) -> None:
+def register(kind: str, factory: Factory, config_type: type[DestinationConfig]) -> None:
     """Make ``kind`` known: blocks with ``kind = "<kind>"`` load as ``config_type`` and are created by ``factory``.
-
-    A factory with a ``tls`` keyword (:class:`SecureFactory`) is given the node's ``[tls]`` section on
-    :func:`create`; one without (:class:`Factory`) is called as before.
 
     Raises ValueError if ``config_type.kind`` is not ``kind`` or the kind is already registered to another type.
     """
@@ -121,17 +103,12 @@ def register(kind: str, factory: Factory | SecureFactory, config_type: type[Dest
         raise ValueError(f"destination kind {kind!r} is already registered (by {known.__module__}.{known.__name__})")
     _factories[kind] = factory
     _config_types[kind] = config_type
-    if _accepts_tls(factory):
-        _takes_tls.add(kind)
-    else:
-        _takes_tls.discard(kind)
 
 
 def unregister(kind: str) -> None:
     """Forget ``kind`` (for tests and plug-ins that registered one); unknown kinds are ignored."""
     _factories.pop(kind, None)
     _config_types.pop(kind, None)
-    _takes_tls.discard(kind)
 
 
 def _load_builtins() -> None:
@@ -172,7 +149,7 @@ def create(
         Seconds allowed for connecting and for each answer (``[send] timeout``).
     tls
         The node's ``[tls]`` section (``Config.tls``): what a block with ``tls = true`` verifies the peer against
-        and presents as client certificate. Only kinds that take it get it; nothing loads ``ssl`` here.
+        and presents as client certificate. Every kind's factory is given it; nothing loads ``ssl`` here.
 
     Raises
     ------
@@ -180,7 +157,4 @@ def create(
         The block cannot work as configured (e.g. a DICOM block with ``tls = true`` but no ``tls`` given).
     """
     config_type(config_block.kind)  # loads the built-in kinds; KeyError naming the known ones
-    factory = _factories[config_block.kind]
-    if config_block.kind in _takes_tls:
-        return cast(SecureFactory, factory)(config_block, calling_ae=calling_ae, timeout=timeout, tls=tls)
-    return cast(Factory, factory)(config_block, calling_ae=calling_ae, timeout=timeout)
+    return _factories[config_block.kind](config_block, calling_ae=calling_ae, timeout=timeout, tls=tls)

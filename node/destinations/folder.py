@@ -95,8 +95,10 @@ class FolderWriter:
         return SendResult(path, Outcome.SENT, None, f"copied to {target}")
 
 
-def create_folder_writer(config: FolderDestination, *, calling_ae: str, timeout: float) -> destinations.Destination:
-    """The factory of the ``folder`` kind (a folder needs neither an AE title nor a timeout)."""
+def create_folder_writer(
+    config: FolderDestination, *, calling_ae: str, timeout: float, tls: object = None
+) -> destinations.Destination:
+    """The factory of the ``folder`` kind (a folder needs no AE title, timeout or ``[tls]``)."""
     return FolderWriter(config)
 
 

@@ -62,7 +62,7 @@ class Bucket:
         return None
 
 
-def make_bucket(config: BucketDestination, *, calling_ae: str, timeout: float) -> Destination:
+def make_bucket(config: BucketDestination, *, calling_ae: str, timeout: float, tls: object = None) -> Destination:
     return Bucket(config, calling_ae, timeout)
 
 
@@ -143,21 +143,21 @@ def test_backoff_grows_then_caps() -> None:
         backoff_delay(0, 5.0, 300.0)
 
 
-def test_tls_reaches_only_the_factories_that_take_it(bucket_kind: None) -> None:
+def test_every_factory_is_given_the_nodes_tls_section(bucket_kind: None, tmp_path: Path) -> None:
     from node.config.sections import TlsConfig
 
     tls = TlsConfig(ca_certificates=Path("/etc/ssl/ca.pem"))
-    # A kind registered before TLS existed keeps working when the node passes its [tls] section.
-    plain = destinations.create(BucketDestination("b", "segs"), calling_ae="ME", timeout=1.0, tls=tls)
-    assert isinstance(plain, Bucket) and plain.calling_ae == "ME"
-
-    given: list[TlsConfig | None] = []
+    given: list[object] = []
 
     def make_secure(config: BucketDestination, *, calling_ae: str, timeout: float, tls: TlsConfig | None) -> Bucket:
         given.append(tls)
         return Bucket(config, calling_ae, timeout)
 
     destinations.register("bucket", make_secure, BucketDestination)
-    destinations.create(BucketDestination("b", "segs"), calling_ae="ME", timeout=1.0, tls=tls)
+    made = destinations.create(BucketDestination("b", "segs"), calling_ae="ME", timeout=1.0, tls=tls)
     destinations.create(BucketDestination("b", "segs"), calling_ae="ME", timeout=1.0)
+    assert isinstance(made, Bucket) and (made.calling_ae, made.timeout) == ("ME", 1.0)
     assert given == [tls, None]
+    # A kind that never uses TLS takes the section and ignores it.
+    folder = destinations.create(FolderDestination("out", tmp_path), calling_ae="ME", timeout=1.0, tls=tls)
+    assert folder.describe() == f"out (folder {tmp_path})"
