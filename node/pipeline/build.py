@@ -82,6 +82,7 @@ class Build(Stage):
             job = store.claim_job(job_id, now=now)
             if job is not None:
                 self._build(job, item)
+                self.beat()  # a backlog of builds is progress, not a stall (health, watchdog)
                 done += 1
         for job in store.claim_jobs(now=now):
             if self.context.stopping.is_set():
@@ -92,6 +93,7 @@ class Build(Stage):
                 store.mark_failed(job.id, f"{job.inbox_path.name}: no longer in the inbox")
                 continue
             self._build(job, found)
+            self.beat()
             done += 1
         return done
 
@@ -106,9 +108,8 @@ class Build(Stage):
                 series = choose_stack(
                     stored_stacks(self.state.series, match.series_uid), match.stack, f"series {match.series_uid}"
                 )
-                result = build_seg_from_input(
-                    series, item.path, default_labels=self.context.config.seg.labels, options=self.context.options
-                )
+                config, options = self.context.settings()
+                result = build_seg_from_input(series, item.path, default_labels=config.seg.labels, options=options)
                 sop_uid = str(result.dataset.SOPInstanceUID)
                 seg_path = self.context.segs / f"{sop_uid}.dcm"
                 write_dataset_atomically(result.dataset, seg_path)

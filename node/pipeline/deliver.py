@@ -18,6 +18,7 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
+from node.config import Config
 from node.destinations import Outcome, SendResult, backoff_delay, create
 from node.destinations.dimse import DicomDestination
 from node.errors import SegnodeError, error_line
@@ -45,6 +46,7 @@ class Deliver(Stage):
             if self.context.stopping.is_set():
                 break
             self._send_batch(name, rows)
+            self.beat()  # one slow destination after another is progress, not a stall
         return len(due)
 
     def _send_batch(self, name: str, rows: list[SendRow]) -> None:
@@ -58,7 +60,7 @@ class Deliver(Stage):
                 if store.mark_send_failed(row.id, error_line(exc)):
                     self.context.events.send_failed(name)
             return
-        images = self._images(name, rows)
+        images = self._images(config, name, rows)
         paths: list[Path] = []
         for row, image in zip(rows, images, strict=True):
             # The SEG first: an association lost at the image has delivered the SEG already.
@@ -81,9 +83,12 @@ class Deliver(Stage):
                 if store.mark_send_failed(row.id, result.reason + gave_up):
                     self.context.events.send_failed(name)
 
-    def _images(self, name: str, rows: list[SendRow]) -> list[Path | None]:
-        """Per send, the QC image that goes along with its SEG to destination ``name`` (None: the SEG alone)."""
-        config = self.context.config
+    @staticmethod
+    def _images(config: Config, name: str, rows: list[SendRow]) -> list[Path | None]:
+        """Per send, the QC image that goes along with its SEG to destination ``name`` (None: the SEG alone).
+
+        ``config`` is the batch's own: a reload meanwhile must not change which destinations this batch has.
+        """
         if not config.qc.send or config.destination(name).kind != DICOM_KIND:
             return [None] * len(rows)
         images = [qc_image_path(config, row.seg_sop_uid) for row in rows]

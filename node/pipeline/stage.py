@@ -86,6 +86,17 @@ class PipelineContext:
     clock: Callable[[], float] = time.time
     stopping: threading.Event = field(default_factory=threading.Event)
     events: PipelineEvents = field(default_factory=NoEvents)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def settings(self) -> tuple[Config, SegOptions]:
+        """The configuration and the SEG options as one reload left them (never one old, one new)."""
+        with self._lock:
+            return self.config, self.options
+
+    def replace_settings(self, config: Config, options: SegOptions) -> None:
+        """A reload's new configuration and SEG options, for the stages' next steps."""
+        with self._lock:
+            self.config, self.options = config, options
 
     @property
     def segs(self) -> Path:

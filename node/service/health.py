@@ -126,11 +126,11 @@ def database_problem(state: State) -> str | None:
 def oldest_pending_seconds(state: State, now: float) -> float | None:
     """Age of the oldest job not yet sent or failed; None when there is none or the state cannot say."""
     try:
-        unfinished = state.jobs.resumable()
+        oldest = state.jobs.oldest_unfinished_at()
     except SegnodeError as exc:
         log.debug("healthz: jobs unreadable: %s", error_line(exc))
         return None
-    return max(0.0, now - unfinished[0].created_at) if unfinished else None
+    return None if oldest is None else max(0.0, now - oldest)
 
 
 def stage_health(beats: Mapping[str, float], stopped: Collection[str], stall_seconds: float) -> tuple[StageHealth, ...]:

@@ -278,8 +278,7 @@ class Node:
             self.receivers.reload(fresh)
         self.disk = disk
         self.config = fresh
-        self.context.config = fresh
-        self.context.options = seg_options(fresh)
+        self.context.replace_settings(fresh, seg_options(fresh))
         log.info("reloaded %s: %s", fresh.source, summary(fresh))
 
     def _step(self, stage: Stage) -> int:

@@ -167,6 +167,10 @@ class JobStore(Protocol):
         """Jobs not SENT or FAILED, oldest first (start-up recovery)."""
         ...
 
+    def oldest_unfinished_at(self) -> float | None:
+        """When the oldest job not SENT or FAILED was created; None when there is none (health, at every probe)."""
+        ...
+
     def claim_jobs(self, *, now: float | None = None, limit: int | None = None) -> list[JobRow]:
         """Claim the jobs whose SEG is to be built: PENDING, MATCHED, or RETRY_WAIT without a SEG and due."""
         ...

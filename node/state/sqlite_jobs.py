@@ -114,6 +114,12 @@ class SqliteJobStore(SendTransitions):
         with self.database.reading("list resumable jobs") as conn:
             return self._jobs(conn, "SELECT * FROM jobs WHERE state NOT IN ('sent', 'failed') ORDER BY id", ())
 
+    def oldest_unfinished_at(self) -> float | None:
+        """When the oldest job not SENT or FAILED was created (one aggregate: health asks at every probe)."""
+        with self.database.reading("find the oldest unfinished job") as conn:
+            row = conn.execute("SELECT MIN(created_at) FROM jobs WHERE state NOT IN ('sent', 'failed')").fetchone()
+        return None if row[0] is None else float(row[0])
+
     def claim_jobs(self, *, now: float | None = None, limit: int | None = None) -> list[JobRow]:
         """Claim the jobs whose SEG is to be built (PENDING, MATCHED, or RETRY_WAIT before a SEG and due)."""
         stamp = now_or_clock(now)

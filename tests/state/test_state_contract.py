@@ -315,7 +315,9 @@ def test_unknown_series(state: State) -> None:
 
 
 def test_job_happy_path_to_sent(backend: Backend, state: State) -> None:
+    assert state.jobs.oldest_unfinished_at() is None
     job_id = new_job(state, backend.data)
+    assert state.jobs.oldest_unfinished_at() == state.jobs.get(job_id).created_at
     assert new_job(state, backend.data) == job_id  # one job per item version
     [claimed] = state.jobs.claim_jobs(now=T0)
     assert claimed.id == job_id and claimed.state is JobState.PENDING and claimed.claimed_by == "node-a"
@@ -334,7 +336,7 @@ def test_job_happy_path_to_sent(backend: Backend, state: State) -> None:
     for send in sends:
         assert state.jobs.mark_send_ok(send.id, now=T0 + 3)
     assert state.jobs.get(job_id).state is JobState.SENT
-    assert state.jobs.resumable() == []
+    assert state.jobs.resumable() == [] and state.jobs.oldest_unfinished_at() is None
     assert state.jobs.counts()[JobState.SENT] == 1
     assert [j.id for j in state.jobs.list_jobs(JobState.SENT)] == [job_id]
 
