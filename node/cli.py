@@ -126,19 +126,11 @@ def _convert(args: argparse.Namespace) -> int:
         print(f"notice: {notice}", file=sys.stderr)
     print(f"{args.out}: {len(result.segments)} segment(s), {result.alignment.describe()}")
     if args.qc is not None:
-        # Imported here: Pillow and the pixel reader are needed only when a picture is asked for.
-        import pydicom
+        from node.convert.qc_files import draw_written_seg, save_picture  # Pillow only when a picture is asked for
 
-        from node.convert.pixels import read_volume
-        from node.convert.qc import figures_json, qc_figure
-        from node.durable import atomic_write_bytes
-
-        # The SEG file as written, read back from disk: the picture shows what a receiver gets.
-        seg = pydicom.dcmread(args.out)
-        picture = qc_figure(seg, result.series, read_volume(result.series))
-        atomic_write_bytes(args.qc, picture.png())
+        seg, picture = draw_written_seg(args.out, result.series)
         figures = args.qc.with_suffix(".json")
-        atomic_write_bytes(figures, figures_json(seg, picture.figures).encode("utf-8"))
+        save_picture(seg, picture, args.qc, figures)
         print(f"{args.qc}: QC picture; {figures}: per-segment figures")
     return 0
 

@@ -18,16 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 
 from node.config import Config
 from node.convert import write_dataset_atomically
-from node.convert.pixels import read_volume
-from node.convert.qc import figures_json, qc_figure
+from node.convert.qc_files import draw_written_seg, save_picture
 from node.convert.qc_sc import qc_secondary_capture
 from node.convert.series import SourceSeries
-from node.durable import atomic_write_bytes
-from node.errors import error_line
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +69,18 @@ def write_qc(config: Config, seg_path: Path, series: SourceSeries) -> QcFiles | 
     try:
         return _write(config, seg_path, series, started)
     except Exception as exc:  # QC is best effort by design; the one line names the SEG and what went wrong
-        log.warning("%s: no QC picture: %s", seg_path.stem, error_line(exc))
+        # The exception itself, not its text: a library's message may quote a header value, and the log
+        # formatter redacts what it can tell is foreign.
+        log.warning("%s: no QC picture: %s", seg_path.stem, exc)
         log.debug("QC picture of %s failed", seg_path.name, exc_info=True)
         return None
 
 
 def _write(config: Config, seg_path: Path, series: SourceSeries, started: float) -> QcFiles:
     # The SEG as a receiver gets it: a SEG that went wrong on its way to disk looks wrong in its own picture.
-    seg = pydicom.dcmread(seg_path)
-    uid = str(seg.SOPInstanceUID)
     include_phi = config.logging.include_phi
-    picture = qc_figure(seg, series, read_volume(series), include_phi=include_phi)
-    png = picture.png()
+    seg, picture = draw_written_seg(seg_path, series, include_phi=include_phi)
+    uid = str(seg.SOPInstanceUID)
     folder = qc_folder(config)
     image = None
     if config.qc.send:
@@ -92,10 +88,8 @@ def _write(config: Config, seg_path: Path, series: SourceSeries, started: float)
         image = qc_image_path(config, uid)
         pixels = np.asarray(picture.image, dtype=np.uint8)  # what the PNG holds, without decoding it again
         write_dataset_atomically(qc_secondary_capture(seg, pixels, include_phi=include_phi), image)
-    figures = folder / f"{uid}.json"
-    atomic_write_bytes(figures, figures_json(seg, picture.figures).encode("utf-8"))
-    png_path = folder / f"{uid}.png"
-    atomic_write_bytes(png_path, png)
+    figures, png_path = folder / f"{uid}.json", folder / f"{uid}.png"
+    save_picture(seg, picture, png_path, figures)
     seconds = time.monotonic() - started
     log.info("SEG %s: QC picture %s (%.1f s)%s", uid, png_path.name, seconds, " and image to send" if image else "")
     return QcFiles(picture=png_path, figures=figures, image=image, seconds=seconds)

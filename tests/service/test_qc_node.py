@@ -132,7 +132,7 @@ def test_a_qc_failure_still_delivers_the_seg(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the drawing library fell over")
 
-    monkeypatch.setattr("node.pipeline.qc.qc_figure", broken)
+    monkeypatch.setattr("node.convert.qc_files.qc_figure", broken)
     node = burst(folder_destination(), send=True)
     with caplog.at_level(logging.WARNING, logger="node.pipeline.qc"):
         segment(node, series)
