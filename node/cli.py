@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
 import time
 import warnings
@@ -19,6 +18,7 @@ from node.convert import build_seg_from_input, error_line, write_dataset_atomica
 from node.convert.seg import AlgorithmInfo, SegOptions, SegType
 from node.convert.series import choose_stack, find_stacks
 from node.destinations import create
+from node.diskspace import DiskGuard
 from node.errors import ConfigError, SegnodeError
 from node.pipeline.match import pick_stack
 from node.state import State, open_state
@@ -170,7 +170,7 @@ def _status(args: argparse.Namespace) -> int:
     with _open_state(config) as state:
         series = state.series.counts()
         job_counts = state.jobs.counts()
-    free = shutil.disk_usage(config.paths.data).free
+    free = DiskGuard.from_config(config).check().free_bytes  # also where the data folder is not made yet
     print("series: " + ", ".join(f"{state.value} {n}" for state, n in series.items()))
     print("jobs:   " + ", ".join(f"{state.value} {n}" for state, n in job_counts.items()))
     print(f"disk:   {free / 2**30:.1f} GiB free in {config.paths.data}")

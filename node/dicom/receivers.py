@@ -215,6 +215,12 @@ class ReceiverPool:
     def running(self) -> bool:
         return self._listener is not None or self._tls_listener is not None
 
+    @property
+    def serving(self) -> bool:
+        """Whether the socket is open and every receiver process is alive (health checks, from any thread)."""
+        workers = list(self._workers.values())  # a copy: stop() clears the dict from another thread
+        return self.running and bool(workers) and all(process.is_alive() for process in workers)
+
     def check(self) -> None:
         """Start again every receiver that has exited (called periodically while the node runs)."""
         if not self.running:

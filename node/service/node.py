@@ -9,7 +9,6 @@ tests and one-shot runs).
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import signal
 import threading
 import time
@@ -330,9 +329,7 @@ class Node:
         if self.scp is not None:
             return self.scp.running
         if self.receivers is not None:
-            pids = self.receivers.pids
-            alive = {process.pid for process in multiprocessing.active_children()}
-            return bool(pids) and all(pid in alive for pid in pids)
+            return self.receivers.serving
         return False
 
     def stopped_stages(self) -> list[str]:
