@@ -134,9 +134,11 @@ def test_the_model_shows_series_jobs_sends_matching_and_qc_figures(state: State,
     sent_job(state, data, "liver.nii.gz")
     failed_job(state, data, "stranger.nii.gz", "stranger.nii.gz: no received series has this grid")
     write_qc(data)
-    view = gather(state, healthy(), folders(data), title="segnode T", now=T0 + 30)
+    view = gather(state, healthy(), folders(data), title="segnode T", now=T0 + 30, include_phi=True)
     (series,) = view.series
     assert (series.state, series.instances, series.stacks, series.description) == ("exported", 3, 2, "Thorax 1.0 B31f")
+    # Free text a scanner may fill with anything: without include_phi the page leaves it out.
+    assert gather(state, healthy(), folders(data), title="t", now=T0 + 30).series[0].description == ""
     assert series.export.startswith("version ")
     failed, sent = view.jobs  # newest first
     assert (sent.state, sent.matched_by, sent.seg_sop_uid) == (JobState.RETRY_WAIT.value, "geometry", SEG_UID)
@@ -159,7 +161,7 @@ def test_hostile_strings_are_escaped_and_no_script_or_handler_reaches_the_page(s
     failed_job(state, data, '"><b onclick=alert(2)>x.nii.gz', HOSTILE)
     sent_job(state, data, "liver.nii.gz")
     write_qc(data)
-    html = render(gather(state, healthy(), folders(data), title="segnode <i>T</i>", now=T0))
+    html = render(gather(state, healthy(), folders(data), title="segnode <i>T</i>", now=T0, include_phi=True))
     parsed = Elements(html)
     assert not [tag for tag, _ in parsed.tags if tag in ("script", "b", "i")]
     assert not [attrs for _, attrs in parsed.tags if any(key.startswith("on") for key in attrs)]
@@ -172,7 +174,7 @@ def test_hostile_strings_are_escaped_and_no_script_or_handler_reaches_the_page(s
 def test_a_weird_series_description_is_shown_literally(state: State, data: Path) -> None:
     weird = "Ṫhörax\u202e ﾃｽﾄ {{ 7*191 }} {% raw %} \\ 'quoted' & <> " + "long" * 40
     exported_series(state, data, weird)
-    parsed = Elements(render(gather(state, healthy(), folders(data), title="t", now=T0)))
+    parsed = Elements(render(gather(state, healthy(), folders(data), title="t", now=T0, include_phi=True)))
     assert weird in "".join(parsed.text)
     assert "1337" not in "".join(parsed.text)  # a value is never evaluated as a template
     # A right-to-left override in a description stays inside its cell.
