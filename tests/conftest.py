@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 import pytest
 import synthetic as syn
+
+if TYPE_CHECKING:
+    from node.service.node import Node
 
 
 @pytest.fixture
@@ -23,3 +29,12 @@ def segnode_convert(capsys: pytest.CaptureFixture[str]) -> syn.ConvertRunner:
         return syn.CliResult(code=code, stdout=out, stderr=err)
 
     return run
+
+
+@pytest.fixture
+def running() -> Iterator[list[Node]]:
+    """Nodes a test starts and appends here are stopped even when it fails."""
+    nodes: list[Node] = []
+    yield nodes
+    for node in nodes:
+        node.stop()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -435,15 +435,6 @@ def test_dcmqi_reads_seg_as_ground_truth(
 
 
 # -- the node end to end --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def running() -> Iterator[list[Any]]:
-    """Nodes a test starts are stopped even when it fails."""
-    nodes: list[Any] = []
-    yield nodes
-    for node in nodes:
-        node.stop()
 
 
 def drop_into_inbox(inbox: Path, name: str, source: Path) -> Path:

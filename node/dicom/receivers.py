@@ -177,7 +177,7 @@ class ReceiverPool:
             self._start(number)
         ports = ", ".join(f"{port} ({kind})" for port, kind in ((self.port, "plain"), (self.tls_port, "TLS")) if port)
         log.info(
-            "listening as %s on %s: %s with %d receiver processes", node.ae_title, node.bind, ports, self.processes
+            "listening as %s on %s port %s with %d receiver processes", node.ae_title, node.bind, ports, self.processes
         )
 
     def _close_listeners(self) -> None:

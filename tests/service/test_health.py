@@ -40,14 +40,6 @@ def config(tmp_path: Path, **sections: dict[str, Any]) -> Path:
 
 
 @pytest.fixture
-def running() -> Iterator[list[Node]]:
-    nodes: list[Node] = []
-    yield nodes
-    for node in nodes:
-        node.stop()
-
-
-@pytest.fixture
 def burst(tmp_path: Path) -> Iterator[Callable[..., Burst]]:
     started: list[Burst] = []
 

@@ -67,15 +67,6 @@ def burst(tmp_path: Path) -> Iterator[Callable[[str], Burst]]:
 QUIET = 3600.0
 
 
-@pytest.fixture
-def running() -> Iterator[list[Node]]:
-    """Nodes started by a test are stopped even when it fails."""
-    nodes: list[Node] = []
-    yield nodes
-    for node in nodes:
-        node.stop()
-
-
 def drop_into_inbox(
     inbox: Path, name: str, make: Callable[[Path], object], labels: dict[int, str] | None = None
 ) -> Path:
