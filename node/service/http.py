@@ -156,7 +156,13 @@ class HttpServer:
         if server is None or thread is None:
             return
         # The socket map belongs to the serving thread: close everything from there, then its loop ends.
-        server.trigger.pull_trigger(lambda: _close_all(server))
+        try:
+            server.trigger.pull_trigger(lambda: _close_all(server))
+        except OSError as exc:
+            # The loop's wake-up pipe is gone (seen once as EBADF): close the sockets from here, so that stopping
+            # never raises and the port is free.
+            log.debug("HTTP server: waking its loop failed (%s); closing its sockets directly", exc)
+            _close_all(server)
         thread.join(STOP_SECONDS)
         if thread.is_alive():
             log.warning("HTTP server did not stop within %g s", STOP_SECONDS)
